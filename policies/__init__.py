@@ -1,0 +1,1 @@
+"""Torch planners: the rolling-buffer denoiser, its trainer, checkpoints and baselines."""

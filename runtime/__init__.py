@@ -1,0 +1,19 @@
+"""rtdiff's floor: clocks, the tick loop, deadlines, budgets, fallbacks, traces and stats.
+
+Imports none of torch, mujoco, gymnasium or zmq (only `runtime.cli` reaches the other packages,
+lazily, inside the subcommand that needs them).
+"""
+
+from runtime.clock import FakeClock, MonotonicClock
+from runtime.protocols import Clock, Command, Observation, Plant, Planner, PlantSpec
+
+__all__ = [
+    "Clock",
+    "Command",
+    "FakeClock",
+    "MonotonicClock",
+    "Observation",
+    "Plant",
+    "PlantSpec",
+    "Planner",
+]

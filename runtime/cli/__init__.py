@@ -1,0 +1,216 @@
+"""`rtdiff`: one console script, one subcommand per job.
+
+The parser is built here from plain argparse so that `rtdiff --help` imports nothing heavy.
+Each subcommand's work lives in the package that owns it and is imported lazily, only when that
+subcommand runs (`sims.collect`, `hw_bridge.server`, `policies.train`, ...). A target is named
+as "module:function"; the function takes the parsed `argparse.Namespace` and returns an exit
+code.
+
+Bad arguments exit non-zero with a one-line reason on stderr (argparse's usage block is kept
+off: one line is what a script or a person scanning a log needs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = positive_float(text)
+    if value > 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
+    return value
+
+
+def _target(sub: argparse.ArgumentParser, target: str) -> None:
+    sub.set_defaults(_target=target)
+
+
+def _add_tasks(sp: argparse._SubParsersAction[_Parser]) -> None:
+    p = sp.add_parser("tasks", help="list the simulated tasks")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _target(p, "sims.registry:cli_tasks")
+
+
+def _add_collect(sp: argparse._SubParsersAction[_Parser]) -> None:
+    p = sp.add_parser("collect", help="record expert demonstrations as a Minari dataset")
+    p.add_argument("--task", required=True, help="task name (see `rtdiff tasks`)")
+    p.add_argument("--episodes", type=positive_int, required=True, help="episodes to record")
+    p.add_argument("--out", required=True, help="dataset directory to create")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="base seed")
+    p.add_argument(
+        "--dart-prob",
+        type=float,
+        default=None,
+        help="probability of executing a perturbed action (default: the task's setting)",
+    )
+    _target(p, "sims.collect:cli_collect")
+
+
+def _add_train(sp: argparse._SubParsersAction[_Parser]) -> None:
+    p = sp.add_parser("train", help="train a policy on a dataset")
+    p.add_argument("--task", required=True)
+    p.add_argument(
+        "--policy", required=True, choices=["rolling", "chunked", "pertick", "mlp"], help="kind"
+    )
+    p.add_argument("--data", required=True, help="dataset directory from `rtdiff collect`")
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    p.add_argument("--steps", type=positive_int, default=None, help="optimizer steps")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    _target(p, "policies.train:cli_train")
+
+
+def _add_serve(sp: argparse._SubParsersAction[_Parser]) -> None:
+    p = sp.add_parser("serve", help="serve a simulated plant behind the ZeroMQ bridge")
+    p.add_argument("--task", required=True)
+    p.add_argument("--realtime", action="store_true", help="run physics on the wall clock")
+    p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint to bind")
+    p.add_argument("--keys", default=None, help="CurveZMQ key directory (turns encryption on)")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--seconds", type=positive_float, default=None, help="stop after S seconds")
+    _target(p, "hw_bridge.server:cli_serve")
+
+
+def _add_keys(sp: argparse._SubParsersAction[_Parser]) -> None:
+    p = sp.add_parser("keys", help="make CurveZMQ key pairs for an authenticated link")
+    p.add_argument("--out", required=True, help="directory for the key files")
+    _target(p, "hw_bridge.keys:cli_keys")
+
+
+def _add_run(sp: argparse._SubParsersAction[_Parser]) -> None:
+    p = sp.add_parser("run", help="drive a plant with a planner and report deadlines")
+    p.add_argument(
+        "--policy", required=True, help="expert | KIND:TASK (shipped checkpoint) | checkpoint dir"
+    )
+    p.add_argument("--plant", required=True, help="sim:TASK | tcp://HOST:PORT | ipc://PATH")
+    p.add_argument("--mode", choices=["lockstep", "realtime"], default="lockstep")
+    p.add_argument("--rate", type=positive_float, default=None, help="control rate in Hz")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--seconds", type=positive_float, default=None)
+    g.add_argument("--episodes", type=positive_int, default=None)
+    p.add_argument("--steps-per-tick", type=positive_int, default=None, help="cap on steps")
+    p.add_argument("--refine", choices=["sync", "async"], default="sync")
+    p.add_argument(
+        "--fallback", choices=["hold", "decay", "zero"], default="hold", help="on a miss"
+    )
+    p.add_argument("--trace", default=None, help="write the tick trace to this directory")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _target(p, "runtime.cli.run:cli_run")
+
+
+def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
+    p = sp.add_parser("bench", help="benchmarks: tick | bridge | deadline")
+    bp = p.add_subparsers(dest="bench", metavar="{tick,bridge,deadline}", parser_class=_Parser)
+    bp.required = True
+
+    t = bp.add_parser("tick", help="Python tick-loop jitter with a synthetic planner")
+    t.add_argument("--rate", type=positive_float, default=1000.0, help="tick rate in Hz")
+    t.add_argument("--seconds", type=positive_float, default=10.0, help="per variant")
+    t.add_argument("--step-us", type=positive_float, default=50.0, help="mean synthetic step cost")
+    t.add_argument(
+        "--tail-prob", type=float, default=0.01, help="probability of a heavy-tail step"
+    )
+    t.add_argument("--tail-x", type=positive_float, default=4.0, help="tail step = x * mean")
+    t.add_argument("--budget-fraction", type=fraction, default=0.6, help="of the period")
+    t.add_argument(
+        "--variants",
+        default="sleep+gc,sleep+frozen,spin+gc,spin+frozen",
+        help="comma list of {sleep,spin}+{gc,frozen}",
+    )
+    t.add_argument("--spin-us", type=positive_float, default=300.0, help="spin window")
+    t.add_argument("--seed", type=nonnegative_int, default=0)
+    t.add_argument("--json", action="store_true")
+    _target(t, "runtime.cli.bench_tick:cli_bench_tick")
+
+    b = bp.add_parser("bridge", help="bridge round trip vs bare pyzmq+msgpack")
+    b.add_argument("--seconds", type=positive_float, default=5.0)
+    b.add_argument("--json", action="store_true")
+    _target(b, "hw_bridge.bench:cli_bench_bridge")
+
+    d = bp.add_parser("deadline", help="planners x rates in realtime over the bridge")
+    d.add_argument("--out", default="runs/deadline")
+    d.add_argument("--json", action="store_true")
+    _target(d, "runtime.cli.bench_deadline:cli_bench_deadline")
+
+
+def build_parser() -> _Parser:
+    parser = _Parser(prog="rtdiff", description=__doc__.split("\n")[0] if __doc__ else None)
+    sp = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sp.required = True
+    for add in (_add_tasks, _add_collect, _add_train, _add_serve, _add_keys, _add_run, _add_bench):
+        add(sp)
+    return parser
+
+
+def _resolve(target: str) -> Callable[[argparse.Namespace], int]:
+    module_name, func_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+        func: Callable[[argparse.Namespace], int] = getattr(module, func_name)
+    except (ImportError, AttributeError) as exc:
+        raise CliError(f"this build of rtdiff cannot run it yet ({target}: {exc})") from exc
+    return func
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(_resolve(args._target)(args) or 0)
+    except CliError as exc:
+        sys.stderr.write(f"rtdiff {args.command}: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"rtdiff {args.command}: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

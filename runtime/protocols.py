@@ -1,0 +1,172 @@
+"""The contracts every part of rtdiff plugs into: `Clock`, `Plant`, `Planner` and their records.
+
+`runtime` is the floor of the project: it imports none of torch, mujoco, gymnasium or zmq.
+A MuJoCo simulation (`sims`), the ZeroMQ client (`hw_bridge`) and a user's hardware driver all
+implement `Plant`; the rolling diffusion planner, the chunked baselines and the task experts all
+implement `Planner`. The `ControlLoop` talks only to these protocols.
+
+Units live in names: `*_ns` are integer nanoseconds on the clock that made them, `*_s` are float
+seconds, `rate_hz` is ticks per second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.floating[Any]]
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """A monotonic time source in integer nanoseconds.
+
+    `MonotonicClock` reads `time.perf_counter_ns`; `FakeClock` moves only when told, so timing
+    logic is tested without sleeping on the real clock.
+    """
+
+    def now_ns(self) -> int: ...
+
+    def sleep_until_ns(self, t_ns: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class PlantSpec:
+    """What a plant looks like: observation/action layout, limits and control rate.
+
+    `state_dim` is the size of `Observation.state` (Ds), `action_dim` the size of
+    `Command.action` (Da), `goal_dim` the size of `Observation.goal` (Dg, 0 when the task has
+    no goal). `action_low`/`action_high` are (Da,) float64 limits that every command is clipped
+    to; `max_action_rate_per_s` (Da,) optionally bounds how fast a command may change.
+    """
+
+    name: str
+    state_dim: int
+    action_dim: int
+    action_low: FloatArray
+    action_high: FloatArray
+    rate_hz: float
+    goal_dim: int = 0
+    state_names: tuple[str, ...] = ()
+    action_names: tuple[str, ...] = ()
+    max_action_rate_per_s: FloatArray | None = None
+    episode_ticks: int = 0  # ticks per episode before truncation; 0 = unbounded
+
+    def __post_init__(self) -> None:
+        if self.state_dim <= 0 or self.action_dim <= 0 or self.goal_dim < 0:
+            raise ValueError(
+                f"dims must be positive: {self.state_dim=}, {self.action_dim=}, {self.goal_dim=}"
+            )
+        if not (self.rate_hz > 0 and np.isfinite(self.rate_hz)):
+            raise ValueError(f"{self.rate_hz=} must be a positive finite rate")
+        low = np.asarray(self.action_low, dtype=np.float64)
+        high = np.asarray(self.action_high, dtype=np.float64)
+        if low.shape != (self.action_dim,) or high.shape != (self.action_dim,):
+            raise ValueError(
+                f"action limits must have shape ({self.action_dim},): {low.shape=}, {high.shape=}"
+            )
+        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(low <= high)):
+            raise ValueError(f"action limits must be finite with low <= high: {low=}, {high=}")
+        object.__setattr__(self, "action_low", low)
+        object.__setattr__(self, "action_high", high)
+
+    @property
+    def period_ns(self) -> int:
+        return round(1e9 / self.rate_hz)
+
+    @property
+    def period_s(self) -> float:
+        return 1.0 / self.rate_hz
+
+
+@dataclass
+class Observation:
+    """One reading of the plant.
+
+    `seq` increases by one per reading of a stream; `t_ns` is when the state was measured, on
+    the plant's clock (the bridge maps it to the controller's). `state` (Ds,) and `goal` (Dg,)
+    are float64. `stale` is True when the plant could not deliver a fresh reading (a remote
+    plant that heard nothing new): the state is then the last one received, never invented.
+    `reward`, `terminated`, `truncated` follow gymnasium; `info` carries task extras such as
+    `success` (bool, at episode end) and recorded disturbances.
+    """
+
+    seq: int
+    t_ns: int
+    state: FloatArray
+    goal: FloatArray = field(default_factory=lambda: np.zeros(0))
+    reward: float = 0.0
+    terminated: bool = False
+    truncated: bool = False
+    stale: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.terminated or self.truncated
+
+
+@dataclass
+class Command:
+    """What the controller wants applied for tick `seq`.
+
+    `action` (Da,) float64, already finite and within the plant's limits when it leaves a
+    `ControlLoop`. `t_ns` is when it was emitted; `deadline_ns` the last instant at which the
+    plant may apply it (later, the plant discards it and counts a miss). `fallback` names the
+    fallback that produced the action ("" when the planner did).
+    """
+
+    seq: int
+    t_ns: int
+    action: FloatArray
+    deadline_ns: int
+    fallback: str = ""
+
+
+@runtime_checkable
+class Plant(Protocol):
+    """What the controller talks to: a simulation, a remote link, or a hardware driver.
+
+    In lockstep mode `apply` advances the plant by one control period before returning. In
+    realtime mode the plant runs on its own clock and applies, at each of its ticks, the newest
+    command it holds whose deadline has not passed; `counters()` then reports what the plant
+    itself saw (at least `applied` and `late`, the ground truth for deadline misses).
+    """
+
+    def spec(self) -> PlantSpec: ...
+
+    def reset(self, seed: int | None = None) -> Observation: ...
+
+    def observe(self) -> Observation: ...
+
+    def apply(self, cmd: Command) -> None: ...
+
+    def counters(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Planner(Protocol):
+    """An anytime planner: it always has an action, and more compute makes it better.
+
+    - `reset(obs)`: start an episode from `obs`.
+    - `observe(obs)`: advance the plan to the new tick and take in the observation.
+    - `refine(budget_ns) -> steps_done`: do one unit of work (one denoising step for the
+      rolling planner; a whole blocking chunk for the chunked baseline) if it is needed, and say
+      how many steps it did; 0 means "nothing more to do this tick". `budget_ns` is the time left
+      before the deadline; the `ControlLoop` decides from its latency estimate whether to call.
+    - `action() -> (Da,)`: the best current estimate, available at any time in O(1), even if
+      `refine` was never called since `observe`.
+    """
+
+    def reset(self, obs: Observation) -> None: ...
+
+    def observe(self, obs: Observation) -> None: ...
+
+    def refine(self, budget_ns: int) -> int: ...
+
+    def action(self) -> FloatArray: ...

@@ -1,0 +1,1 @@
+"""MuJoCo tasks (gymnasium), experts, disturbances, the simulated plant and datasets."""
