@@ -5,7 +5,7 @@ lazily, inside the subcommand that needs them).
 """
 
 from runtime.clock import FakeClock, MonotonicClock
-from runtime.protocols import Clock, Command, Observation, Plant, Planner, PlantSpec
+from runtime.protocols import Clock, Command, Observation, Planner, Plant, PlantSpec
 
 __all__ = [
     "Clock",
@@ -13,7 +13,7 @@ __all__ = [
     "FakeClock",
     "MonotonicClock",
     "Observation",
+    "Planner",
     "Plant",
     "PlantSpec",
-    "Planner",
 ]

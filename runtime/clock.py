@@ -80,7 +80,9 @@ class FakeClock:
     def set_ns(self, t_ns: int) -> None:
         with self._lock:
             if t_ns < self._t:
-                raise ValueError(f"{t_ns=} is before now ({self._t}): a monotonic clock cannot go back")
+                raise ValueError(
+                    f"{t_ns=} is before now ({self._t}): a monotonic clock cannot go back"
+                )
             self._t = t_ns
 
     def sleep_until_ns(self, t_ns: int) -> None:

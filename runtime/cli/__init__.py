@@ -166,6 +166,12 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
         help="comma list of {sleep,spin}+{gc,frozen}",
     )
     t.add_argument("--spin-us", type=positive_float, default=300.0, help="spin window")
+    t.add_argument(
+        "--heap-objects",
+        type=nonnegative_int,
+        default=1_000_000,
+        help="long-lived objects built first (stands in for torch+mujoco's heap)",
+    )
     t.add_argument("--seed", type=nonnegative_int, default=0)
     t.add_argument("--json", action="store_true")
     _target(t, "runtime.cli.bench_tick:cli_bench_tick")

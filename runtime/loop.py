@@ -1,0 +1,388 @@
+"""The control loop: wait for the tick, observe, refine within the budget, emit before the deadline.
+
+Per tick `k` (period `T`, scheduled start `t0 + k*T`, deadline `t0 + k*T + T - margin`):
+
+1. wait for the tick's start (`Ticker`; realtime mode) or start at once (lockstep mode);
+2. observe the plant and hand the observation to the planner (which shifts its plan);
+3. refine: sync mode calls `planner.refine` while the step-latency estimate says one more step
+   fits before `refine_end = min(deadline - emit_reserve, start + budget_fraction * T)`, capped
+   by `steps_per_tick`; async mode instead waits until `refine_end` while a worker refines;
+4. emit: take `planner.action()`, replace it by the fallback if it is not finite or the
+   deadline has already passed, clip it into the action limits, hand the `Command` to the plant;
+5. record a `TickRecord` in the preallocated trace ring.
+
+Modes:
+- `realtime`: the plant runs on its own clock; a command later than its deadline is discarded
+  by the plant (which counts it: the ground truth) and the plant holds its previous command.
+  The loop counts the same miss from its side and records the fallback it stands for.
+- `lockstep`: the plant waits for the controller (deterministic, for evaluation). Each tick runs
+  exactly `steps_per_tick` refine steps (default 1) whatever they cost; misses against the
+  virtual deadline `start + T - margin` are still counted, but nothing is dropped.
+
+The per-tick path takes no decisions that could be made at start-up: limits, buffers and the
+record layout are fixed before the first tick.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from runtime.budget import BudgetConfig, StepBudget
+from runtime.fallback import CODE_NONE, CODE_NONFINITE, FALLBACK_NAMES, Fallback, HoldLast
+from runtime.handover import LatestAction, RefineWorker
+from runtime.protocols import Clock, Command, Observation, Planner, Plant
+from runtime.rt import GcPolicy
+from runtime.stats import DeadlineStats
+from runtime.ticker import Ticker
+from runtime.trace import TraceRing, read_trace
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """How the loop runs.
+
+    rate_hz: control rate; `None` takes the plant's own rate.
+    mode: "realtime" (plant on its own clock) or "lockstep" (plant waits for the controller).
+    refine: "sync" (refine in the tick thread) or "async" (a worker refines continuously).
+    steps_per_tick: cap on refine steps per tick; in lockstep the exact count (default 1).
+    deadline_margin_s: the deadline sits this long before the next tick's start.
+    budget_fraction: refinement must end within this fraction of the period after the start.
+    emit_reserve_s: time kept free before the deadline to build and send the command.
+    warmup_steps: refine steps measured before the first tick to seed the latency estimate.
+    """
+
+    rate_hz: float | None = None
+    mode: Literal["lockstep", "realtime"] = "lockstep"
+    refine: Literal["sync", "async"] = "sync"
+    steps_per_tick: int | None = None
+    deadline_margin_s: float = 0.0
+    budget_fraction: float = 1.0
+    emit_reserve_s: float = 50e-6
+    warmup_steps: int = 5
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+
+    def __post_init__(self) -> None:
+        if self.rate_hz is not None and not (self.rate_hz > 0 and math.isfinite(self.rate_hz)):
+            raise ValueError(f"{self.rate_hz=} must be a positive finite rate")
+        if self.mode not in ("lockstep", "realtime"):
+            raise ValueError(f"{self.mode=} must be 'lockstep' or 'realtime'")
+        if self.refine not in ("sync", "async"):
+            raise ValueError(f"{self.refine=} must be 'sync' or 'async'")
+        if self.steps_per_tick is not None and self.steps_per_tick < 1:
+            raise ValueError(f"{self.steps_per_tick=} must be >= 1")
+        if not 0.0 < self.budget_fraction <= 1.0:
+            raise ValueError(f"{self.budget_fraction=} must be in (0, 1]")
+        if self.deadline_margin_s < 0 or self.emit_reserve_s < 0 or self.warmup_steps < 0:
+            raise ValueError(
+                f"{self.deadline_margin_s=}, {self.emit_reserve_s=}, {self.warmup_steps=}"
+                " must be >= 0"
+            )
+
+
+@dataclass
+class EpisodeResult:
+    index: int
+    ticks: int
+    episode_return: float
+    success: bool
+
+
+@dataclass
+class RunResult:
+    """What a run produced: its tick records, episode outcomes and the plant's own counts."""
+
+    records: np.ndarray  # (N,) TICK_DTYPE
+    episodes: list[EpisodeResult]
+    plant_counters: dict[str, int]
+    period_ns: int
+    mode: str
+    trace_path: str | None = None
+
+    def stats(self) -> DeadlineStats:
+        return DeadlineStats.from_records(self.records, period_ns=self.period_ns)
+
+    def to_json(self) -> dict[str, Any]:
+        """DESIGN's `rtdiff run --json` contract."""
+        out = self.stats().to_json()
+        done = self.episodes
+        out["episodes"] = len(done)
+        out["success_rate"] = float(np.mean([e.success for e in done])) if done else 0.0
+        out["mean_return"] = float(np.mean([e.episode_return for e in done])) if done else 0.0
+        out["mode"] = self.mode
+        out["rate_hz"] = 1e9 / self.period_ns
+        out["plant_counters"] = dict(self.plant_counters)
+        if self.mode == "realtime":
+            out["plant_misses"] = int(self.plant_counters.get("late", 0))
+        if self.trace_path is not None:
+            out["trace"] = self.trace_path
+        return out
+
+
+ProgressFn = Callable[[int, int, list[EpisodeResult]], None]  # (ticks, misses, episodes)
+
+
+class ControlLoop:
+    """Drives a `Plant` with a `Planner` on a `Clock`.
+
+    Example:
+        loop = ControlLoop(plant, planner, MonotonicClock(), LoopConfig(mode="realtime"))
+        result = loop.run(seconds=10)
+        print(result.to_json()["miss_rate"])
+    """
+
+    def __init__(
+        self,
+        plant: Plant,
+        planner: Planner,
+        clock: Clock,
+        config: LoopConfig | None = None,
+        *,
+        fallback: Fallback | None = None,
+        trace: TraceRing | None = None,
+        gc_policy: GcPolicy | None = None,
+        progress: ProgressFn | None = None,
+        progress_every: int = 0,
+    ) -> None:
+        self.plant = plant
+        self.planner = planner
+        self.clock = clock
+        self.config = config or LoopConfig()
+        self.fallback = fallback or HoldLast()
+        self.spec = plant.spec()
+        rate = self.config.rate_hz or self.spec.rate_hz
+        self.period_ns = round(1e9 / rate)
+        self.budget = StepBudget(self.config.budget)
+        self.trace = trace
+        self.gc_policy = gc_policy
+        self.progress = progress
+        self.progress_every = progress_every
+        da = self.spec.action_dim
+        self._low = self.spec.action_low.copy()
+        self._high = self.spec.action_high.copy()
+        self._out = np.zeros(da)  # the action going out this tick (Da,)
+        self._last = np.clip(np.zeros(da), self._low, self._high)  # last action sent (Da,)
+        self._fallbacks: dict[str, int] = {}
+        self._stop = False
+
+    def stop(self) -> None:
+        """Ask the loop to stop after the current tick (thread-safe, e.g. from a signal)."""
+        self._stop = True
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def warmup(self, obs: Observation) -> None:
+        """Measure a few refine steps on `obs` to seed the latency estimate, then reset again."""
+        for _ in range(self.config.warmup_steps):
+            t = self.clock.now_ns()
+            n = self.planner.refine(self.period_ns)
+            if n <= 0:
+                break
+            self.budget.record((self.clock.now_ns() - t) // n)
+        self.planner.reset(obs)
+
+    # -- the run --------------------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        ticks: int | None = None,
+        seconds: float | None = None,
+        episodes: int | None = None,
+        seed: int = 0,
+    ) -> RunResult:
+        """Run until `ticks` ticks, `seconds` of ticks, or `episodes` finished episodes."""
+        if ticks is None and seconds is None and episodes is None:
+            raise ValueError("give one of ticks, seconds or episodes")
+        if seconds is not None:
+            by_time = max(1, round(seconds * 1e9 / self.period_ns))
+            ticks = by_time if ticks is None else min(ticks, by_time)
+        if self.trace is None:
+            expected = ticks or (max(self.spec.episode_ticks, 1) * (episodes or 1) + 16)
+            self.trace = TraceRing(
+                self.spec.action_dim,
+                chunk_ticks=1024,
+                n_chunks=max(2, math.ceil(expected / 1024) + 1),
+            )
+        cfg = self.config
+        clock = self.clock
+        planner = self.planner
+        plant = self.plant
+        trace = self.trace
+        c = trace.cols
+        period = self.period_ns
+        realtime = cfg.mode == "realtime"
+        deadline_off = period - round(cfg.deadline_margin_s * 1e9)
+        refine_off = min(deadline_off - round(cfg.emit_reserve_s * 1e9),
+                         round(cfg.budget_fraction * period))
+        cap = cfg.steps_per_tick if cfg.steps_per_tick is not None else (
+            1 if not realtime else 1 << 30
+        )
+        fallback = self.fallback
+        fb_name = fallback.name
+        out, last, low, high = self._out, self._last, self._low, self._high
+        episode_results: list[EpisodeResult] = []
+        ep_index, ep_ticks, ep_return, ep_seed = 0, 0, 0.0, seed
+
+        obs = plant.reset(seed=ep_seed)
+        planner.reset(obs)
+        if cfg.refine == "sync" and cfg.warmup_steps:
+            self.warmup(obs)
+        worker: RefineWorker | None = None
+        latest: LatestAction | None = None
+        steps_seen = 0
+        if cfg.refine == "async":
+            latest = LatestAction(self.spec.action_dim)
+            latest.publish(planner.action(), obs.seq, 0)
+            worker = RefineWorker(planner, latest, step_budget_ns=period)
+            worker.mailbox.post(obs, reset=True)
+            worker.start()
+        gc_policy = self.gc_policy
+        if gc_policy is not None:
+            gc_policy.start()
+        ticker = Ticker(clock, period) if realtime else None
+        fresh = True  # the planner already holds `obs` from reset()
+        last_seq = obs.seq
+        k_local = 0
+        misses = 0
+        self._stop = False
+        try:
+            while not self._stop and (ticks is None or k_local < ticks):
+                # 1. tick start
+                if ticker is not None:
+                    ts = ticker.wait()
+                    k, sched, start, skipped = ts.k, ts.scheduled_ns, ts.start_ns, ts.skipped
+                else:
+                    start = clock.now_ns()
+                    k, sched, skipped = k_local, start, 0
+                deadline = sched + deadline_off
+                refine_end = sched + refine_off
+                # 2. observe
+                if not fresh:
+                    obs = plant.observe()
+                    if obs.seq != last_seq:
+                        ep_return += obs.reward
+                        last_seq = obs.seq
+                    if obs.done:
+                        episode_results.append(
+                            EpisodeResult(ep_index, ep_ticks, ep_return,
+                                          bool(obs.info.get("success", False)))
+                        )
+                        ep_index += 1
+                        if episodes is not None and ep_index >= episodes:
+                            break
+                        ep_seed += 1
+                        obs = plant.reset(seed=ep_seed)
+                        last_seq = obs.seq
+                        ep_ticks, ep_return = 0, 0.0
+                        fresh = True
+                t_obs = clock.now_ns()
+                if worker is not None:
+                    worker.mailbox.post(obs, reset=fresh)
+                elif fresh:
+                    planner.reset(obs)
+                else:
+                    planner.observe(obs)
+                fresh = False
+                # 3. refine
+                steps = 0
+                refine_ns = 0
+                if worker is None:
+                    budget = self.budget
+                    while steps < cap:
+                        t0 = clock.now_ns()
+                        if realtime and t0 + budget.estimate_ns > refine_end:
+                            break
+                        n = planner.refine(refine_end - t0)
+                        t1 = clock.now_ns()
+                        if n <= 0:
+                            break
+                        budget.record((t1 - t0) // n)
+                        refine_ns += t1 - t0
+                        steps += n
+                    surprise = float(getattr(planner, "surprise", 0.0))
+                else:
+                    clock.sleep_until_ns(refine_end)
+                    worker.check()
+                t_ref = clock.now_ns()
+                # 4. emit
+                if latest is not None and worker is not None:
+                    _, total = latest.read(out)
+                    steps, steps_seen = total - steps_seen, total
+                    surprise = worker.surprise
+                    action_ok = bool(np.isfinite(out).all())
+                else:
+                    a = planner.action()
+                    action_ok = bool(np.isfinite(a).all())
+                    if action_ok:
+                        np.copyto(out, a)
+                code = CODE_NONE
+                if realtime and t_ref > deadline:
+                    code = fallback.code  # the plant will hold; record what stands in
+                    fallback.fill(out, last, obs.state)
+                elif not action_ok:
+                    code = CODE_NONFINITE
+                    fallback.fill(out, last, obs.state)
+                else:
+                    fallback.reset()
+                np.clip(out, low, high, out=out)
+                np.copyto(last, out)
+                t_emit0 = clock.now_ns()
+                plant.apply(Command(k, t_emit0, out.copy(), deadline,
+                                    "" if code == CODE_NONE else FALLBACK_NAMES.get(code, fb_name)))
+                t_emit = clock.now_ns()
+                missed = t_emit > deadline
+                misses += missed
+                if code != CODE_NONE:
+                    name = FALLBACK_NAMES.get(code, fb_name)
+                    self._fallbacks[name] = self._fallbacks.get(name, 0) + 1
+                # 5. record
+                i = trace.next_slot()
+                c.tick[i] = k
+                c.scheduled_ns[i] = sched
+                c.start_ns[i] = start
+                c.observe_ns[i] = t_obs
+                c.refine_end_ns[i] = t_ref
+                c.emit_ns[i] = t_emit
+                c.deadline_ns[i] = deadline
+                c.refine_ns[i] = refine_ns
+                c.steps[i] = steps
+                c.missed[i] = missed
+                c.lateness_ns[i] = start - sched
+                c.skipped[i] = skipped
+                c.surprise[i] = surprise
+                c.fallback[i] = code
+                c.episode[i] = ep_index
+                c.action[i] = out
+                trace.commit()
+                k_local += 1
+                ep_ticks += 1
+                if self.progress is not None and self.progress_every and (
+                    k_local % self.progress_every == 0
+                ):
+                    self.progress(k_local, misses, episode_results)
+                if gc_policy is not None and ticker is not None:
+                    gc_policy.collect_in_slack(sched + period - clock.now_ns())
+        finally:
+            if worker is not None:
+                worker.stop()
+            if gc_policy is not None:
+                gc_policy.stop()
+            trace.close()
+        records = trace.records() if trace.path is None else read_trace(trace.path).records
+        return RunResult(
+            records=records,
+            episodes=episode_results,
+            plant_counters=dict(plant.counters()),
+            period_ns=period,
+            mode=cfg.mode,
+            trace_path=None if trace.path is None else str(trace.path),
+        )
+
+    @property
+    def fallback_counts(self) -> dict[str, int]:
+        return dict(self._fallbacks)

@@ -1,0 +1,126 @@
+"""ControlLoop behaviour on a fake clock: budgets, misses, fallbacks, episodes, async."""
+
+import numpy as np
+import pytest
+
+from runtime.budget import BudgetConfig
+from runtime.clock import FakeClock
+from runtime.fallback import CODE_HOLD, CODE_NONFINITE
+from runtime.loop import ControlLoop, LoopConfig
+
+from .toys import CostPlanner, IntegratorPlant
+
+T = 1_000_000  # 1 kHz
+
+
+def realtime_loop(clock: FakeClock, planner: CostPlanner, **cfg: object) -> ControlLoop:
+    plant = IntegratorPlant(rate_hz=1000, episode_ticks=10_000, clock=clock)
+    config = LoopConfig(mode="realtime", budget=BudgetConfig(margin_ns=0, margin_frac=0.0),
+                        **cfg)  # type: ignore[arg-type]
+    return ControlLoop(plant, planner, clock, config)
+
+
+def test_lockstep_runs_exact_steps_and_finishes_episodes() -> None:
+    clock = FakeClock()
+    plant = IntegratorPlant(rate_hz=100, episode_ticks=100, clock=clock)
+    planner = CostPlanner(clock, step_ns=1_000)
+    loop = ControlLoop(plant, planner, clock, LoopConfig(mode="lockstep", steps_per_tick=3,
+                                                          warmup_steps=0))
+    result = loop.run(episodes=3)
+    assert len(result.episodes) == 3
+    assert [e.ticks for e in result.episodes] == [100, 100, 100]
+    assert all(e.success for e in result.episodes)  # a P-controller drives x to 0
+    assert np.all(result.records["steps"] == 3)
+    assert len(result.records) == 300
+    assert result.records["missed"].sum() == 0
+    out = result.to_json()
+    assert out["episodes"] == 3 and out["success_rate"] == 1.0 and out["ticks"] == 300
+
+
+def test_budget_never_schedules_a_step_past_the_refine_end() -> None:
+    clock = FakeClock()
+    planner = CostPlanner(clock, step_ns=70_000)
+    loop = realtime_loop(clock, planner, emit_reserve_s=50e-6)
+    r = loop.run(ticks=300).records
+    assert r["missed"].sum() == 0
+    refine_end = r["scheduled_ns"] + T - 50_000
+    assert np.all(r["refine_end_ns"] <= refine_end)
+    assert r["steps"].min() == r["steps"].max() == 13  # floor(950 us / 70 us)
+
+
+def test_steps_adapt_within_a_few_ticks_when_step_latency_jumps_5x() -> None:
+    clock = FakeClock()
+    planner = CostPlanner(clock, step_ns=50_000)
+    loop = realtime_loop(clock, planner)
+    first = loop.run(ticks=100).records
+    assert first["steps"][-1] == 19  # floor(950 / 50)
+    planner.step_ns = 250_000
+    after = loop.run(ticks=100).records
+    # The first slow step is only known once measured; afterwards every tick plans with it.
+    assert after["missed"][2:].sum() == 0
+    assert after["steps"][-1] == 3  # floor(950 / 250)
+    assert np.all(after["refine_end_ns"][1:] <= after["scheduled_ns"][1:] + T - 50_000)
+
+
+def test_a_planner_that_overruns_causes_a_counted_miss_and_the_fallback() -> None:
+    clock = FakeClock()
+    planner = CostPlanner(clock, step_ns=100_000)
+    planner.overrun_at = 10  # the 10th observed tick: one step costs 2.5 periods
+    planner.overrun_ns = 2_500_000
+    loop = realtime_loop(clock, planner, steps_per_tick=1)
+    result = loop.run(ticks=50)
+    r = result.records
+    missed = np.flatnonzero(r["missed"])
+    assert len(missed) == 1
+    m = missed[0]
+    assert r["fallback"][m] == CODE_HOLD
+    assert r["action"][m] == pytest.approx(r["action"][m - 1])  # held the last command
+    # The overrun ended 2.5 periods after tick m's start: tick m+1 is skipped (counted), tick
+    # m+2 runs half a period late, and no burst follows.
+    assert r["skipped"][m + 1] == 1
+    assert r["tick"][m + 1] == r["tick"][m] + 2
+    assert r["lateness_ns"][m + 1] == T // 2
+    assert np.all(r["lateness_ns"][m + 2 :] == 0)
+    assert loop.fallback_counts == {"hold": 1}
+    assert result.plant_counters["late"] == 1  # the plant saw the same miss
+    assert result.to_json()["plant_misses"] == 1
+
+
+def test_non_finite_actions_never_leave_the_loop() -> None:
+    clock = FakeClock()
+    planner = CostPlanner(clock, step_ns=10_000)
+    planner.nan_ticks = {5, 6, 7}
+    loop = realtime_loop(clock, planner, steps_per_tick=1)
+    r = loop.run(ticks=20).records
+    assert np.all(np.isfinite(r["action"]))
+    assert list(np.flatnonzero(r["fallback"] == CODE_NONFINITE)) == [5, 6, 7]
+    assert np.all(np.abs(r["action"]) <= 1.0)
+
+
+def test_actions_are_clipped_into_the_limits() -> None:
+    clock = FakeClock()
+    planner = CostPlanner(clock, step_ns=10_000, gain=1e6)
+    r = realtime_loop(clock, planner, steps_per_tick=1).run(ticks=5).records
+    assert np.all(r["action"] == -1.0)
+
+
+def test_async_refinement_publishes_planner_actions_to_the_tick() -> None:
+    clock = FakeClock()
+    plant = IntegratorPlant(rate_hz=1000, episode_ticks=10_000, clock=clock)
+
+    class Slow(CostPlanner):
+        def refine(self, budget_ns: int) -> int:
+            self.refines += 1
+            return 1 if self.refines % 50 else 0  # idles now and then, like a converged plan
+
+    planner = Slow(clock)
+    loop = ControlLoop(plant, planner, clock, LoopConfig(mode="realtime", refine="async"))
+    result = loop.run(ticks=200)
+    r = result.records
+    assert len(r) == 200
+    assert np.all(np.isfinite(r["action"]))
+    assert r["steps"].sum() > 0
+    # Every action the tick emitted is the planner's P-law on some observed state: finite,
+    # within limits, and pulling x (which starts at +1) towards 0.
+    assert np.all(r["action"] <= 0.0) and np.all(r["action"] >= -1.0)
+    assert r["fallback"].sum() == 0
