@@ -1,0 +1,277 @@
+"""`MujocoPlant`: any registered task as a `runtime.Plant`, in lockstep or realtime mode.
+
+Lockstep: `apply(cmd)` steps physics one control period and returns; the plant waits for the
+controller, so a run is deterministic under its seed.
+
+Realtime: physics is paced on a clock (a `MonotonicClock` by default) at the task rate by a
+background thread. Each plant tick (`step_realtime_tick`) applies the newest command it holds
+and steps physics one period. The plant is the ground truth for deadline misses:
+
+- a command whose `apply()` happens after its `deadline_ns` (plant clock) is never applied;
+  it is counted in `late`;
+- a command older (by `seq`) than one already held is dropped and counted in `stale`;
+- a command replaced by a newer one before any tick used it is counted in `superseded`;
+- a tick with no fresh command holds the previous action (the neutral action before the
+  first command) and is counted in `held`;
+- a tick that starts more than one period after its schedule is counted in `overruns` (the
+  plant itself fell behind; it then catches up, tick after tick, so simulated time keeps
+  tracking the clock).
+
+The thread calls `step_realtime_tick()`; tests construct the plant with `run_thread=False`
+and a `FakeClock` and call it themselves, so the accounting is checked without sleeping.
+When an episode ends the realtime plant stops stepping physics until `reset()`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from runtime import Clock, Command, MonotonicClock, Observation, PlantSpec
+from sims.registry import make_task_env
+from sims.tasks.base import TaskEnv
+
+_COUNTERS = ("ticks", "applied", "late", "held", "stale", "superseded", "overruns", "episodes")
+
+
+class MujocoPlant:
+    """A simulated plant for task `task`.
+
+    Example:
+        plant = MujocoPlant("double-pendulum", seed=0)
+        obs = plant.reset()
+        plant.apply(Command(seq=0, t_ns=0, action=np.zeros(1), deadline_ns=2**62))
+        obs = plant.observe()             # obs.state (6,)
+    """
+
+    def __init__(
+        self,
+        task: str,
+        *,
+        mode: str = "lockstep",
+        clock: Clock | None = None,
+        seed: int = 0,
+        rate_hz: float | None = None,
+        disturbances: bool = True,
+        run_thread: bool = True,
+        **task_config: Any,
+    ) -> None:
+        if mode not in ("lockstep", "realtime"):
+            raise ValueError(f"{mode=} must be 'lockstep' or 'realtime'")
+        self.mode = mode
+        self._env: TaskEnv = make_task_env(
+            task, disturbances=disturbances, rate_hz=rate_hz, **task_config
+        )
+        self._spec = self._env.task.spec()
+        self._period_ns = self._spec.period_ns
+        self._clock: Clock = clock if clock is not None else MonotonicClock()
+        self._seed = seed
+        self._seeded = False
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(_COUNTERS, 0)
+        self._seq = 0
+        self._obs: Observation | None = None
+        self._action = self._env.neutral_action()  # (Da,) the action held by the actuator
+        self._pending: Command | None = None
+        self._last_seq = -1
+        self._next_tick_ns = 0
+        self._t0_ns = 0
+        self._episode_ticks = 0
+        self._running = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._run_thread = run_thread
+        # realtime: tick start minus its schedule (ns), the newest 1e6 ticks
+        self.tick_lateness_ns: deque[int] = deque(maxlen=1_000_000)
+
+    # ------------------------------------------------------------------ Plant API
+
+    def spec(self) -> PlantSpec:
+        return self._spec
+
+    @property
+    def env(self) -> TaskEnv:
+        return self._env
+
+    def reset(self, seed: int | None = None) -> Observation:
+        """Start an episode; the first reset uses the constructor's seed unless one is given."""
+        if seed is None and not self._seeded:
+            seed = self._seed
+        self._seeded = True
+        with self._lock:
+            obs, info = self._env.reset(seed=seed)
+            self._action = self._env.neutral_action()
+            self._pending = None
+            self._last_seq = -1
+            self._counts["episodes"] += 1
+            now = self._clock.now_ns()
+            self._obs = self._make_obs(obs, 0.0, False, False, info, now)
+            self._t0_ns = now
+            self._episode_ticks = 0
+            self._next_tick_ns = now + self._period_ns
+            if self.mode == "realtime":
+                self._running.set()
+        if self.mode == "realtime" and self._run_thread and self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="mujoco-plant", daemon=True)
+            self._thread.start()
+        return self._copy_obs()
+
+    def observe(self) -> Observation:
+        if self._obs is None:
+            raise RuntimeError("observe() before reset()")
+        with self._lock:
+            return self._copy_obs()
+
+    def apply(self, cmd: Command) -> None:
+        action = np.asarray(cmd.action, dtype=np.float64)
+        if action.shape != (self._spec.action_dim,) or not np.all(np.isfinite(action)):
+            raise ValueError(
+                f"command {cmd.seq}: action must be finite with shape "
+                f"({self._spec.action_dim},), got {action!r}"
+            )
+        if self._obs is None:
+            raise RuntimeError("apply() before reset()")
+        if self.mode == "lockstep":
+            with self._lock:
+                if self._obs.done:
+                    raise RuntimeError("apply() after the episode ended; call reset()")
+                self._counts["applied"] += 1
+                self._step(action)
+            return
+        with self._lock:
+            if self._clock.now_ns() > cmd.deadline_ns:
+                self._counts["late"] += 1
+                return
+            if cmd.seq <= self._last_seq:
+                self._counts["stale"] += 1
+                return
+            if self._pending is not None:
+                self._counts["superseded"] += 1
+            self._last_seq = cmd.seq
+            self._pending = Command(cmd.seq, cmd.t_ns, action.copy(), cmd.deadline_ns)
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._running.set()  # wake the thread so it sees the stop
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+        self._env.close()
+
+    def __enter__(self) -> MujocoPlant:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ realtime
+
+    @property
+    def next_tick_ns(self) -> int:
+        """When the next realtime tick is scheduled (plant clock)."""
+        return self._next_tick_ns
+
+    def pacing(self) -> dict[str, float]:
+        """Simulated vs clock time since the last reset (realtime): sim_s, wall_s, ratio."""
+        with self._lock:
+            sim_s = self._episode_ticks * self._spec.period_s
+            wall_s = (self._clock.now_ns() - self._t0_ns) * 1e-9
+        return {"sim_s": sim_s, "wall_s": wall_s, "ratio": sim_s / wall_s if wall_s else 0.0}
+
+    def step_realtime_tick(self) -> bool:
+        """One realtime plant tick: apply the newest held command (or hold), step physics.
+
+        Returns False (and does nothing) when the episode is over or not started.
+        """
+        with self._lock:
+            if self._obs is None or self._obs.done:
+                return False
+            now = self._clock.now_ns()
+            scheduled = self._next_tick_ns
+            self.tick_lateness_ns.append(now - scheduled)
+            if now - scheduled > self._period_ns:
+                self._counts["overruns"] += 1
+            self._next_tick_ns = scheduled + self._period_ns
+            if self._pending is not None:
+                action = self._pending.action
+                self._pending = None
+                self._counts["applied"] += 1
+            else:
+                action = self._action
+                self._counts["held"] += 1
+            self._step(action)
+            if self._obs.done:
+                self._running.clear()
+            return True
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if not self._running.wait(timeout=0.05):
+                continue
+            if self._stop.is_set():
+                break
+            # ticks are scheduled at t0 + k * period, k >= 1 (t0 = the reset)
+            self._clock.sleep_until_ns(self._next_tick_ns)
+            self.step_realtime_tick()
+
+    # ------------------------------------------------------------------ internals
+
+    def _step(self, action: np.ndarray) -> None:
+        obs, reward, terminated, truncated, info = self._env.step(action)
+        self._action = action
+        self._counts["ticks"] += 1
+        self._episode_ticks += 1
+        self._obs = self._make_obs(obs, reward, terminated, truncated, info, self._clock.now_ns())
+
+    def _make_obs(
+        self,
+        obs: dict[str, np.ndarray],
+        reward: float,
+        terminated: bool,
+        truncated: bool,
+        info: dict[str, Any],
+        t_ns: int,
+    ) -> Observation:
+        self._seq += 1
+        info = dict(info)
+        info["executed"] = self._env.last_executed.copy()
+        return Observation(
+            seq=self._seq,
+            t_ns=t_ns,
+            state=obs["state"],
+            goal=obs.get("goal", np.zeros(0)),
+            reward=float(reward),
+            terminated=bool(terminated),
+            truncated=bool(truncated),
+            info=info,
+        )
+
+    def _copy_obs(self) -> Observation:
+        o = self._obs
+        if o is None:
+            raise RuntimeError("no observation before reset()")
+        return Observation(
+            seq=o.seq,
+            t_ns=o.t_ns,
+            state=o.state.copy(),
+            goal=o.goal.copy(),
+            reward=o.reward,
+            terminated=o.terminated,
+            truncated=o.truncated,
+            stale=o.stale,
+            info=dict(o.info),
+        )
+
+
+def make_plant(task: str, **kw: Any) -> MujocoPlant:
+    """`MujocoPlant(task, **kw)`; a task name given as "sim:TASK" is accepted too."""
+    if task.startswith("sim:"):
+        task = task[4:]
+    return MujocoPlant(task, **kw)

@@ -1,0 +1,1 @@
+"""Task environments; see `sims.registry`."""
