@@ -63,7 +63,7 @@ class LoopConfig:
     deadline_margin_s: float = 0.0
     budget_fraction: float = 1.0
     emit_reserve_s: float = 50e-6
-    warmup_steps: int = 5
+    warmup_steps: int = 10
     budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     def __post_init__(self) -> None:
@@ -176,13 +176,19 @@ class ControlLoop:
     # -- set-up ---------------------------------------------------------------------------
 
     def warmup(self, obs: Observation) -> None:
-        """Measure a few refine steps on `obs` to seed the latency estimate, then reset again."""
-        for _ in range(self.config.warmup_steps):
+        """Measure refine steps on `obs` to seed the latency estimate, then reset again.
+
+        The first half of the warm-up steps is run but not recorded: first calls pay for cold
+        caches, lazy initialisation and (on a GPU) kernel selection, which the loop never sees.
+        """
+        n_steps = self.config.warmup_steps
+        for i in range(n_steps):
             t = self.clock.now_ns()
             n = self.planner.refine(self.period_ns)
             if n <= 0:
                 break
-            self.budget.record((self.clock.now_ns() - t) // n)
+            if i >= n_steps // 2:
+                self.budget.record((self.clock.now_ns() - t) // n)
         self.planner.reset(obs)
 
     # -- the run --------------------------------------------------------------------------
@@ -210,6 +216,9 @@ class ControlLoop:
             )
         cfg = self.config
         clock = self.clock
+        now_ns = clock.now_ns  # bound once: the tick path reads the clock ~6 times per tick
+        has_surprise = hasattr(self.planner, "surprise")
+        maximum, minimum, isfinite = np.maximum, np.minimum, math.isfinite
         planner = self.planner
         plant = self.plant
         trace = self.trace
@@ -257,7 +266,7 @@ class ControlLoop:
                     ts = ticker.wait()
                     k, sched, start, skipped = ts.k, ts.scheduled_ns, ts.start_ns, ts.skipped
                 else:
-                    start = clock.now_ns()
+                    start = now_ns()
                     k, sched, skipped = k_local, start, 0
                 deadline = sched + deadline_off
                 refine_end = sched + refine_off
@@ -280,7 +289,7 @@ class ControlLoop:
                         last_seq = obs.seq
                         ep_ticks, ep_return = 0, 0.0
                         fresh = True
-                t_obs = clock.now_ns()
+                t_obs = now_ns()
                 if worker is not None:
                     worker.mailbox.post(obs, reset=fresh)
                 elif fresh:
@@ -293,31 +302,38 @@ class ControlLoop:
                 refine_ns = 0
                 if worker is None:
                     budget = self.budget
+                    blocked = False
                     while steps < cap:
-                        t0 = clock.now_ns()
-                        if realtime and t0 + budget.estimate_ns > refine_end:
+                        t0 = now_ns()
+                        if realtime and t0 + budget.estimate_ns > refine_end and not (
+                            steps == 0 and budget.probe_ok(refine_end - t0)
+                        ):
+                            blocked = True
                             break
                         n = planner.refine(refine_end - t0)
-                        t1 = clock.now_ns()
+                        t1 = now_ns()
                         if n <= 0:
                             break
                         budget.record((t1 - t0) // n)
                         refine_ns += t1 - t0
                         steps += n
-                    surprise = float(getattr(planner, "surprise", 0.0))
+                    budget.end_tick(steps, blocked)
+                    surprise = planner.surprise if has_surprise else 0.0  # type: ignore[attr-defined]
                 else:
                     clock.sleep_until_ns(refine_end)
                     worker.check()
-                t_ref = clock.now_ns()
+                t_ref = now_ns()
                 # 4. emit
                 if latest is not None and worker is not None:
                     _, total = latest.read(out)
                     steps, steps_seen = total - steps_seen, total
                     surprise = worker.surprise
-                    action_ok = bool(np.isfinite(out).all())
+                    action_ok = isfinite(out @ out)
                 else:
                     a = planner.action()
-                    action_ok = bool(np.isfinite(a).all())
+                    # a @ a is finite iff every element is (NaN and inf propagate; the only
+                    # false alarm is |a| > 1e154, which is no command to send either).
+                    action_ok = isfinite(a @ a)
                     if action_ok:
                         np.copyto(out, a)
                 code = CODE_NONE
@@ -329,12 +345,13 @@ class ControlLoop:
                     fallback.fill(out, last, obs.state)
                 else:
                     fallback.reset()
-                np.clip(out, low, high, out=out)
+                maximum(out, low, out=out)  # np.clip costs 2 us here, this pair 0.8 us
+                minimum(out, high, out=out)
                 np.copyto(last, out)
-                t_emit0 = clock.now_ns()
+                t_emit0 = now_ns()
                 plant.apply(Command(k, t_emit0, out.copy(), deadline,
                                     "" if code == CODE_NONE else FALLBACK_NAMES.get(code, fb_name)))
-                t_emit = clock.now_ns()
+                t_emit = now_ns()
                 missed = t_emit > deadline
                 misses += missed
                 if code != CODE_NONE:
@@ -366,7 +383,7 @@ class ControlLoop:
                 ):
                     self.progress(k_local, misses, episode_results)
                 if gc_policy is not None and ticker is not None:
-                    gc_policy.collect_in_slack(sched + period - clock.now_ns())
+                    gc_policy.collect_in_slack(sched + period - now_ns())
         finally:
             if worker is not None:
                 worker.stop()
