@@ -1,0 +1,565 @@
+"""`RemotePlant`: a `runtime.Plant` on the far side of protocol v1 (docs/protocol.md).
+
+Single-threaded by design: the control loop owns the socket and every call does a bounded
+amount of work, so a tick never waits on a background thread or a lock. Each call first drains
+the socket (newest state wins; older ones are counted and dropped), sends a heartbeat when one
+is due, and watches the link:
+
+- no message from the server for `timeout_s` -> the link is declared lost (logged), a fresh
+  socket is opened and `hello` is re-sent every 250 ms without blocking the caller; until a
+  `welcome` arrives, `observe` returns the last state flagged `stale` and `apply` drops (and
+  counts) commands. A welcome with a new session id means the server restarted; both cases are
+  logged on the `hw_bridge` logger (which reaches stderr even when logging is not configured).
+- an `unknown_peer` error (the server restarted and libzmq reconnected underneath us) or a
+  server `goodbye` triggers the same re-handshake at once.
+- a `stream_tripped` error (the plant's watchdog stopped us) makes the next command start a
+  fresh stream, as the plant requires, and says so in the log.
+
+Clock offset: the NTP four-timestamp estimate from the hello/welcome exchange and from every
+heartbeat; the sample with the smallest round trip among the last 16 wins. Timestamps on the
+wire are each sender's own monotonic clock; `RemotePlant` maps state times to its clock and
+command deadlines to the server's.
+
+Lockstep (the server says so in `welcome.mode`): `apply` waits for the state that acknowledges
+the command (the plant stepped), as the `Plant` protocol asks. Realtime: `apply` only sends;
+`observe` never blocks; `next_observation` waits for a newer state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import Counter, deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from hw_bridge.codec import (
+    SUPPORTED_VERSIONS,
+    ProtocolError,
+    check_obs,
+    decode,
+    encode,
+    encode_array,
+    message,
+    spec_from_wire,
+)
+from runtime.clock import MonotonicClock
+from runtime.protocols import Clock, Command, Observation, PlantSpec
+
+log = logging.getLogger("hw_bridge")
+
+
+class BridgeError(ConnectionError):
+    """The link could not be made or used: no server, refused, or a layout/version mismatch."""
+
+
+class ClockSync:
+    """NTP-style offset = server_clock - client_clock, from (t1, t2, t3, t4) samples.
+
+    t1 client send, t2 server receive, t3 server send, t4 client receive:
+    offset = ((t2 - t1) + (t3 - t4)) / 2, round trip = (t4 - t1) - (t3 - t2).
+    """
+
+    def __init__(self, window: int = 16) -> None:
+        self.samples: deque[tuple[int, int]] = deque(maxlen=window)  # (rtt_ns, offset_ns)
+        self.offset_ns = 0
+        self.rtt_ns = 0
+
+    def add(self, t1: int, t2: int, t3: int, t4: int) -> None:
+        rtt = (t4 - t1) - (t3 - t2)
+        if rtt < 0:
+            return
+        self.samples.append((rtt, ((t2 - t1) + (t3 - t4)) // 2))
+        self.rtt_ns, self.offset_ns = min(self.samples)
+
+    def reset(self) -> None:
+        self.samples.clear()
+        self.offset_ns = self.rtt_ns = 0
+
+
+CLIENT_COUNTERS = (
+    "sent",  # commands sent
+    "dropped",  # commands not sent: link down
+    "states",  # state messages received
+    "superseded",  # states drained but never returned (a newer one won)
+    "stale",  # observe() calls that returned a stale observation
+    "errors",  # error messages from the server
+    "timeouts",  # waits that ran out (lockstep apply, reset, counters)
+    "reconnects",
+    "fresh_streams",  # new command streams after a watchdog trip
+)
+
+
+class RemotePlant:
+    """Implements `runtime.Plant` over the bridge.
+
+    Example:
+        plant = RemotePlant("tcp://127.0.0.1:5555")       # handshakes or raises BridgeError
+        obs = plant.reset(seed=0)
+        plant.apply(Command(seq=0, t_ns=..., action=np.zeros(plant.spec().action_dim),
+                            deadline_ns=...))
+        plant.counters()["late"]                           # misses the plant itself saw
+
+    `keys_dir`: a directory made by `rtdiff keys` (uses `client.key_secret` and `server.key`);
+    when None, `$RTDIFF_KEYS` is used if set, else the link is plain TCP/IPC.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        clock: Clock | None = None,
+        timeout_s: float = 1.0,
+        connect_timeout_s: float = 5.0,
+        keys_dir: str | Path | None = None,
+        role: str = "control",
+        takeover: bool = False,
+        expect: dict[str, Any] | None = None,
+        name: str = "rtdiff",
+        auto_resume: bool = True,
+    ) -> None:
+        if not (timeout_s > 0 and connect_timeout_s > 0):
+            raise ValueError(f"{timeout_s=} and {connect_timeout_s=} must be > 0")
+        if role not in ("control", "observe"):
+            raise ValueError(f"{role=} must be 'control' or 'observe'")
+        self.address = address
+        self.clock: Clock = clock if clock is not None else MonotonicClock(spin_ns=0)
+        self.timeout_ns = round(timeout_s * 1e9)
+        self.role = role
+        self.takeover = takeover
+        self.expect = expect
+        self.name = name
+        self.auto_resume = auto_resume
+        env_keys = os.environ.get("RTDIFF_KEYS")
+        self.keys_dir = Path(keys_dir) if keys_dir else (Path(env_keys) if env_keys else None)
+        self.sync = ClockSync()
+        self.counts: Counter[str] = Counter({k: 0 for k in CLIENT_COUNTERS})
+        self.server_counters: dict[str, int] = {}
+        self._ctx = zmq.Context()
+        self._sock: zmq.Socket[bytes] | None = None
+        self._seq = 0
+        self._stream = 0
+        self._connected = False
+        self._session: int | None = None
+        self._spec: PlantSpec | None = None
+        self.mode = "lockstep"
+        self.limits: dict[str, Any] = {}
+        self._hb_interval_ns = 100_000_000
+        self._last_rx_ns = 0
+        self._last_hello_ns = 0
+        self._last_hb_ns = 0
+        self._hb_sent: dict[int, int] = {}
+        self._latest: Observation | None = None  # newest state received
+        self._latest_state_seq = 0
+        self._returned_state_seq = 0  # state seq last handed out by observe()
+        self._ack_seq = -1
+        self._reset_seq = -1
+        self._pending_cmd = -1  # lockstep: seq of the command whose step we wait for
+        self._error_refs: dict[int, str] = {}
+        self._fatal: str | None = None
+        self._busy: str | None = None
+        self._safe = False
+        self._open()
+        self._wait_connected(round(connect_timeout_s * 1e9))
+
+    # -- socket and handshake ----------------------------------------------------------------
+
+    def _open(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+        sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 256)
+        sock.setsockopt(zmq.SNDHWM, 64)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if self.keys_dir is not None:
+            from hw_bridge.keys import client_curve
+
+            client_curve(sock, self.keys_dir)
+        sock.connect(self.address)
+        self._sock = sock
+        self._connected = False
+        self._send_hello()
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _send(self, msg: dict[str, Any]) -> bool:
+        if self._sock is None:
+            return False
+        try:
+            self._sock.send(encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
+    def _send_hello(self) -> None:
+        now = self.clock.now_ns()
+        self._last_hello_ns = now
+        fields: dict[str, Any] = {
+            "versions": list(SUPPORTED_VERSIONS),
+            "role": self.role,
+            "takeover": self.takeover,
+            "name": self.name,
+        }
+        if self.expect:
+            fields["expect"] = self.expect
+        self._send(message("hello", self._next_seq(), now, **fields))
+
+    def _wait_connected(self, timeout_ns: int) -> None:
+        end = self.clock.now_ns() + timeout_ns
+        while not self._connected:
+            if self._fatal is not None:
+                raise BridgeError(f"{self.address}: {self._fatal}")
+            left = end - self.clock.now_ns()
+            if left <= 0:
+                why = (
+                    self._busy or "no answer (is `rtdiff serve` running there, with matching keys?)"
+                )
+                raise BridgeError(f"{self.address}: handshake failed: {why}")
+            self._pump(min(left, 50_000_000))
+            if not self._connected and self.clock.now_ns() - self._last_hello_ns > 250_000_000:
+                self._send_hello()
+
+    def _lost(self, why: str) -> None:
+        if self._connected:
+            log.warning("hw_bridge: lost link to %s (%s); reconnecting", self.address, why)
+        self._open()
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def _pump(self, wait_ns: int = 0) -> None:
+        """Handle every queued message; wait up to `wait_ns` for the first one."""
+        sock = self._sock
+        if sock is None:
+            return
+        if wait_ns > 0 and not sock.poll(max(1, wait_ns // 1_000_000)):
+            self._housekeeping()
+            return
+        while True:
+            try:
+                payload = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._on_message(payload)
+            if self._sock is not sock:  # re-opened during handling
+                break
+        self._housekeeping()
+
+    def _housekeeping(self) -> None:
+        now = self.clock.now_ns()
+        if not self._connected:
+            if now - self._last_hello_ns > 250_000_000:
+                self._send_hello()
+            return
+        if now - self._last_rx_ns > self.timeout_ns:
+            self._lost(f"no message for {(now - self._last_rx_ns) / 1e9:.2f} s")
+            return
+        if now - self._last_hb_ns > self._hb_interval_ns:
+            self._heartbeat(now)
+
+    def _heartbeat(self, now: int) -> int:
+        seq = self._next_seq()
+        self._last_hb_ns = now
+        self._hb_sent[seq] = now
+        if len(self._hb_sent) > 64:
+            self._hb_sent.pop(next(iter(self._hb_sent)))
+        self._send(message("heartbeat", seq, now))
+        return seq
+
+    def _on_message(self, payload: bytes) -> None:
+        now = self.clock.now_ns()
+        try:
+            msg = decode(payload)
+        except ProtocolError as exc:
+            self.counts["errors"] += 1
+            log.warning("hw_bridge: undecodable message from server: %s", exc)
+            return
+        kind = msg["type"]
+        if kind == "welcome":
+            self._on_welcome(msg, now)
+            return
+        if kind == "error":
+            self._on_error(msg)
+            return
+        if not self._connected:
+            return  # states before our welcome belong to an older session
+        self._last_rx_ns = now
+        if kind == "state":
+            self._on_state(msg)
+        elif kind == "heartbeat":
+            t1 = self._hb_sent.pop(int(msg.get("echo_seq", -1)), None)
+            if t1 is not None and "rx_t_ns" in msg:
+                self.sync.add(t1, msg["rx_t_ns"], msg["t_ns"], now)
+            self.server_counters = dict(msg.get("counters", {}))
+            self._safe = bool(msg.get("safe", False))
+        elif kind == "goodbye":
+            self._lost(f"server said goodbye: {msg.get('reason', '')}")
+
+    def _on_welcome(self, msg: dict[str, Any], now: int) -> None:
+        if self._connected and msg["session"] == self._session:
+            return  # the answer to a re-sent hello: we are in already
+        try:
+            spec = spec_from_wire(msg["spec"])
+        except ProtocolError as exc:
+            self._fatal = f"bad welcome: {exc}"
+            return
+        if self._spec is not None and (spec.state_dim, spec.action_dim) != (
+            self._spec.state_dim,
+            self._spec.action_dim,
+        ):
+            self._fatal = f"plant layout changed across reconnect: {spec} vs {self._spec}"
+            log.error("hw_bridge: %s", self._fatal)
+            return
+        self.sync.reset()
+        self.sync.add(msg["echo_t_ns"], msg["rx_t_ns"], msg["t_ns"], now)
+        first = self._spec is None
+        self._spec = spec
+        self.mode = msg["mode"]
+        self.limits = dict(msg["limits"])
+        self._hb_interval_ns = round(float(self.limits.get("heartbeat_ms", 100.0)) * 1e6)
+        restarted = self._session is not None and msg["session"] != self._session
+        self._session = msg["session"]
+        self._connected = True
+        self._busy = None
+        self._last_rx_ns = now
+        self._last_hb_ns = now
+        self._ack_seq = -1
+        self._pending_cmd = -1
+        self._new_stream()
+        if not first:
+            self.counts["reconnects"] += 1
+            log.warning(
+                "hw_bridge: reconnected to %s as %s (%s)",
+                self.address,
+                msg["role"],
+                "server restarted: new session" if restarted else "same server session",
+            )
+
+    def _on_error(self, msg: dict[str, Any]) -> None:
+        self.counts["errors"] += 1
+        code, text = msg["code"], msg["message"]
+        ref = msg.get("ref_seq")
+        if isinstance(ref, int):
+            self._error_refs[ref] = code
+            if len(self._error_refs) > 64:
+                self._error_refs.pop(next(iter(self._error_refs)))
+        if code == "busy":
+            self._busy = text
+        elif msg.get("fatal", False):
+            self._fatal = f"{code}: {text}"
+            log.error("hw_bridge: server refused: %s: %s", code, text)
+        elif code == "unknown_peer" and self._connected:
+            self._connected = False
+            log.warning(
+                "hw_bridge: server %s lost our session (restart?); handshaking", self.address
+            )
+            self._send_hello()
+        elif code == "stream_tripped" and self.auto_resume:
+            log.warning("hw_bridge: plant watchdog stopped our commands; starting a fresh stream")
+            self.counts["fresh_streams"] += 1
+            self._new_stream()
+        elif code == "taken_over":
+            log.warning("hw_bridge: %s", text)
+        elif code not in ("late", "rejected"):
+            log.warning("hw_bridge: server error %s: %s", code, text)
+
+    def _on_state(self, msg: dict[str, Any]) -> None:
+        spec = self._spec
+        if spec is None:
+            return
+        try:
+            state, goal = check_obs(msg["obs"], state_dim=spec.state_dim, goal_dim=spec.goal_dim)
+        except ProtocolError as exc:
+            self.counts["errors"] += 1
+            log.warning("hw_bridge: bad state message: %s", exc)
+            return
+        if msg["seq"] <= self._latest_state_seq and self._latest is not None:
+            return  # out of order (cannot happen on one connection; cheap to guard)
+        o = msg["obs"]
+        self.counts["states"] += 1
+        if self._latest is not None and self._latest_state_seq > self._returned_state_seq:
+            self.counts["superseded"] += 1
+        t_ns = o["t_ns"] - self.sync.offset_ns if self.mode == "realtime" else o["t_ns"]
+        self._latest = Observation(
+            seq=o["seq"],
+            t_ns=t_ns,
+            state=state,
+            goal=goal,
+            reward=float(o["reward"]),
+            terminated=o["terminated"],
+            truncated=o["truncated"],
+            info=dict(o.get("info", {})),
+        )
+        self._latest_state_seq = msg["seq"]
+        self._ack_seq = msg["ack_seq"]
+        self._reset_seq = msg["reset_seq"]
+        self._safe = msg["safe"]
+
+    def _new_stream(self) -> None:
+        self._stream = random.getrandbits(32)
+
+    def _wait_for(self, done: Any, timeout_ns: int) -> bool:
+        end = self.clock.now_ns() + timeout_ns
+        while not done():
+            left = end - self.clock.now_ns()
+            if left <= 0 or self._fatal is not None:
+                return False
+            self._pump(min(left, 20_000_000))
+        return True
+
+    # -- the Plant protocol ------------------------------------------------------------------
+
+    def spec(self) -> PlantSpec:
+        if self._spec is None:  # cannot happen after __init__
+            raise BridgeError(f"{self.address}: no handshake")
+        return self._spec
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def safe(self) -> bool:
+        """The plant reports its safe action latched (watchdog or goodbye)."""
+        return self._safe
+
+    def reset(self, seed: int | None = None) -> Observation:
+        if self.role != "control":
+            raise BridgeError("an observer cannot reset the plant")
+        if not self._connected:
+            self._wait_connected(self.timeout_ns)
+        seq = self._next_seq()
+        self._send(message("reset", seq, self.clock.now_ns(), seed=seed))
+        if not self._wait_for(
+            lambda: self._reset_seq >= seq or seq in self._error_refs, self.timeout_ns
+        ):
+            self.counts["timeouts"] += 1
+            raise BridgeError(f"{self.address}: no reply to reset within the timeout")
+        if seq in self._error_refs:
+            raise BridgeError(f"{self.address}: reset refused: {self._error_refs[seq]}")
+        return self._take()
+
+    def _take(self) -> Observation:
+        obs = self._latest
+        if obs is None:
+            raise BridgeError(f"{self.address}: no state received yet")
+        stale = self._latest_state_seq == self._returned_state_seq or not self._connected
+        self._returned_state_seq = self._latest_state_seq
+        if stale:
+            self.counts["stale"] += 1
+        return Observation(
+            seq=obs.seq,
+            t_ns=obs.t_ns,
+            state=obs.state,
+            goal=obs.goal,
+            reward=obs.reward,
+            terminated=obs.terminated,
+            truncated=obs.truncated,
+            stale=stale or obs.stale,
+            info=obs.info,
+        )
+
+    def observe(self) -> Observation:
+        """The newest state; `stale=True` when nothing newer arrived since the last call (the
+        state is then the last one received, never invented). Raises BridgeError only when no
+        state has ever arrived."""
+        self._pump()
+        if self._pending_cmd >= 0:
+            self._wait_step()
+        if self._latest is None:
+            self._wait_for(lambda: self._latest is not None, self.timeout_ns)
+        return self._take()
+
+    def next_observation(self, timeout_s: float) -> Observation:
+        """Wait up to `timeout_s` for a state newer than the last one returned."""
+        self._wait_for(
+            lambda: self._latest_state_seq > self._returned_state_seq, round(timeout_s * 1e9)
+        )
+        return self._take()
+
+    def _wait_step(self) -> None:
+        seq = self._pending_cmd
+        ok = self._wait_for(
+            lambda: self._ack_seq >= seq or seq in self._error_refs, self.timeout_ns
+        )
+        self._pending_cmd = -1
+        if not ok:
+            self.counts["timeouts"] += 1
+
+    def apply(self, cmd: Command) -> None:
+        """Send `cmd` (deadline mapped to the server's clock). Lockstep: return once the plant
+        stepped (or refused), at most `timeout_s`. The action must be (Da,) finite; the plant
+        enforces its limits and counts what it clamps or rejects."""
+        self._pump()
+        if not self._connected or self.role != "control":
+            self.counts["dropped"] += 1
+            return
+        seq = self._next_seq()
+        deadline = cmd.deadline_ns + self.sync.offset_ns if cmd.deadline_ns > 0 else None
+        if self.mode == "lockstep":
+            deadline = None  # the plant waits for us: deadlines are the controller's to count
+        msg = message(
+            "command",
+            seq,
+            self.clock.now_ns(),
+            stream=self._stream,
+            tick=cmd.seq,
+            obs_seq=self._latest.seq if self._latest is not None else -1,
+            action=encode_array(np.asarray(cmd.action, dtype=np.float64)),
+            deadline_ns=deadline,
+            fallback=cmd.fallback,
+        )
+        if not self._send(msg):
+            self.counts["dropped"] += 1
+            return
+        self.counts["sent"] += 1
+        if self.mode == "lockstep":
+            self._pending_cmd = seq
+            self._wait_step()
+
+    def counters(self) -> dict[str, int]:
+        """Summary keys `applied` (controller commands handed to the plant), `late`, `rejected`, `clamped`, `watchdog_trips` (what the
+        plant side saw; `late` = the plant's own late count + commands the server got after
+        their deadline), then every detail: `plant_*` (the plant's own counters), `server_*`
+        (the bridge server's), `client_*` (this end's). Asks the server (one heartbeat, at most
+        `timeout_s`); if it cannot answer, the last known server figures are used."""
+        if self._connected:
+            seq = self._heartbeat(self.clock.now_ns())
+            if not self._wait_for(lambda: seq not in self._hb_sent, self.timeout_ns):
+                self.counts["timeouts"] += 1
+        sc = self.server_counters
+        out: dict[str, int] = {
+            "applied": sc.get("applied", 0),
+            "late": sc.get("plant_late", 0) + sc.get("late", 0),
+            "rejected": sc.get("rejected", 0),
+            "clamped": sc.get("clamped", 0) + sc.get("rate_limited", 0),
+            "watchdog_trips": sc.get("watchdog_trips", 0),
+        }
+        for k, v in sc.items():
+            out[k if k.startswith("plant_") else f"server_{k}"] = v
+        for k, v in self.counts.items():
+            out[f"client_{k}"] = v
+        return out
+
+    def close(self) -> None:
+        if self._sock is not None:
+            if self._connected:
+                self._send(
+                    message("goodbye", self._next_seq(), self.clock.now_ns(), reason="close")
+                )
+            self._sock.close(linger=200)
+            self._sock = None
+        self._ctx.term()
+
+    def __enter__(self) -> RemotePlant:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,345 @@
+"""Protocol v1 on the wire: msgpack maps, numpy arrays as raw bytes + dtype + shape, never pickle.
+
+Every message is one ZeroMQ frame holding one msgpack map with at least `v` (protocol version),
+`type`, `seq` and `t_ns`. `decode` is the single gate between untrusted bytes and the rest of the
+bridge: it either returns a map whose every field has the type `docs/protocol.md` promises, or
+raises `ProtocolError` with a machine-readable `code`. It never raises anything else, whatever
+the input (the fuzz tests hold it to that), and it never allocates more than the message's own
+size: the unpacker is bounded by `MAX_MSG_BYTES` and arrays by `MAX_ARRAY_ELEMS`.
+
+Validation is hand-written rather than a schema library because it sits on the hot path: a
+command is decoded and checked in a few microseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from runtime.protocols import FloatArray, PlantSpec
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+MAX_MSG_BYTES = 65_536  # larger payloads are rejected before unpacking
+MAX_ARRAY_ELEMS = 4_096  # per array; a state or action is far smaller
+ALLOWED_DTYPES = ("<f8", "<f4")  # little-endian IEEE floats only
+
+MESSAGE_TYPES = ("hello", "welcome", "state", "command", "heartbeat", "reset", "error", "goodbye")
+ROLES = ("control", "observe")
+MODES = ("lockstep", "realtime")
+
+
+class ProtocolError(ValueError):
+    """A message that breaks protocol v1. `code` is one of the error codes in docs/protocol.md."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --- arrays -------------------------------------------------------------------------------------
+
+
+def encode_array(a: np.ndarray[Any, Any]) -> dict[str, Any]:
+    """(any shape) float array -> {"dtype": "<f8", "shape": [...], "data": bytes}."""
+    arr = np.ascontiguousarray(a, dtype="<f8")
+    return {"dtype": "<f8", "shape": list(arr.shape), "data": arr.tobytes()}
+
+
+def decode_array(obj: Any, *, field: str, shape: tuple[int, ...] | None = None) -> FloatArray:
+    """Encoded array -> float64 ndarray (a copy), checking dtype, shape and byte length."""
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_message", f"{field}: expected an array map, got {_tname(obj)}")
+    dtype, shp, data = obj.get("dtype"), obj.get("shape"), obj.get("data")
+    if dtype not in ALLOWED_DTYPES:
+        raise ProtocolError("bad_message", f"{field}.dtype: expected one of {ALLOWED_DTYPES}")
+    if not isinstance(shp, list) or not all(_is_int(d) and 0 <= d for d in shp) or len(shp) > 4:
+        raise ProtocolError("bad_message", f"{field}.shape: expected a list of <= 4 ints >= 0")
+    if not isinstance(data, bytes):
+        raise ProtocolError("bad_message", f"{field}.data: expected bin, got {_tname(data)}")
+    n = 1
+    for d in shp:
+        n *= d
+        if n > MAX_ARRAY_ELEMS:
+            raise ProtocolError("bad_message", f"{field}: more than {MAX_ARRAY_ELEMS} elements")
+    itemsize = 8 if dtype == "<f8" else 4
+    if len(data) != n * itemsize:
+        raise ProtocolError(
+            "bad_message", f"{field}: {len(data)} data bytes for shape {shp} of {dtype}"
+        )
+    if shape is not None and tuple(shp) != shape:
+        raise ProtocolError("bad_shape", f"{field}: expected shape {list(shape)}, got {shp}")
+    return np.frombuffer(data, dtype=dtype).astype(np.float64).reshape(shp)
+
+
+# --- field checks -------------------------------------------------------------------------------
+
+
+def _tname(x: Any) -> str:
+    return type(x).__name__
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _k_int(x: Any) -> bool:
+    return _is_int(x) and -(2**63) <= x < 2**63
+
+
+def _k_uint(x: Any) -> bool:
+    return _is_int(x) and 0 <= x < 2**63
+
+
+def _k_u32(x: Any) -> bool:
+    return _is_int(x) and 0 <= x < 2**32
+
+
+def _k_num(x: Any) -> bool:
+    return _is_num(x)
+
+
+def _k_bool(x: Any) -> bool:
+    return isinstance(x, bool)
+
+
+def _k_str(x: Any) -> bool:
+    return isinstance(x, str) and len(x) <= 1024
+
+
+def _k_map(x: Any) -> bool:
+    return isinstance(x, dict)
+
+
+def _k_arr(x: Any) -> bool:
+    return isinstance(x, dict)  # checked in depth by decode_array where it is used
+
+
+def _k_versions(x: Any) -> bool:
+    return isinstance(x, list) and 0 < len(x) <= 16 and all(_k_uint(v) for v in x)
+
+
+def _k_counters(x: Any) -> bool:
+    return isinstance(x, dict) and all(isinstance(k, str) and _k_int(v) for k, v in x.items())
+
+
+_Check = Any  # Callable[[Any], bool]; kept loose so the table below stays readable
+
+# type -> {field: (check, required, nullable)}; `v`, `type`, `seq`, `t_ns` are common to all.
+SCHEMA: dict[str, dict[str, tuple[_Check, bool, bool]]] = {
+    "hello": {
+        "versions": (_k_versions, True, False),
+        "role": (lambda x: x in ROLES, True, False),
+        "takeover": (_k_bool, False, False),
+        "name": (_k_str, False, False),
+        "expect": (_k_map, False, True),
+    },
+    "welcome": {
+        "version": (_k_uint, True, False),
+        "session": (_k_uint, True, False),
+        "role": (lambda x: x in ROLES, True, False),
+        "mode": (lambda x: x in MODES, True, False),
+        "spec": (_k_map, True, False),
+        "limits": (_k_map, True, False),
+        "echo_t_ns": (_k_int, True, False),
+        "rx_t_ns": (_k_int, True, False),
+    },
+    "state": {
+        "obs": (_k_map, True, False),
+        "ack_seq": (_k_int, True, False),
+        "reset_seq": (_k_int, True, False),
+        "safe": (_k_bool, True, False),
+    },
+    "command": {
+        "stream": (_k_u32, True, False),
+        "tick": (_k_int, True, False),
+        "obs_seq": (_k_int, True, False),
+        "action": (_k_arr, True, False),
+        "deadline_ns": (_k_int, True, True),
+        "fallback": (_k_str, False, False),
+    },
+    "heartbeat": {
+        "echo_seq": (_k_int, False, False),
+        "echo_t_ns": (_k_int, False, False),
+        "rx_t_ns": (_k_int, False, False),
+        "counters": (_k_counters, False, False),
+        "safe": (_k_bool, False, False),
+    },
+    "reset": {"seed": (_k_uint, False, True)},
+    "error": {
+        "code": (_k_str, True, False),
+        "message": (_k_str, True, False),
+        "ref_seq": (_k_int, False, True),
+        "fatal": (_k_bool, False, False),
+    },
+    "goodbye": {"reason": (_k_str, False, False)},
+}
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError("bad_message", f"msgpack ext type {code} is not part of the protocol")
+
+
+def decode(payload: bytes, *, max_bytes: int = MAX_MSG_BYTES) -> dict[str, Any]:
+    """One frame -> a validated message map. Raises only `ProtocolError`.
+
+    Codes: `bad_message` (not msgpack, not a map, a missing or ill-typed field, trailing bytes,
+    too large), `bad_version` (`v` is not a version this build speaks).
+    """
+    if len(payload) > max_bytes:
+        raise ProtocolError("bad_message", f"{len(payload)} bytes is over the {max_bytes} limit")
+    try:
+        msg = msgpack.unpackb(
+            payload, raw=False, strict_map_key=True, ext_hook=_no_ext, use_list=True
+        )
+    except ProtocolError:
+        raise
+    except Exception as exc:  # any unpacker failure on untrusted bytes is a bad message
+        raise ProtocolError("bad_message", f"not a msgpack message: {type(exc).__name__}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("bad_message", f"expected a map, got {_tname(msg)}")
+    v = msg.get("v")
+    if not _is_int(v):
+        raise ProtocolError("bad_message", "field v: expected the protocol version (int)")
+    kind = msg.get("type")
+    if v not in SUPPORTED_VERSIONS and kind != "hello":
+        raise ProtocolError("bad_version", f"protocol v{v} is not spoken here {SUPPORTED_VERSIONS}")
+    if not isinstance(kind, str) or kind not in SCHEMA:
+        raise ProtocolError("bad_message", f"field type: expected one of {MESSAGE_TYPES}")
+    if not _k_int(msg.get("seq")) or msg["seq"] < 0:
+        raise ProtocolError("bad_message", "field seq: expected an int >= 0")
+    if not _k_int(msg.get("t_ns")):
+        raise ProtocolError("bad_message", "field t_ns: expected an int64")
+    for name, (check, required, nullable) in SCHEMA[kind].items():
+        if name not in msg:
+            if required:
+                raise ProtocolError("bad_message", f"{kind}.{name}: missing")
+            continue
+        value = msg[name]
+        if value is None and nullable:
+            continue
+        if not check(value):
+            raise ProtocolError("bad_message", f"{kind}.{name}: ill-typed ({_tname(value)})")
+    return msg
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return encode_array(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot put {type(obj).__name__} on the wire")
+
+
+def encode(msg: Mapping[str, Any]) -> bytes:
+    """A message map -> one frame. numpy arrays become array maps, numpy scalars plain values."""
+    out: bytes = msgpack.packb(msg, use_bin_type=True, default=_default)
+    return out
+
+
+def message(kind: str, seq: int, t_ns: int, **fields: Any) -> dict[str, Any]:
+    """Build a v1 message map with the common header."""
+    return {"v": PROTOCOL_VERSION, "type": kind, "seq": seq, "t_ns": t_ns, **fields}
+
+
+# --- spec and observation payloads ---------------------------------------------------------------
+
+
+def spec_to_wire(spec: PlantSpec) -> dict[str, Any]:
+    rate = spec.max_action_rate_per_s
+    return {
+        "name": spec.name,
+        "state_dim": spec.state_dim,
+        "action_dim": spec.action_dim,
+        "goal_dim": spec.goal_dim,
+        "state_names": list(spec.state_names),
+        "action_names": list(spec.action_names),
+        "action_low": encode_array(spec.action_low),
+        "action_high": encode_array(spec.action_high),
+        "max_action_rate_per_s": None if rate is None else encode_array(np.asarray(rate)),
+        "rate_hz": float(spec.rate_hz),
+        "episode_ticks": spec.episode_ticks,
+    }
+
+
+def spec_from_wire(d: Mapping[str, Any]) -> PlantSpec:
+    """Raises ProtocolError on a malformed spec map (including PlantSpec's own checks)."""
+    try:
+        da = int(d["action_dim"])
+        rate = d.get("max_action_rate_per_s")
+        return PlantSpec(
+            name=str(d["name"]),
+            state_dim=int(d["state_dim"]),
+            action_dim=da,
+            goal_dim=int(d.get("goal_dim", 0)),
+            state_names=tuple(str(s) for s in d.get("state_names", [])),
+            action_names=tuple(str(s) for s in d.get("action_names", [])),
+            action_low=decode_array(d["action_low"], field="spec.action_low", shape=(da,)),
+            action_high=decode_array(d["action_high"], field="spec.action_high", shape=(da,)),
+            max_action_rate_per_s=None
+            if rate is None
+            else decode_array(rate, field="spec.max_action_rate_per_s", shape=(da,)),
+            rate_hz=float(d["rate_hz"]),
+            episode_ticks=int(d.get("episode_ticks", 0)),
+        )
+    except ProtocolError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError("bad_message", f"welcome.spec: {exc}") from None
+
+
+def _info_to_wire(info: Mapping[str, Any]) -> dict[str, Any]:
+    # Only plain values travel; anything else is named, never silently dropped.
+    out: dict[str, Any] = {}
+    for k, val in info.items():
+        if isinstance(val, (bool, int, float, str, bytes, np.generic, np.ndarray)) or val is None:
+            out[str(k)] = val
+        elif isinstance(val, (list, tuple)):
+            out[str(k)] = [x.item() if isinstance(x, np.generic) else x for x in val]
+        else:
+            out[str(k)] = repr(val)
+    return out
+
+
+def obs_to_wire(
+    seq: int,
+    t_ns: int,
+    state: FloatArray,
+    goal: FloatArray,
+    reward: float,
+    terminated: bool,
+    truncated: bool,
+    info: Mapping[str, Any],
+) -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "t_ns": t_ns,
+        "state": encode_array(state),
+        "goal": encode_array(goal),
+        "reward": float(reward),
+        "terminated": bool(terminated),
+        "truncated": bool(truncated),
+        "info": _info_to_wire(info),
+    }
+
+
+def check_obs(d: Any, *, state_dim: int, goal_dim: int) -> tuple[FloatArray, FloatArray]:
+    """Validate a state message's `obs` map; returns (state (Ds,), goal (Dg,))."""
+    if not isinstance(d, dict):
+        raise ProtocolError("bad_message", "state.obs: expected a map")
+    if not (_k_int(d.get("seq")) and _k_int(d.get("t_ns"))):
+        raise ProtocolError("bad_message", "state.obs.seq/t_ns: expected ints")
+    if not (_is_num(d.get("reward")) and _k_bool(d.get("terminated"))):
+        raise ProtocolError("bad_message", "state.obs.reward/terminated: ill-typed")
+    if not (_k_bool(d.get("truncated")) and isinstance(d.get("info", {}), dict)):
+        raise ProtocolError("bad_message", "state.obs.truncated/info: ill-typed")
+    state = decode_array(d.get("state"), field="state.obs.state", shape=(state_dim,))
+    goal = decode_array(d.get("goal"), field="state.obs.goal", shape=(goal_dim,))
+    return state, goal

@@ -1,0 +1,138 @@
+"""Plant-side safety: action limits and the command watchdog.
+
+Both live on the plant's side of the link because the plant is the only party that is still
+there when the network or the controller is not. Neither reads a clock: the caller passes
+`now_ns`, so both are tested exactly with plain integers (STYLE: time is injected).
+
+Limits, in the order applied:
+1. reject: an action that is not (Da,) or holds NaN/inf is never applied (`rejected`);
+2. clamp: each element into [action_low, action_high], the plant's position, velocity or
+   effort range in the action's own unit (`clamped`);
+3. rate limit: each element moves at most `max_action_rate_per_s * dt_s` from the last applied
+   action (`rate_limited`), so a controller cannot slam an actuator from one end to the other.
+
+Watchdog: armed by the first valid command of a stream; when no valid command arrived for
+`timeout_ns`, `check` returns True once (a trip), and the stream that tripped it is latched:
+its later commands are refused, and control resumes only on a fresh stream id. A stalled
+controller whose old queued commands trickle in therefore cannot restart the plant by accident.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.protocols import FloatArray
+
+
+class ActionRejected(ValueError):
+    """An action that must not be applied at all (wrong shape, NaN or inf)."""
+
+
+@dataclass
+class LimitResult:
+    action: FloatArray  # (Da,) what may be applied
+    clamped: bool  # some element was outside [low, high]
+    rate_limited: bool  # some element moved faster than the rate limit
+
+
+class ActionLimiter:
+    """Reject non-finite actions, clamp to a box, limit the rate of change.
+
+    Example:
+        lim = ActionLimiter(low=np.array([-1.0]), high=np.array([1.0]),
+                            max_rate_per_s=np.array([10.0]))
+        lim.limit(np.array([5.0]), dt_s=0.01).action   # array([0.1]): clamped, then rate-limited
+    """
+
+    def __init__(
+        self, *, low: FloatArray, high: FloatArray, max_rate_per_s: FloatArray | None = None
+    ) -> None:
+        self.low = np.asarray(low, dtype=np.float64)
+        self.high = np.asarray(high, dtype=np.float64)
+        if self.low.shape != self.high.shape or self.low.ndim != 1:
+            raise ValueError(f"limits must be (Da,) arrays: {self.low.shape=}, {self.high.shape=}")
+        self.max_rate_per_s = (
+            None if max_rate_per_s is None else np.asarray(max_rate_per_s, dtype=np.float64)
+        )
+        if self.max_rate_per_s is not None and (
+            self.max_rate_per_s.shape != self.low.shape or np.any(~(self.max_rate_per_s > 0))
+        ):
+            raise ValueError(f"max_rate_per_s must be (Da,) and > 0: {self.max_rate_per_s=}")
+        self.last: FloatArray | None = None  # (Da,) last action handed to the plant
+
+    def reset(self, last: FloatArray | None = None) -> None:
+        self.last = None if last is None else np.array(last, dtype=np.float64)
+
+    def limit(self, action: FloatArray, *, dt_s: float) -> LimitResult:
+        """(Da,) requested -> what may be applied; records it as the last applied action."""
+        if action.shape != self.low.shape:
+            raise ActionRejected(f"action shape {action.shape}, expected {self.low.shape}")
+        if not np.all(np.isfinite(action)):
+            raise ActionRejected("action holds NaN or inf")
+        out = np.clip(action, self.low, self.high)
+        clamped = bool(np.any(out != action))
+        rate_limited = False
+        if self.max_rate_per_s is not None and self.last is not None:
+            step = self.max_rate_per_s * max(dt_s, 0.0)
+            limited = np.clip(out, self.last - step, self.last + step)
+            rate_limited = bool(np.any(limited != out))
+            out = limited
+        self.last = out
+        return LimitResult(out, clamped, rate_limited)
+
+    def safe(self, action: FloatArray) -> FloatArray:
+        """A safe action bypasses the rate limit (stopping must not be slowed down) but not the
+        box; it becomes the base the next command is rate-limited from."""
+        out = np.clip(np.asarray(action, dtype=np.float64), self.low, self.high)
+        self.last = out
+        return out
+
+
+class Watchdog:
+    """No valid command for `timeout_ns` -> trip once; resume only on a fresh stream.
+
+    Example:
+        wd = Watchdog(timeout_ns=100_000_000)
+        wd.feed(stream=7, now_ns=0)
+        wd.check(now_ns=50_000_000)    # False
+        wd.check(now_ns=100_000_001)   # True: trip, stream 7 latched
+        wd.accepts(stream=7)           # False; wd.accepts(stream=8) -> True
+    """
+
+    def __init__(self, *, timeout_ns: int) -> None:
+        if timeout_ns <= 0:
+            raise ValueError(f"{timeout_ns=} must be > 0")
+        self.timeout_ns = timeout_ns
+        self.armed = False
+        self.tripped = False
+        self.last_valid_ns = 0
+        self.stream = -1  # the stream being watched
+        self.latched_streams: set[int] = set()
+        self.trips = 0
+
+    def accepts(self, stream: int) -> bool:
+        return stream not in self.latched_streams
+
+    def feed(self, *, stream: int, now_ns: int) -> None:
+        """A valid command of `stream` (one that `accepts`) was applied at `now_ns`."""
+        self.armed = True
+        self.tripped = False
+        self.stream = stream
+        self.last_valid_ns = now_ns
+
+    def disarm(self) -> None:
+        """The controller left cleanly (goodbye) or a new session starts: nothing to watch."""
+        if self.armed:
+            self.latched_streams.add(self.stream)
+        self.armed = False
+
+    def check(self, *, now_ns: int) -> bool:
+        """True exactly once per silence longer than the timeout."""
+        if self.armed and not self.tripped and now_ns - self.last_valid_ns > self.timeout_ns:
+            self.tripped = True
+            self.trips += 1
+            self.latched_streams.add(self.stream)
+            return True
+        return False
