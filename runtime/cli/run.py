@@ -1,0 +1,158 @@
+"""`rtdiff run`: wire a planner to a plant, run the loop, report deadlines and task outcome.
+
+`--plant sim:TASK` builds an in-process MuJoCo plant (`sims`), `--plant tcp://HOST:PORT` or
+`ipc://PATH` a `hw_bridge.RemotePlant`. `--policy expert` is the task's expert (`sims.experts`),
+`KIND:TASK` or a checkpoint directory a learned planner (`policies.load_planner`). Those packages
+are imported here, lazily, and nowhere else in `runtime`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from runtime.cli import CliError
+from runtime.clock import MonotonicClock
+from runtime.fallback import make_fallback
+from runtime.loop import ControlLoop, EpisodeResult, LoopConfig, RunResult
+from runtime.protocols import Planner, Plant
+from runtime.rt import GcPolicy, cap_threads
+from runtime.trace import TraceRing
+
+
+def make_plant(address: str, *, mode: str, seed: int, rate_hz: float | None) -> Plant:
+    """`sim:TASK` -> MujocoPlant; `tcp://...`/`ipc://...` -> RemotePlant."""
+    if address.startswith("sim:"):
+        from sims import make_plant as make_sim_plant
+
+        task = address[4:]
+        try:
+            return make_sim_plant(task, mode=mode, seed=seed, rate_hz=rate_hz)
+        except (KeyError, ValueError) as exc:
+            raise CliError(str(exc).strip("'\"")) from None
+    if address.startswith(("tcp://", "ipc://")):
+        from hw_bridge import RemotePlant
+
+        try:
+            return RemotePlant(address)
+        except (ConnectionError, TimeoutError, ValueError, OSError) as exc:
+            raise CliError(f"cannot reach a plant at {address}: {exc}") from None
+    raise CliError(f"--plant must be sim:TASK, tcp://HOST:PORT or ipc://PATH, got {address!r}")
+
+
+def make_planner(policy: str, plant: Plant, *, device: str, seed: int) -> Planner:
+    """`expert` -> the task's expert; anything else -> `policies.load_planner`."""
+    spec = plant.spec()
+    if policy == "expert":
+        from sims.experts import make_expert
+
+        try:
+            return make_expert(spec.name, spec)
+        except (KeyError, ValueError) as exc:
+            raise CliError(f"no expert for plant {spec.name!r}: {exc}") from None
+    from policies import load_planner
+
+    try:
+        return load_planner(policy, spec=spec, device=device, seed=seed)
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        raise CliError(str(exc).strip("'\"")) from None
+
+
+class Progress:
+    """One status line on stderr, rewritten about once a second (only on a terminal)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._last = 0.0
+
+    def __call__(self, ticks: int, misses: int, episodes: list[EpisodeResult]) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last < 1.0:
+            return
+        self._last = now
+        ok = sum(e.success for e in episodes)
+        sys.stderr.write(
+            f"\r  ticks {ticks:>8}  misses {misses:>6}  episodes {len(episodes):>4}"
+            f"  success {ok}/{len(episodes)}   "
+        )
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def summary_table(out: dict[str, Any]) -> str:
+    lat, comp = out["lateness_ms"], out["compute_ms"]
+    lines = [
+        f"rtdiff run: {out['policy']} on {out['plant']} ({out['mode']}, {out['rate_hz']:g} Hz)",
+        f"  ticks {out['ticks']}   misses {out['misses']} ({100 * out['miss_rate']:.3f} %)"
+        + (f"   plant saw {out['plant_misses']} late" if "plant_misses" in out else ""),
+        f"  lateness ms  p50 {lat['p50']:.3f}  p99 {lat['p99']:.3f}  p99.9 {lat['p999']:.3f}"
+        f"  max {lat['max']:.3f}",
+        f"  compute ms   p50 {comp['p50']:.3f}  p99 {comp['p99']:.3f}  p99.9 {comp['p999']:.3f}"
+        f"  max {comp['max']:.3f}",
+        f"  steps/tick   mean {out['steps_per_tick']['mean']:.2f}"
+        f"  min {out['steps_per_tick']['min']:g}  max {out['steps_per_tick']['max']:g}",
+        f"  episodes {out['episodes']}   success {100 * out['success_rate']:.1f} %"
+        f"   mean return {out['mean_return']:.2f}",
+        "  fallbacks "
+        + (", ".join(f"{k} {v}" for k, v in out["fallbacks"].items() if v) or "none"),
+    ]
+    if "trace" in out:
+        lines.append(f"  trace written to {out['trace']}")
+    return "\n".join(lines)
+
+
+def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
+    """Build plant, planner and loop from parsed `rtdiff run` arguments and run it."""
+    plant = make_plant(args.plant, mode=args.mode, seed=args.seed, rate_hz=args.rate)
+    try:
+        planner = make_planner(args.policy, plant, device=args.device, seed=args.seed)
+        spec = plant.spec()
+        rate = args.rate or spec.rate_hz
+        realtime = args.mode == "realtime"
+        if realtime:
+            cap_threads(1)  # the plant's own thread needs the other core
+        config = LoopConfig(
+            rate_hz=rate, mode=args.mode, refine=args.refine, steps_per_tick=args.steps_per_tick
+        )
+        trace = None
+        if args.trace:
+            trace = TraceRing(
+                spec.action_dim,
+                path=args.trace,
+                meta={"policy": args.policy, "plant": args.plant, "mode": args.mode,
+                      "rate_hz": rate, "seed": args.seed, "task": spec.name},
+            )
+        progress = Progress(enabled=sys.stderr.isatty() and not args.json)
+        loop = ControlLoop(
+            plant, planner, MonotonicClock(), config,
+            fallback=make_fallback(args.fallback), trace=trace,
+            gc_policy=GcPolicy("frozen") if realtime else None,
+            progress=progress, progress_every=max(1, round(rate / 10)),
+        )
+        episodes = args.episodes
+        if args.seconds is None and episodes is None:
+            episodes = 1
+        result = loop.run(seconds=args.seconds, episodes=episodes, seed=args.seed)
+        progress.done()
+    finally:
+        plant.close()
+    out = result.to_json()
+    out.update(policy=args.policy, plant=args.plant, refine=args.refine, seed=args.seed)
+    return result, out
+
+
+def cli_run(args: argparse.Namespace) -> int:
+    _, out = execute(args)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(summary_table(out))
+    return 0
