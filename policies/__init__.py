@@ -1,1 +1,104 @@
-"""Torch planners: the rolling-buffer denoiser, its trainer, checkpoints and baselines."""
+"""Torch planners: the rolling-buffer denoiser, its trainer, checkpoints and baselines.
+
+`load_planner("rolling:double-pendulum", spec=spec)` gives a `runtime.Planner` from a checkpoint
+shipped in `policies/checkpoints/<kind>-<task>/`, or from a checkpoint directory path.
+Planner kinds: rolling, chunked, chunked-async, pertick (these three share the chunked
+checkpoint when no checkpoint of their own ships), mlp.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from policies.baselines import ChunkedAsyncPlanner, ChunkedPlanner, MLPPlanner, PerTickPlanner
+from policies.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from policies.config import KINDS, PlannerConfig
+from policies.model import Denoiser, DenoiserConfig, MLPConfig, MLPPolicy
+from policies.normalize import Normalizer
+from policies.rolling import RollingPlanner
+from runtime.protocols import Planner, PlantSpec
+
+CHECKPOINT_ROOT = Path(__file__).resolve().parent / "checkpoints"
+# Planner kinds that can run a checkpoint trained for another kind, in order of preference.
+_FALLBACK_DIRS = {
+    "chunked-async": ("chunked-async", "chunked"),
+    "pertick": ("pertick", "chunked"),
+}
+
+__all__ = [
+    "CHECKPOINT_ROOT",
+    "KINDS",
+    "Checkpoint",
+    "ChunkedAsyncPlanner",
+    "ChunkedPlanner",
+    "Denoiser",
+    "DenoiserConfig",
+    "MLPConfig",
+    "MLPPlanner",
+    "MLPPolicy",
+    "Normalizer",
+    "PerTickPlanner",
+    "PlannerConfig",
+    "RollingPlanner",
+    "load_checkpoint",
+    "load_planner",
+    "resolve_policy",
+    "save_checkpoint",
+    "shipped_policies",
+]
+
+
+def shipped_policies() -> list[str]:
+    """`KIND:TASK` names of the checkpoints shipped inside the package."""
+    if not CHECKPOINT_ROOT.is_dir():
+        return []
+    out = []
+    for d in sorted(CHECKPOINT_ROOT.iterdir()):
+        if (d / "config.json").is_file():
+            for kind in sorted(KINDS, key=len, reverse=True):
+                if d.name.startswith(kind + "-"):
+                    out.append(f"{kind}:{d.name[len(kind) + 1 :]}")
+                    break
+    return out
+
+
+def resolve_policy(policy: str) -> tuple[Path, str | None]:
+    """`KIND:TASK` or a directory -> (checkpoint dir, planner kind or None = the checkpoint's)."""
+    path = Path(policy)
+    if path.is_dir():
+        return path, None
+    kind, sep, task = policy.partition(":")
+    if not sep or not task:
+        raise ValueError(f"policy {policy!r} is neither KIND:TASK nor a checkpoint directory")
+    if kind not in KINDS:
+        raise ValueError(f"unknown policy kind {kind!r} in {policy!r} (known: {', '.join(KINDS)})")
+    for name in _FALLBACK_DIRS.get(kind, (kind,)):
+        d = CHECKPOINT_ROOT / f"{name}-{task}"
+        if (d / "config.json").is_file():
+            return d, kind
+    shipped = ", ".join(shipped_policies()) or "none"
+    raise ValueError(f"no shipped checkpoint for {policy!r} (shipped: {shipped})")
+
+
+def load_planner(policy: str, *, spec: PlantSpec, device: str = "cpu", seed: int = 0) -> Planner:
+    """A ready `runtime.Planner` for `policy` (KIND:TASK or a checkpoint dir) on `spec`'s plant.
+
+    Unknown, corrupt or mismatched checkpoints raise a one-line `ValueError`.
+    """
+    directory, kind = resolve_policy(policy)
+    ckpt = load_checkpoint(directory, device=device)
+    kind = kind or ckpt.kind
+    model, norm, cfg = ckpt.model, ckpt.normalizer, ckpt.planner
+    if kind == "mlp":
+        if not isinstance(model, MLPPolicy):
+            raise ValueError(f"checkpoint {directory} holds a denoiser, not an mlp policy")
+        return MLPPlanner(model, norm, spec, cfg, device=device, seed=seed)
+    if not isinstance(model, Denoiser):
+        raise ValueError(f"checkpoint {directory} holds an mlp policy, not a denoiser")
+    if kind == "rolling":
+        return RollingPlanner(model, norm, spec, cfg, device=device, seed=seed)
+    if kind == "chunked":
+        return ChunkedPlanner(model, norm, spec, cfg, device=device, seed=seed)
+    if kind == "chunked-async":
+        return ChunkedAsyncPlanner(model, norm, spec, cfg, device=device, seed=seed)
+    return PerTickPlanner(model, norm, spec, cfg, device=device, seed=seed)

@@ -1,0 +1,145 @@
+"""What every torch planner shares: observation staging, the context ring, the action output.
+
+- Observations arrive as float64 numpy; they are copied into a preallocated float32 staging
+  array (shared with a CPU tensor), moved to the device and normalized in place.
+- The context is `n_past + 1` normalized states, oldest first, current last. At an episode's
+  start the ring is filled with the first state (the model was trained with the same padding).
+- `action()` reads a normalized action tensor into a preallocated float64 numpy array,
+  denormalizes, clips to the plant's limits and checks finiteness. A non-finite action is never
+  returned: the last finite action (or the zero action clipped into the limits, if there never
+  was one) goes out instead and `nonfinite_actions` counts it.
+
+The array `action()` returns is owned by the planner and overwritten by the next call: copy it
+to keep it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from policies.normalize import Normalizer
+from runtime.protocols import Observation, PlantSpec
+
+
+def check_dims(spec: PlantSpec, dims: tuple[int, int, int], what: str) -> None:
+    """Raise a one-line ValueError when the model's (Ds, Da, Dg) differ from the plant's."""
+    want = (spec.state_dim, spec.action_dim, spec.goal_dim)
+    if tuple(dims) != want:
+        raise ValueError(
+            f"{what} was trained for state/action/goal dims {tuple(dims)}, "
+            f"but plant {spec.name!r} has {want}"
+        )
+
+
+class TorchPlannerBase:
+    """Shared buffers and helpers; subclasses implement reset/observe/refine."""
+
+    def __init__(
+        self,
+        normalizer: Normalizer,
+        spec: PlantSpec,
+        *,
+        n_past: int,
+        device: str = "cpu",
+        seed: int = 0,
+    ) -> None:
+        check_dims(spec, normalizer.dims, "this policy")
+        self.spec = spec
+        self.device = torch.device(device)
+        Ds, Da, Dg = normalizer.dims
+        self.Ds, self.Da, self.Dg = Ds, Da, Dg
+        self.n_past = n_past
+        dev = self.device
+
+        def t(a: npt.NDArray[Any]) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(a, dtype=np.float32)).to(dev)
+
+        self._s_mean, self._s_std = t(normalizer.state_mean), t(normalizer.state_std)
+        self._a_mean, self._a_std = t(normalizer.action_mean), t(normalizer.action_std)
+        self._g_mean, self._g_std = t(normalizer.goal_mean), t(normalizer.goal_std)
+        self.generator = torch.Generator(device=dev)
+        self.generator.manual_seed(seed)
+        # Observation staging: numpy float32 arrays sharing memory with CPU tensors.
+        self._obs_np = np.zeros(Ds, dtype=np.float32)
+        self._goal_np = np.zeros(Dg, dtype=np.float32)
+        self._obs_cpu = torch.from_numpy(self._obs_np)
+        self._goal_cpu = torch.from_numpy(self._goal_np)
+        self.obs_n = torch.zeros(Ds, device=dev)  # (Ds,) normalized current state
+        self.goal_n = torch.zeros(1, Dg, device=dev)  # (1, Dg) normalized goal
+        self._goal_prev = torch.zeros(1, Dg, device=dev)
+        self.ctx = torch.zeros(1, n_past + 1, Ds, device=dev)  # (1, P+1, Ds) oldest first
+        self._ctx_tmp = torch.zeros(1, n_past, Ds, device=dev)
+        self._ctx_old, self._ctx_new = self.ctx[:, 1:], self.ctx[:, :-1]
+        self._ctx_last = self.ctx[0, -1]
+        # Action output.
+        self._act_n = torch.zeros(Da, device=dev)  # normalized action the output is read from
+        self._act_cpu = torch.zeros(Da)
+        self._act_np32 = self._act_cpu.numpy()
+        self._out = np.zeros(Da, dtype=np.float64)  # returned by action(); planner-owned
+        self._last_good = np.clip(np.zeros(Da), spec.action_low, spec.action_high)
+        self._a_std_np = normalizer.action_std.astype(np.float64)
+        self._a_mean_np = normalizer.action_mean.astype(np.float64)
+        self._action_dirty = True
+        self.surprise = 0.0
+        self.nonfinite_actions = 0
+        self.stale_observations = 0
+
+    # -- observation -------------------------------------------------------------------------
+    def _stage(self, obs: Observation) -> bool:
+        """Copy and normalize obs into `obs_n` (and `goal_n`). False if the reading is unusable."""
+        state = np.asarray(obs.state)
+        if state.shape != (self.Ds,):
+            raise ValueError(f"observation state has shape {state.shape}, want ({self.Ds},)")
+        if not np.all(np.isfinite(state)):
+            return False
+        self._obs_np[...] = state
+        self.obs_n.copy_(self._obs_cpu, non_blocking=False)
+        self.obs_n.sub_(self._s_mean).div_(self._s_std)
+        if self.Dg > 0:
+            goal = np.asarray(obs.goal)
+            if goal.shape == (self.Dg,) and np.all(np.isfinite(goal)):
+                self._goal_np[...] = goal
+                self.goal_n[0].copy_(self._goal_cpu)
+                self.goal_n[0].sub_(self._g_mean).div_(self._g_std)
+        return True
+
+    def _fill_context(self) -> None:
+        self.ctx.copy_(self.obs_n.expand_as(self.ctx))
+
+    def _push_context(self) -> None:
+        if self.n_past > 0:
+            self._ctx_tmp.copy_(self._ctx_old)
+            self._ctx_new.copy_(self._ctx_tmp)
+        self._ctx_last.copy_(self.obs_n)
+
+    def _goal_changed(self) -> bool:
+        if self.Dg == 0:
+            return False
+        changed = bool(torch.ne(self.goal_n, self._goal_prev).any())
+        self._goal_prev.copy_(self.goal_n)
+        return changed
+
+    @property
+    def goal_arg(self) -> torch.Tensor | None:
+        return self.goal_n if self.Dg > 0 else None
+
+    # -- action ------------------------------------------------------------------------------
+    def action(self) -> npt.NDArray[np.float64]:
+        """(Da,) float64, finite, within the plant's limits; planner-owned (copy to keep)."""
+        if self._action_dirty:
+            self._act_cpu.copy_(self._act_n)
+            out = self._out
+            np.multiply(self._act_np32, self._a_std_np, out=out)
+            np.add(out, self._a_mean_np, out=out)
+            if np.all(np.isfinite(out)):
+                np.clip(out, self.spec.action_low, self.spec.action_high, out=out)
+                self._last_good[...] = out
+            else:
+                self.nonfinite_actions += 1
+                out[...] = self._last_good
+            self._action_dirty = False
+        return self._out

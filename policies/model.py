@@ -1,0 +1,250 @@
+"""The denoiser: a small transformer over a rolling buffer of future (state, action) tokens.
+
+Read it top to bottom like nanoGPT's `model.py`. Shape letters: B batch, H plan tokens,
+C context tokens (`n_past + 1` states, plus one goal token when the task has a goal),
+N = C + H, Ds/Da/Dg state/action/goal sizes, Dz = Ds + Da, d embedding width, nh heads,
+hs head size.
+
+What it computes: given noisy plan tokens `x` (B, H, Dz), each at its own noise level `tau`
+(B, H) in [0, 1] (flow matching: `x_j = (1 - tau_j) z_j + tau_j eps_j`), and clean context
+(the current and a few past normalized states, the goal), it predicts the clean tokens
+`z_hat` (B, H, Dz). We predict the clean token rather than the velocity because the planner
+reads its action straight from the clean estimate of token 0 (DESIGN, `action()`); the
+velocity is `(x - z_hat) / tau` whenever a sampler wants it.
+
+Attention aligned with token roles (the seed paper's finding): context tokens attend only to
+context, plan tokens attend to context and plan. So the context representation never depends on
+the noisy plan, in any layer. `aligned_attention=False` lets every token see every token, for
+the ablation.
+
+The noise level enters as a per-token embedding (sinusoidal features of `tau` through a small
+MLP) added to the plan token's input embedding: every token knows how noisy it is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DenoiserConfig:
+    state_dim: int  # Ds: size of the plant's state vector
+    action_dim: int  # Da: size of the action vector
+    goal_dim: int = 0  # Dg: size of the goal vector; 0 = no goal token
+    horizon: int = 8  # H: plan tokens z_j = [s_{t+j}, a_{t+j}], j = 0..H-1
+    n_past: int = 2  # past states in the context besides the current one
+    n_layer: int = 2  # transformer blocks
+    n_head: int = 4  # attention heads per block
+    n_embd: int = 64  # d: embedding width (divisible by n_head)
+    aligned_attention: bool = True  # context attends to context only (False: full attention)
+
+    def __post_init__(self) -> None:
+        for name in ("state_dim", "action_dim", "horizon", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value > 0):
+                raise ValueError(f"DenoiserConfig.{name}={value!r} must be a positive int")
+        if self.goal_dim < 0 or self.n_past < 0:
+            raise ValueError(f"{self.goal_dim=} and {self.n_past=} must be >= 0")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"{self.n_embd=} must be divisible by {self.n_head=}")
+
+    @property
+    def token_dim(self) -> int:
+        return self.state_dim + self.action_dim
+
+    @property
+    def n_context(self) -> int:
+        return self.n_past + 1 + (1 if self.goal_dim > 0 else 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def role_mask(n_context: int, horizon: int) -> torch.Tensor:
+    """(N, N) bool, True where query row may attend to key column (SDPA's convention).
+
+    Context rows see the context columns only; plan rows see everything.
+    """
+    n = n_context + horizon
+    mask = torch.ones(n, n, dtype=torch.bool)
+    mask[:n_context, n_context:] = False
+    return mask
+
+
+class LevelEmbedding(nn.Module):
+    """tau (B, H) in [0, 1] -> (B, H, d): sinusoidal features then a 2-layer MLP."""
+
+    def __init__(self, n_embd: int) -> None:
+        super().__init__()
+        half = n_embd // 2
+        # Frequencies from 1 to 1000 over [0, 1]: fine enough to tell 1/(K*Hc) steps apart.
+        freqs = torch.exp(torch.linspace(0.0, math.log(1000.0), half))
+        self.freqs: torch.Tensor
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(2 * half, n_embd), nn.SiLU(), nn.Linear(n_embd, n_embd))
+
+    def forward(self, tau: torch.Tensor) -> torch.Tensor:
+        angles = tau.unsqueeze(-1) * self.freqs  # (B, H, d/2)
+        feats = torch.cat([angles.sin(), angles.cos()], dim=-1)  # (B, H, d)
+        out: torch.Tensor = self.mlp(feats)  # (B, H, d)
+        return out
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: DenoiserConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        B, N, d = h.shape
+        q, k, v = self.qkv(h).split(d, dim=2)  # each (B, N, d)
+        q = q.view(B, N, self.n_head, d // self.n_head).transpose(1, 2)  # (B, nh, N, hs)
+        k = k.view(B, N, self.n_head, d // self.n_head).transpose(1, 2)  # (B, nh, N, hs)
+        v = v.view(B, N, self.n_head, d // self.n_head).transpose(1, 2)  # (B, nh, N, hs)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, N, hs)
+        y = y.transpose(1, 2).contiguous().view(B, N, d)  # (B, N, d)
+        out: torch.Tensor = self.proj(y)  # (B, N, d)
+        return out
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: DenoiserConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = SelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(), nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        )
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        h = h + self.attn(self.ln_1(h), mask)
+        out: torch.Tensor = h + self.mlp(self.ln_2(h))
+        return out
+
+
+class Denoiser(nn.Module):
+    """Predicts clean plan tokens from noisy ones, per-token levels and clean context.
+
+    Example:
+        cfg = DenoiserConfig(state_dim=6, action_dim=1)
+        net = Denoiser(cfg)
+        z_hat = net(x, tau, ctx_states, goal)   # (B, H, 7)
+    """
+
+    def __init__(self, cfg: DenoiserConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.n_embd
+        self.state_in = nn.Linear(cfg.state_dim, d)
+        self.ctx_pos = nn.Parameter(torch.zeros(cfg.n_past + 1, d))
+        self.goal_in = nn.Linear(cfg.goal_dim, d) if cfg.goal_dim > 0 else None
+        self.goal_pos = nn.Parameter(torch.zeros(1, d)) if cfg.goal_dim > 0 else None
+        self.plan_in = nn.Linear(cfg.token_dim, d)
+        self.plan_pos = nn.Parameter(torch.zeros(cfg.horizon, d))
+        self.level = LevelEmbedding(d)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, cfg.token_dim)
+        self.register_buffer(
+            "mask", role_mask(cfg.n_context, cfg.horizon), persistent=False
+        )  # (N, N)
+        self.apply(self._init_weights)
+        for p in (self.ctx_pos, self.plan_pos, self.goal_pos):
+            if p is not None:
+                nn.init.normal_(p, std=0.02)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def encode(
+        self,
+        x: torch.Tensor,
+        tau: torch.Tensor,
+        ctx_states: torch.Tensor,
+        goal: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """All token representations after the last block, (B, N, d); context rows first.
+
+        x (B, H, Dz) noisy plan, tau (B, H) levels, ctx_states (B, n_past + 1, Ds) oldest
+        first with the current state last, goal (B, Dg) or None when Dg = 0.
+        """
+        parts = [self.state_in(ctx_states) + self.ctx_pos]  # (B, n_past+1, d)
+        if self.goal_in is not None and self.goal_pos is not None:
+            if goal is None:
+                raise ValueError(f"this model needs a goal of size {self.cfg.goal_dim}")
+            parts.append(self.goal_in(goal).unsqueeze(1) + self.goal_pos)  # (B, 1, d)
+        parts.append(self.plan_in(x) + self.plan_pos + self.level(tau))  # (B, H, d)
+        h = torch.cat(parts, dim=1)  # (B, N, d)
+        mask = self.mask if self.cfg.aligned_attention else None
+        for block in self.blocks:
+            h = block(h, mask)
+        return h  # (B, N, d)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        tau: torch.Tensor,
+        ctx_states: torch.Tensor,
+        goal: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        h = self.encode(x, tau, ctx_states, goal)  # (B, N, d)
+        h = self.ln_f(h[:, self.cfg.n_context :])  # (B, H, d)
+        out: torch.Tensor = self.head(h)  # (B, H, Dz) clean-token estimate
+        return out
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    state_dim: int  # Ds
+    action_dim: int  # Da
+    goal_dim: int = 0  # Dg
+    n_past: int = 2  # past states in the input besides the current one
+    hidden: int = 192  # width of each hidden layer (~ the transformer's parameter count)
+    n_hidden: int = 3  # hidden layers
+
+    def __post_init__(self) -> None:
+        for name in ("state_dim", "action_dim", "hidden", "n_hidden"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value > 0):
+                raise ValueError(f"MLPConfig.{name}={value!r} must be a positive int")
+        if self.goal_dim < 0 or self.n_past < 0:
+            raise ValueError(f"{self.goal_dim=} and {self.n_past=} must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class MLPPolicy(nn.Module):
+    """Single-step behaviour cloning: (ctx_states, goal) -> normalized action (B, Da)."""
+
+    def __init__(self, cfg: MLPConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n_in = (cfg.n_past + 1) * cfg.state_dim + cfg.goal_dim
+        layers: list[nn.Module] = []
+        for i in range(cfg.n_hidden):
+            layers += [nn.Linear(n_in if i == 0 else cfg.hidden, cfg.hidden), nn.GELU()]
+        layers.append(nn.Linear(cfg.hidden, cfg.action_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, ctx_states: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
+        inp = ctx_states.flatten(1)  # (B, (n_past+1)*Ds)
+        if self.cfg.goal_dim > 0:
+            if goal is None:
+                raise ValueError(f"this model needs a goal of size {self.cfg.goal_dim}")
+            inp = torch.cat([inp, goal], dim=1)  # (B, (n_past+1)*Ds + Dg)
+        out: torch.Tensor = self.net(inp)  # (B, Da)
+        return out

@@ -1,0 +1,326 @@
+"""Training: diffusion forcing for the rolling denoiser, plain diffusion for the chunked ones, BC.
+
+`train(episodes, TrainConfig(...), task=...)` returns a `Checkpoint` holding the EMA weights;
+`cli_train` is `rtdiff train`. The loop, per step:
+
+  1. draw a batch of windows (context, goal, H future tokens), normalized;
+  2. draw per-token levels: `forcing` profile for `rolling` (independent levels mixed with the
+     ramps and re-noised ramps the planner produces), one shared level for `chunked`/`pertick`;
+  3. noise the tokens, `x = (1 - tau) z + tau eps`, and inpaint token 0's state (the planner
+     always knows it: it is the observation);
+  4. regress the clean tokens; state and action halves of the loss weigh the same, so a 1-D
+     action is not drowned by a 6-D state;
+  5. AdamW step, EMA update.
+
+Everything random draws from one seeded `torch.Generator`, and the model is initialised under
+`torch.manual_seed(seed)`, so two runs with the same seed, data and thread count give bit-equal
+weights (tests check it).
+
+After training the rolling planner's surprise scale is calibrated on the data: the surprise the
+planner would measure (the error of its clean estimate of the next state, at the steady-state
+ramp levels) has its 90th percentile as the re-noise threshold, so re-noising stays off in
+ordinary ticks and fires when the world departs from the plan.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from policies.checkpoint import Checkpoint, save_checkpoint
+from policies.config import PlannerConfig
+from policies.data import EpisodeLike, Windows, fit_normalizer, make_windows
+from policies.model import Denoiser, DenoiserConfig, MLPConfig, MLPPolicy
+from policies.schedule import ramp_levels, sample_train_levels
+
+TRAIN_KINDS = ("rolling", "chunked", "pertick", "mlp")
+DEFAULT_STEPS = {"rolling": 6000, "chunked": 6000, "pertick": 6000, "mlp": 4000}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    kind: str = "rolling"  # rolling | chunked | pertick | mlp
+    steps: int = 6000  # optimizer steps
+    batch_size: int = 256  # windows per step
+    lr: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 1e-4  # AdamW weight decay
+    warmup_steps: int = 200  # linear LR warm-up, then cosine down to 10%
+    ema_decay: float = 0.999  # EMA of the weights (what the checkpoint keeps)
+    p_ramp: float = 0.5  # forcing profile: share of ramp-shaped level profiles
+    p_renoise: float = 0.3  # forcing profile: share of ramps lifted to a re-noise floor
+    seed: int = 0
+    device: str = "cpu"
+    log_every: int = 250  # progress every N steps (0 = silent)
+
+    def __post_init__(self) -> None:
+        if self.kind not in TRAIN_KINDS:
+            raise ValueError(f"{self.kind=} must be one of {TRAIN_KINDS}")
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
+        if not (self.lr > 0 and 0.0 <= self.ema_decay < 1.0):
+            raise ValueError(f"need lr > 0 and 0 <= ema_decay < 1: {self.lr=}, {self.ema_decay=}")
+        if not (0.0 <= self.p_ramp <= 1.0 and 0.0 <= self.p_renoise <= 1.0):
+            raise ValueError(f"{self.p_ramp=} and {self.p_renoise=} must be in [0, 1]")
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Checkpoint
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss since last)
+    first_loss: float = float("nan")  # loss of the first step
+    final_loss: float = float("nan")  # mean loss over the last log interval
+    seconds: float = 0.0
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+def denoiser_loss(
+    model: Denoiser,
+    ctx: torch.Tensor,
+    goal: torch.Tensor | None,
+    z: torch.Tensor,
+    tau: torch.Tensor,
+    eps: torch.Tensor,
+) -> torch.Tensor:
+    """ctx (B, P+1, Ds), goal (B, Dg) | None, z/eps (B, H, Dz), tau (B, H) -> scalar loss."""
+    Ds = model.cfg.state_dim
+    t = tau.unsqueeze(-1)  # (B, H, 1)
+    x = (1.0 - t) * z + t * eps  # (B, H, Dz)
+    x[:, 0, :Ds] = z[:, 0, :Ds]  # inpainted: the current state is observed
+    z_hat = model(x, tau, ctx, goal)  # (B, H, Dz)
+    return F.mse_loss(z_hat[..., :Ds], z[..., :Ds]) + F.mse_loss(z_hat[..., Ds:], z[..., Ds:])
+
+
+def train(
+    episodes: Sequence[EpisodeLike],
+    cfg: TrainConfig,
+    *,
+    task: str,
+    model_cfg: DenoiserConfig | MLPConfig | None = None,
+    planner_cfg: PlannerConfig | None = None,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train a policy of `cfg.kind` on `episodes`; the checkpoint holds the EMA weights."""
+    t_start = time.perf_counter()
+    dev = torch.device(cfg.device)
+    norm = fit_normalizer(episodes)
+    Ds, Da, Dg = norm.dims
+    is_mlp = cfg.kind == "mlp"
+    if model_cfg is None:
+        model_cfg = (
+            MLPConfig(state_dim=Ds, action_dim=Da, goal_dim=Dg)
+            if is_mlp
+            else DenoiserConfig(state_dim=Ds, action_dim=Da, goal_dim=Dg)
+        )
+    if (model_cfg.state_dim, model_cfg.action_dim, model_cfg.goal_dim) != (Ds, Da, Dg):
+        raise ValueError(f"model dims differ from the data's {(Ds, Da, Dg)}")
+    if is_mlp != isinstance(model_cfg, MLPConfig):
+        raise ValueError(f"kind {cfg.kind!r} does not go with {type(model_cfg).__name__}")
+    horizon = 1 if isinstance(model_cfg, MLPConfig) else model_cfg.horizon
+    pcfg = planner_cfg or PlannerConfig(clean_ticks=max(1, min(7, horizon - 1)))
+    win = make_windows(episodes, horizon=horizon, n_past=model_cfg.n_past).normalized(norm)
+
+    torch.manual_seed(cfg.seed)
+    model: Denoiser | MLPPolicy = (
+        MLPPolicy(model_cfg) if isinstance(model_cfg, MLPConfig) else Denoiser(model_cfg)
+    )
+    model.to(dev).train()
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    ctx_all = torch.from_numpy(win.ctx).to(dev)  # (N, P+1, Ds)
+    goal_all = torch.from_numpy(win.goal).to(dev)  # (N, Dg)
+    plan_all = torch.from_numpy(win.plan).to(dev)  # (N, H, Dz)
+    profile = "forcing" if cfg.kind == "rolling" else "uniform"
+    losses: list[tuple[int, float]] = []
+    first_loss = final_loss = float("nan")
+    running, n_running = 0.0, 0
+    for step in range(cfg.steps):
+        idx = torch.randint(len(win), (cfg.batch_size,), generator=gen).to(dev)
+        ctx, z = ctx_all[idx], plan_all[idx]
+        goal = goal_all[idx] if Dg > 0 else None
+        if isinstance(model, MLPPolicy):
+            loss = F.mse_loss(model(ctx, goal), z[:, 0, Ds:])
+        else:
+            tau = sample_train_levels(
+                cfg.batch_size,
+                horizon,
+                pcfg.clean_ticks,
+                profile=profile,
+                p_ramp=cfg.p_ramp,
+                p_renoise=cfg.p_renoise,
+                generator=gen,
+            ).to(dev)
+            eps = torch.randn(z.shape, generator=gen).to(dev)
+            loss = denoiser_loss(model, ctx, goal, z, tau, eps)
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            decay = min(cfg.ema_decay, (1.0 + step) / (10.0 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                pe.lerp_(pm, 1.0 - decay)
+        value = float(loss)
+        if step == 0:
+            first_loss = value
+        running, n_running = running + value, n_running + 1
+        last = step == cfg.steps - 1
+        if (cfg.log_every and (step + 1) % cfg.log_every == 0) or last:
+            mean = running / n_running
+            losses.append((step + 1, mean))
+            final_loss = mean
+            running, n_running = 0.0, 0
+            if log is not None:
+                el = time.perf_counter() - t_start
+                log(f"step {step + 1}/{cfg.steps}  loss {mean:.4f}  {el:.0f} s")
+    if isinstance(ema, Denoiser):
+        pcfg = calibrate_surprise(ema, win, pcfg, seed=cfg.seed)
+    ema.cpu()
+    ckpt = Checkpoint(kind=cfg.kind, task=task, model=ema, normalizer=norm, planner=pcfg)
+    return TrainResult(ckpt, losses, first_loss, final_loss, time.perf_counter() - t_start)
+
+
+def calibrate_surprise(
+    model: Denoiser, win: Windows, pcfg: PlannerConfig, *, seed: int = 0, n: int = 4096
+) -> PlannerConfig:
+    """Set the re-noise threshold to the 90th percentile of the in-distribution surprise."""
+    c, Ds = model.cfg, model.cfg.state_dim
+    if c.horizon < 2:
+        return pcfg
+    dev = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed + 1)
+    idx = torch.randperm(len(win), generator=gen)[:n]
+    ctx = torch.from_numpy(win.ctx)[idx].to(dev)
+    goal = torch.from_numpy(win.goal)[idx].to(dev) if c.goal_dim > 0 else None
+    z = torch.from_numpy(win.plan)[idx].to(dev)
+    tau = ramp_levels(c.horizon, pcfg.clean_ticks).expand(len(idx), -1).to(dev)
+    eps = torch.randn(z.shape, generator=gen).to(dev)
+    with torch.no_grad():
+        t = tau.unsqueeze(-1)
+        x = (1.0 - t) * z + t * eps
+        x[:, 0, :Ds] = z[:, 0, :Ds]
+        z_hat = model(x, tau, ctx, goal)
+        err = (z_hat[:, 1, :Ds] - z[:, 1, :Ds]).square().mean(dim=1).sqrt()  # (n,)
+    q90 = float(torch.quantile(err, 0.9))
+    threshold = max(q90, 1e-3)
+    return replace(pcfg, surprise_threshold=threshold, surprise_full=5.0 * threshold)
+
+
+# -- evaluation (needs a simulated plant; only the CLI reaches for one) ------------------------
+
+
+def lockstep_eval(planner: Any, plant: Any, *, episodes: int, seed: int) -> dict[str, float]:
+    """Run `episodes` lockstep episodes, one refine step per tick; success rate and return."""
+    from runtime.protocols import Command
+
+    successes, returns = 0, []
+    for ep in range(episodes):
+        obs = plant.reset(seed=seed + ep)
+        planner.reset(obs)
+        total, k = 0.0, 0
+        while True:
+            if k > 0:
+                planner.observe(obs)
+            planner.refine(0)
+            plant.apply(Command(seq=k, t_ns=0, action=planner.action().copy(), deadline_ns=0))
+            obs = plant.observe()
+            total += float(obs.reward)
+            k += 1
+            if obs.done:
+                break
+        successes += bool(obs.info.get("success", False))
+        returns.append(total)
+    return {"success_rate": successes / episodes, "mean_return": float(np.mean(returns))}
+
+
+def _progress(line: str) -> None:
+    sys.stderr.write(f"rtdiff train: {line}\n")
+    sys.stderr.flush()
+
+
+def cli_train(args: Any) -> int:
+    """`rtdiff train --task T --policy KIND --data DIR --out DIR [--steps N] [--device D]`."""
+    from runtime.cli import CliError
+
+    if args.policy not in TRAIN_KINDS:
+        raise CliError(f"--policy {args.policy!r} must be one of {', '.join(TRAIN_KINDS)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda asked for, but torch sees no CUDA device")
+    try:
+        from sims.datasets import load_episodes
+    except ImportError as exc:
+        raise CliError(f"cannot load datasets: sims.datasets is unavailable ({exc})") from None
+    try:
+        episodes = list(load_episodes(args.data))
+    except (OSError, ValueError, KeyError) as exc:
+        raise CliError(f"cannot read dataset {args.data}: {exc}") from None
+    if not episodes:
+        raise CliError(f"dataset {args.data} holds no episodes")
+    tasks = sorted({str(getattr(ep, "task", args.task)) for ep in episodes})
+    if tasks != [args.task]:
+        raise CliError(f"dataset {args.data} holds task(s) {tasks}, not {args.task!r}")
+    cfg = TrainConfig(
+        kind=args.policy,
+        steps=args.steps or DEFAULT_STEPS[args.policy],
+        seed=args.seed,
+        device=args.device,
+    )
+    _progress(f"{len(episodes)} episodes of {args.task}; {cfg.kind} for {cfg.steps} steps")
+    try:
+        res = train(episodes, cfg, task=args.task, log=_progress)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    ckpt = res.checkpoint
+    ckpt.train = {
+        "command": "rtdiff " + " ".join(sys.argv[1:]),
+        "config": asdict(cfg),
+        "episodes": len(episodes),
+        "first_loss": res.first_loss,
+        "final_loss": res.final_loss,
+        "seconds": round(res.seconds, 1),
+        "torch": torch.__version__,
+    }
+    out = save_checkpoint(ckpt, args.out)
+    summary = f"saved {out}  loss {res.first_loss:.4f} -> {res.final_loss:.4f}  {res.seconds:.0f} s"
+    _progress(summary)
+    try:
+        from sims import make_plant
+    except ImportError:
+        _progress("no simulated plant available; skipping the lockstep evaluation")
+        return 0
+    from policies import load_planner
+
+    plant = make_plant(args.task)
+    try:
+        planner = load_planner(str(out), spec=plant.spec(), seed=args.seed)
+        ev = lockstep_eval(planner, plant, episodes=5, seed=10_000 + args.seed)
+    finally:
+        plant.close()
+        close = getattr(locals().get("planner"), "close", None)
+        if close is not None:
+            close()
+    _progress(
+        f"lockstep eval, 5 episodes, 1 step/tick: success {ev['success_rate']:.0%}, "
+        f"mean return {ev['mean_return']:.1f}"
+    )
+    return 0
