@@ -21,7 +21,8 @@ class FeedbackExpert:
     `nonfinite`, so `action()` always returns a finite (Da,) array within the limits.
     """
 
-    def __init__(self, task: str, spec: PlantSpec | None = None) -> None:
+    def __init__(self, task: str, spec: PlantSpec | None = None, *, seed: int = 0) -> None:
+        self.seed = seed  # for experts that randomize (bimodal); feedback laws ignore it
         rate = spec.rate_hz if spec is not None else None
         self.env: TaskEnv = make_task_env(task, disturbances=False, rate_hz=rate)
         self.spec = self.env.task.spec()

@@ -101,10 +101,11 @@ class LqrExpert(FeedbackExpert):
         task: str = "double-pendulum",
         spec: PlantSpec | None = None,
         *,
+        seed: int = 0,
         q_diag: tuple[float, ...] = (2.0, 50.0, 50.0, 0.1, 1.0, 1.0),
         r: float = 1.0,
     ) -> None:
-        super().__init__(task, spec)
+        super().__init__(task, spec, seed=seed)
         m, d = self.env.model, mujoco.MjData(self.env.model)
         if len(q_diag) != 2 * m.nv:
             raise ValueError(f"{len(q_diag)=} must be 2 * nv = {2 * m.nv}")

@@ -20,11 +20,12 @@ class ReacherPdExpert(FeedbackExpert):
         task: str = "reacher-moving",
         spec: PlantSpec | None = None,
         *,
+        seed: int = 0,
         kp: float = 600.0,
         kd: float = 40.0,
         damping: float = 1e-3,
     ) -> None:
-        super().__init__(task, spec)
+        super().__init__(task, spec, seed=seed)
         self.kp, self.kd, self.damping = kp, kd, damping
         m = self.env.model
         self._data = mujoco.MjData(m)

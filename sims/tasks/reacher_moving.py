@@ -129,7 +129,7 @@ class ReacherMovingEnv(TaskEnv):
         goal: np.ndarray,
     ) -> np.ndarray:
         dist = np.linalg.norm(sensordata[..., :2] - goal, axis=-1)  # (B, H)
-        vel = 0.01 * np.sum(qvel[..., :2] ** 2, axis=-1)
-        effort = 0.01 * np.sum(ctrl**2, axis=-1)
+        vel = 2e-4 * np.sum(qvel[..., :2] ** 2, axis=-1)
+        effort = 1e-3 * np.sum(ctrl**2, axis=-1)
         total: np.ndarray = np.sum(dist + vel + effort, axis=-1)
         return total
