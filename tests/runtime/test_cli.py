@@ -1,0 +1,64 @@
+"""The CLI face: bad arguments get one line on stderr and a non-zero exit; --help everywhere."""
+
+import subprocess
+import sys
+
+import pytest
+
+from runtime.cli import build_parser, main
+
+RUN = ["run", "--policy", "expert", "--plant", "sim:x"]
+SUBCOMMANDS = [
+    ["tasks"], ["collect"], ["train"], ["serve"], ["keys"], ["run"],
+    ["bench"], ["bench", "tick"], ["bench", "bridge"], ["bench", "deadline"],
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        ([*RUN, "--rate", "0"], "--rate: must be a positive"),
+        ([*RUN, "--rate", "-5"], "--rate: must be a positive"),
+        ([*RUN, "--seconds", "-1"], "--seconds: must be"),
+        ([*RUN, "--rate", "nan"], "--rate: must be"),
+        (["bench", "tick", "--rate", "0"], "--rate: must be a positive"),
+        (["bench", "tick", "--seconds", "-2"], "--seconds: must be"),
+        (["collect", "--task", "x", "--episodes", "0", "--out", "d"], "--episodes: must be"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["bench", "nope"], "invalid choice: 'nope'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("argv", SUBCOMMANDS, ids=" ".join)
+def test_help_works_on_every_subcommand(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args([*argv, "--help"])
+    assert exc.value.code == 0
+
+
+def test_bench_tick_rejects_an_unknown_variant(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", "tick", "--seconds", "0.01", "--variants", "spin+warp"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "rtdiff bench: error: unknown variant 'spin+warp'; expected {sleep,spin}+{gc,frozen}"
+    )
+
+
+def test_help_imports_nothing_heavy() -> None:
+    code = (
+        "import sys; from runtime.cli import build_parser; build_parser().format_help();"
+        "heavy = {'torch', 'mujoco', 'gymnasium', 'zmq'} & set(sys.modules); print(sorted(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
