@@ -42,6 +42,7 @@ from hw_bridge.codec import (
     ProtocolError,
     check_obs,
     decode,
+    decode_array,
     encode,
     encode_array,
     message,
@@ -51,6 +52,17 @@ from runtime.clock import MonotonicClock
 from runtime.protocols import Clock, Command, Observation, PlantSpec
 
 log = logging.getLogger("hw_bridge")
+
+
+def _info_from_wire(info: dict[str, Any]) -> dict[str, Any]:
+    out = dict(info)
+    for k, v in info.items():
+        if isinstance(v, dict) and set(v) == {"dtype", "shape", "data"}:
+            try:
+                out[k] = decode_array(v, field=f"info.{k}")
+            except ProtocolError:
+                pass  # left as sent
+    return out
 
 
 class BridgeError(ConnectionError):
@@ -395,7 +407,7 @@ class RemotePlant:
             reward=float(o["reward"]),
             terminated=o["terminated"],
             truncated=o["truncated"],
-            info=dict(o.get("info", {})),
+            info=_info_from_wire(o.get("info", {})),
         )
         self._latest_state_seq = msg["seq"]
         self._ack_seq = msg["ack_seq"]
@@ -525,11 +537,12 @@ class RemotePlant:
             self._wait_step()
 
     def counters(self) -> dict[str, int]:
-        """Summary keys `applied` (controller commands handed to the plant), `late`, `rejected`, `clamped`, `watchdog_trips` (what the
-        plant side saw; `late` = the plant's own late count + commands the server got after
-        their deadline), then every detail: `plant_*` (the plant's own counters), `server_*`
-        (the bridge server's), `client_*` (this end's). Asks the server (one heartbeat, at most
-        `timeout_s`); if it cannot answer, the last known server figures are used."""
+        """Summary keys (what the plant side saw): `applied` (controller commands handed to the
+        plant), `late` (the plant's own late count + commands the server got after their
+        deadline), `rejected`, `clamped`, `watchdog_trips`; then every detail: `plant_*` (the
+        plant's own counters), `server_*` (the bridge server's), `client_*` (this end's).
+        Asks the server (one heartbeat, at most `timeout_s`); if it cannot answer, the last
+        known server figures are used."""
         if self._connected:
             seq = self._heartbeat(self.clock.now_ns())
             if not self._wait_for(lambda: seq not in self._hb_sent, self.timeout_ns):

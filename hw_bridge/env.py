@@ -23,13 +23,13 @@ from runtime.protocols import Command, FloatArray, Observation
 
 class RemoteEnv(gym.Env[FloatArray, FloatArray]):
     """Example:
-        env = RemoteEnv("tcp://127.0.0.1:5555")
-        obs, info = env.reset(seed=0)
-        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
-        env.close()
+    env = RemoteEnv("tcp://127.0.0.1:5555")
+    obs, info = env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+    env.close()
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium's own convention)
 
     def __init__(self, address: str, *, plant: RemotePlant | None = None, **kwargs: Any) -> None:
         self.plant = plant if plant is not None else RemotePlant(address, **kwargs)

@@ -50,6 +50,9 @@ from runtime.protocols import Clock, Command, FloatArray, Observation, Plant
 
 log = logging.getLogger("hw_bridge")
 
+_ALIGN_NS = 150_000  # tick this long after a self-paced plant's own tick
+_RECHECK_NS = 100_000  # then look again this often until its new state is there
+
 COUNTER_NAMES = (
     "received",  # frames received
     "bad_message",  # undecodable or ill-typed frames
@@ -70,6 +73,7 @@ COUNTER_NAMES = (
     "states_sent",
     "send_dropped",  # outgoing frames dropped at a full queue (slow reader)
     "overruns",  # realtime ticks that started more than one period late
+    "apply_errors",  # the plant raised on apply/reset (e.g. apply after the episode ended)
 )
 
 
@@ -161,6 +165,9 @@ class ServerCore:
         self.last_apply_ns: int | None = None
         self.state_seq = 0
         self.last_obs: Observation | None = None
+        self.last_publish_ns = 0
+        self.keepalive_periods = 10  # an unchanged state is re-sent this often (liveness)
+        self.plant_seq = 0  # Command.seq handed to the plant: strictly increasing
         self._spec_wire = spec_to_wire(self.spec)
         self._lease_ns = round(config.lease_ms * 1e6)
         self._peer_timeout_ns = round(config.peer_timeout_ms * 1e6)
@@ -186,6 +193,7 @@ class ServerCore:
         if obs is None:
             obs = self.plant.observe()
         self.last_obs = obs
+        self.last_publish_ns = self.clock.now_ns()
         self.state_seq += 1
         payload = encode(
             message(
@@ -276,7 +284,12 @@ class ServerCore:
                 return
             peer.last_seq, peer.last_rx_ns = seq, now
             self.counters["resets"] += 1
-            obs = self.plant.reset(msg.get("seed"))
+            try:
+                obs = self.plant.reset(msg.get("seed"))
+            except Exception as exc:  # the plant's own refusal goes back to the client
+                self.counters["apply_errors"] += 1
+                self._error(ident, "plant_error", f"reset: {exc}", seq, fatal=False)
+                return
             self.limiter.reset()
             self.last_apply_ns = None
             self.reset_seq = seq
@@ -394,14 +407,20 @@ class ServerCore:
             return
         self.counters["clamped"] += int(res.clamped)
         self.counters["rate_limited"] += int(res.rate_limited)
+        self.plant_seq += 1
         cmd = Command(
-            seq=msg["tick"],
+            seq=self.plant_seq,  # the server's order, so a restarted controller is not "stale"
             t_ns=now,
             action=res.action,
             deadline_ns=deadline if deadline is not None else now + self.spec.period_ns,
             fallback=str(msg.get("fallback", "")),
         )
-        self.plant.apply(cmd)
+        try:
+            self.plant.apply(cmd)
+        except Exception as exc:  # e.g. a lockstep sim refusing apply after its episode ended
+            self.counters["apply_errors"] += 1
+            self._error(ident, "plant_error", f"apply: {exc}", seq, fatal=False)
+            return
         self.counters["applied"] += 1
         self.last_apply_ns = now
         if self.safe:
@@ -451,15 +470,20 @@ class ServerCore:
 
     def _apply_safe(self, now: int) -> None:
         action = self._safe_action if self._safe_action is not None else self._safe_now()
-        self.plant.apply(
-            Command(
-                seq=-1,
-                t_ns=now,
-                action=action,
-                deadline_ns=now + 2 * self.spec.period_ns,
-                fallback="watchdog",
-            )
+        self.plant_seq += 1
+        cmd = Command(
+            seq=self.plant_seq,
+            t_ns=now,
+            action=action,
+            deadline_ns=now + 2 * self.spec.period_ns,
+            fallback="watchdog",
         )
+        try:
+            self.plant.apply(cmd)
+        except Exception as exc:
+            self.counters["apply_errors"] += 1
+            log.error("hw_bridge: the plant refused its safe action: %s", exc)
+            return
         self.counters["safe_applied"] += 1
 
     def _go_safe(self, now: int, kind: str, detail: str) -> None:
@@ -469,17 +493,28 @@ class ServerCore:
         self._apply_safe(now)
         self._event(now, kind, detail, self._safe_action)
 
-    def tick(self) -> None:
-        """Realtime: one plant period. Watchdog, hold the safe action, leases, publish."""
+    def tick(self) -> bool:
+        """Realtime: watchdog, leases, and publish the state if the plant has a new one (or
+        nothing went out for `keepalive_periods`). Returns whether a state was published.
+
+        The safe action is applied once, at the trip: plants hold their last command (a
+        `Driver`'s hardware does; `MujocoPlant` counts the held ticks)."""
         now = self.clock.now_ns()
         if self.watchdog.check(now_ns=now):
             self.counters["watchdog_trips"] += 1
             silent_ms = (now - self.watchdog.last_valid_ns) / 1e6
             self._go_safe(now, "watchdog", f"no valid command for {silent_ms:.1f} ms")
-        elif self.safe:
-            self._apply_safe(now)  # keep a realtime plant holding it past its deadline
         self.housekeeping(now)
-        self.publish()
+        obs = self.plant.observe()
+        last = self.last_obs
+        if (
+            last is not None
+            and obs.seq == last.seq
+            and now - self.last_publish_ns < self.keepalive_periods * self.spec.period_ns
+        ):
+            return False
+        self.publish(obs)
+        return True
 
     def housekeeping(self, now: int) -> None:
         self._expire_lease(now)
@@ -599,12 +634,9 @@ class PlantServer:
                 now = clock.now_ns()
                 if realtime:
                     if now >= next_tick:
-                        core.tick()
+                        published = core.tick()
                         self._flush()
-                        next_tick += period
-                        if now - next_tick > period:
-                            core.counters["overruns"] += 1
-                            next_tick = now + period
+                        next_tick = self._next_tick(now, next_tick, published)
                         continue
                     self._wait((next_tick - now) * 1e-9)
                 else:
@@ -615,6 +647,24 @@ class PlantServer:
         finally:
             self._goodbye()
             self.serving.clear()
+
+    def _next_tick(self, now: int, prev: int, published: bool) -> int:
+        period = self.core.spec.period_ns
+        # A plant that paces itself (MujocoPlant in realtime) says when it steps next: tick just
+        # after it, so a new state goes out within ~`_ALIGN_NS` of being computed; if it was not
+        # there yet, look again shortly (for at most two periods, then wait for the next one).
+        aligned = getattr(self.core.plant, "next_tick_ns", None)
+        if isinstance(aligned, int):
+            if not published and now - self.core.last_publish_ns < 2 * period:
+                return now + _RECHECK_NS
+            if aligned + _ALIGN_NS > now:
+                return aligned + _ALIGN_NS
+            return now + period
+        nxt = prev + period
+        if now - nxt > period:
+            self.core.counters["overruns"] += 1
+            nxt = now + period
+        return nxt
 
     def _goodbye(self) -> None:
         for ident in list(self.core.peers):

@@ -114,12 +114,19 @@ def _add_serve(sp: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--keys", default=None, help="CurveZMQ key directory (turns encryption on)")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--seconds", type=positive_float, default=None, help="stop after S seconds")
-    _target(p, "hw_bridge.server:cli_serve")
+    p.add_argument(
+        "--watchdog-ms",
+        type=positive_float,
+        default=100.0,
+        help="realtime: no valid command this long -> the safe action",
+    )
+    _target(p, "runtime.cli.serve:cli_serve")
 
 
 def _add_keys(sp: argparse._SubParsersAction[_Parser]) -> None:
     p = sp.add_parser("keys", help="make CurveZMQ key pairs for an authenticated link")
     p.add_argument("--out", required=True, help="directory for the key files")
+    p.add_argument("--client", default="client", help="name of the client key pair to add")
     _target(p, "hw_bridge.keys:cli_keys")
 
 

@@ -1,0 +1,74 @@
+"""`rtdiff serve --task T`: a simulated plant (`sims`) behind the bridge (`hw_bridge`).
+
+This wiring lives in the CLI face because it is the one place allowed to join two packages:
+`hw_bridge` serves any `runtime.Plant` and never imports `sims`. Both are imported lazily here,
+so `rtdiff --help` stays light.
+
+`--realtime` runs physics on the wall clock (the plant paces itself; the server ticks just after
+it, runs the watchdog and publishes each new state); without it the plant is lockstep: each
+command steps it once. `--keys DIR` turns CurveZMQ on with the allowlist in DIR (see
+`rtdiff keys`). Safety events and reconnects are logged on stderr; a one-line summary with the
+counters is printed when the server stops (`--seconds`, Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Literal
+
+from runtime.cli import CliError
+
+
+def cli_serve(args: argparse.Namespace) -> int:
+    from hw_bridge import PlantServer
+    from sims import make_plant
+
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    mode: Literal["lockstep", "realtime"] = "realtime" if args.realtime else "lockstep"
+    if args.keys is not None and not Path(args.keys, "server.key_secret").exists():
+        raise CliError(f"--keys {args.keys}: no server.key_secret there (run `rtdiff keys`)")
+    try:
+        plant = make_plant(args.task, mode=mode, seed=args.seed)
+    except (KeyError, ValueError) as exc:
+        raise CliError(str(exc).strip("'\"")) from None
+    try:
+        server = PlantServer(
+            plant,
+            bind=args.bind,
+            mode=mode,
+            watchdog_ms=getattr(args, "watchdog_ms", 100.0),
+            keys_dir=args.keys,
+            seed=args.seed,
+        )
+    except (OSError, ValueError) as exc:
+        plant.close()
+        raise CliError(str(exc)) from None
+    spec = plant.spec()
+    sys.stderr.write(
+        f"rtdiff serve: {spec.name} ({mode}, {spec.rate_hz:g} Hz) on {server.address}"
+        f"{' with CurveZMQ' if args.keys else ''}\n"
+    )
+    timer = None
+    if args.seconds is not None:
+        timer = threading.Timer(args.seconds, server.stop)
+        timer.daemon = True
+        timer.start()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.stop()
+    finally:
+        if timer is not None:
+            timer.cancel()
+        counters = server.counters
+        server.close()
+        plant.close()
+    sys.stderr.write(f"rtdiff serve: stopped; counters {json.dumps(counters)}\n")
+    return 0
