@@ -194,11 +194,23 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     _target(d, "runtime.cli.bench_deadline:cli_bench_deadline")
 
 
+def _add_demo(sp: argparse._SubParsersAction[_Parser]) -> None:
+    p = sp.add_parser("demo", help="the main job end to end (what `make demo` runs)")
+    p.add_argument("--seconds", type=positive_float, default=10.0, help="per realtime run")
+    p.add_argument("--bench-seconds", type=positive_float, default=2.0, help="per variant")
+    p.add_argument("--out", default="runs/demo", help="where the run JSON goes")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    _target(p, "runtime.cli.demo:cli_demo")
+
+
 def build_parser() -> _Parser:
     parser = _Parser(prog="rtdiff", description=__doc__.split("\n")[0] if __doc__ else None)
     sp = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sp.required = True
-    for add in (_add_tasks, _add_collect, _add_train, _add_serve, _add_keys, _add_run, _add_bench):
+    for add in (
+        _add_tasks, _add_collect, _add_train, _add_serve, _add_keys, _add_run, _add_bench,
+        _add_demo,
+    ):
         add(sp)
     return parser
 
