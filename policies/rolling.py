@@ -82,7 +82,8 @@ class RollingPlanner(TorchPlannerBase):
         self.tau = z(1, H)  # (1, H) per-token level
         self.target = z(1, H)  # (1, H) level to reach by the end of this tick
         self.delta = z(1, H)  # (1, H) per-step decrement
-        self._tau_new, self._ratio, self._a, self._b = z(1, H), z(1, H), z(1, H), z(1, H)
+        self._tau_new, self._ratio = z(1, H), z(1, H)
+        self._a, self._b, self._c = z(1, H), z(1, H), z(1, H)
         self._scratch, self._noise, self._shift = z(1, H, Dz), z(1, H, Dz), z(1, H - 1, Dz)
         self._tau_shift = z(1, H - 1)
         self._diff = z(Ds)
@@ -224,7 +225,7 @@ class RollingPlanner(TorchPlannerBase):
             self.renoise_count += 1
             self._tau_new.fill_(level)
             self._noise.normal_(generator=self.generator)
-            renoise_(self.x, self.tau, self._tau_new, self._noise, a=self._a, b=self._b)
+            renoise_(self.x, self.tau, self._tau_new, self._noise, a=self._a, b=self._b, c=self._c)
         # 4. inpaint the observed state into token 0; update the context.
         if fresh:
             self._push_context()

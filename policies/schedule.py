@@ -77,10 +77,11 @@ def renoise_(
     *,
     a: torch.Tensor,
     b: torch.Tensor,
+    c: torch.Tensor,
 ) -> None:
     """Raise every token from `tau` to `max(tau, new_tau)` by the forward process, in place.
 
-    x, noise (B, H, Dz) with noise ~ N(0, 1); tau, new_tau, a, b (B, H). `new_tau` is
+    x, noise (B, H, Dz) with noise ~ N(0, 1); tau, new_tau, a, b, c (B, H). `new_tau` is
     overwritten with the level actually reached; `tau` is updated to it.
     """
     torch.maximum(new_tau, tau, out=new_tau)
@@ -89,10 +90,12 @@ def renoise_(
     torch.sub(tau, 1.0 + _EPS, out=b)
     torch.sub(new_tau, 1.0 + _EPS, out=a)  # both negated: the signs cancel in a / b
     a.div_(b)
-    # b = sqrt(max(0, tau'^2 - (a tau)^2))
+    # b = sqrt((tau' - a tau)(tau' + a tau)): exactly 0 where tau' == tau (the plain
+    # tau'^2 - (a tau)^2 leaves a rounding residual whose sqrt is ~1e-4 of fresh noise).
     torch.mul(a, tau, out=b)
-    b.square_().neg_().addcmul_(new_tau, new_tau)
-    b.clamp_(min=0.0).sqrt_()
+    torch.add(new_tau, b, out=c)
+    torch.sub(new_tau, b, out=b)
+    b.mul_(c).clamp_(min=0.0).sqrt_()
     x.mul_(a.unsqueeze(-1)).addcmul_(noise, b.unsqueeze(-1))
     tau.copy_(new_tau)
 

@@ -180,7 +180,7 @@ def train(
             decay = min(cfg.ema_decay, (1.0 + step) / (10.0 + step))
             for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
                 pe.lerp_(pm, 1.0 - decay)
-        value = float(loss)
+        value = float(loss.detach())
         if step == 0:
             first_loss = value
         running, n_running = running + value, n_running + 1
