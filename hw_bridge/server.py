@@ -177,6 +177,7 @@ class ServerCore:
 
     def start(self) -> None:
         self.last_obs = self.plant.reset(self.config.seed)
+        self._safe_now()  # the rate limit starts from the plant at rest, not from anywhere
 
     # -- outgoing ----------------------------------------------------------------------------------
 
@@ -290,7 +291,9 @@ class ServerCore:
                 self.counters["apply_errors"] += 1
                 self._error(ident, "plant_error", f"reset: {exc}", seq, fatal=False)
                 return
+            self.last_obs = obs
             self.limiter.reset()
+            self._safe_now()
             self.last_apply_ns = None
             self.reset_seq = seq
             self.publish(obs)

@@ -1,0 +1,117 @@
+"""RemotePlant against a PlantServer over real sockets (loopback TCP and IPC)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from hw_bridge import BridgeError, FirstOrderMotor, RemotePlant
+from hw_bridge.codec import decode, encode, message
+from runtime import Command, Plant
+
+from .helpers import command
+
+
+def _cmd(k: int, a: float, clock_ns: int, period_ns: int = 5_000_000) -> Command:
+    return Command(seq=k, t_ns=clock_ns, action=np.array([a]), deadline_ns=clock_ns + period_ns)
+
+
+def test_remote_plant_is_a_plant_and_steps_in_lockstep(serve, tmp_path: Path) -> None:
+    rs = serve(mode="lockstep", bind=f"ipc://{tmp_path}/plant.sock")
+    with RemotePlant(rs.address) as plant:
+        assert isinstance(plant, Plant)
+        spec = plant.spec()
+        assert (spec.name, spec.state_dim, spec.action_dim) == ("first-order-motor", 2, 1)
+        obs0 = plant.reset(seed=3)
+        for k in range(10):
+            plant.apply(_cmd(k, 0.2, plant.clock.now_ns()))
+            obs = plant.observe()
+            assert not obs.stale and obs.seq > obs0.seq
+        # lockstep: the plant's time moved exactly 10 periods
+        assert obs.t_ns == 10 * spec.period_ns
+        # the same run on a local motor gives the same state (the link adds nothing)
+        local = FirstOrderMotor(mode="lockstep")
+        local.reset(seed=3)
+        for k in range(10):
+            local.apply(_cmd(k, 0.2, 0, 0))
+        np.testing.assert_array_equal(obs.state, local.observe().state)
+        c = plant.counters()
+        assert c["applied"] == 10 and c["plant_applied"] == 10 and c["rejected"] == 0
+
+
+def test_realtime_observe_never_blocks_and_flags_stale(serve) -> None:
+    rs = serve(mode="realtime")
+    with RemotePlant(rs.address) as plant:
+        first = plant.next_observation(1.0)
+        again = plant.observe()  # immediately: nothing newer yet, so the same state, flagged
+        assert again.stale and again.seq == first.seq
+        np.testing.assert_array_equal(again.state, first.state)
+        fresh = plant.next_observation(1.0)
+        assert not fresh.stale and fresh.seq > first.seq
+        # the state time is mapped to our clock: recent, not in the future
+        age_ns = plant.clock.now_ns() - fresh.t_ns
+        assert -1_000_000 < age_ns < 500_000_000
+
+
+def test_rejections_and_clamps_are_visible_to_the_client(serve) -> None:
+    rs = serve(mode="lockstep")
+    with RemotePlant(rs.address) as plant:
+        plant.reset(seed=0)
+        now = plant.clock.now_ns()
+        plant.apply(_cmd(0, float("nan"), now))
+        plant.apply(_cmd(1, 3.0, now))
+        c = plant.counters()
+        assert c["rejected"] == 1 and c["clamped"] >= 1 and c["applied"] == 1
+        assert c["client_timeouts"] == 0  # the rejection was answered, not waited out
+
+
+def test_observer_watches_but_cannot_command(serve) -> None:
+    rs = serve(mode="realtime")
+    with RemotePlant(rs.address) as ctl, RemotePlant(rs.address, role="observe") as obs:
+        s = obs.next_observation(1.0)
+        assert s.state.shape == (2,)
+        obs.apply(_cmd(0, 0.5, obs.clock.now_ns()))  # dropped on our side, counted
+        assert obs.counters()["client_dropped"] == 1
+        ctl.apply(_cmd(0, 0.1, ctl.clock.now_ns()))
+        assert ctl.counters()["applied"] == 1
+
+
+def test_second_controller_is_refused_with_a_clear_error(serve) -> None:
+    rs = serve(mode="lockstep", lease_ms=5000.0)
+    with RemotePlant(rs.address):
+        with pytest.raises(BridgeError, match="busy|controlled by"):
+            RemotePlant(rs.address, connect_timeout_s=0.4)
+        with RemotePlant(rs.address, takeover=True, connect_timeout_s=2.0) as second:
+            assert second.connected
+
+
+def test_layout_and_version_mismatch_are_refused(serve) -> None:
+    rs = serve(mode="lockstep")
+    with pytest.raises(BridgeError, match="mismatch"):
+        RemotePlant(rs.address, expect={"state_dim": 6}, connect_timeout_s=2.0)
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(rs.address)
+    try:
+        sock.send(encode(message("hello", 1, 0, versions=[2, 3], role="control")))
+        assert sock.poll(2000)
+        err = decode(sock.recv())
+        assert (err["type"], err["code"], err["fatal"]) == ("error", "bad_version", True)
+        assert "server speaks [1], client offered [2, 3]" in err["message"]
+        sock.send(command(2, [0.1]))  # no session: refused, never applied
+        assert sock.poll(2000) and decode(sock.recv())["code"] == "unknown_peer"
+    finally:
+        sock.close()
+    assert rs.server.counters["applied"] == 0
+
+
+def test_no_server_gives_a_bridge_error_quickly(tmp_path: Path) -> None:
+    t0 = time.perf_counter()
+    with pytest.raises(BridgeError, match="handshake failed"):
+        RemotePlant(f"ipc://{tmp_path}/nobody.sock", connect_timeout_s=0.3)
+    assert time.perf_counter() - t0 < 2.0
