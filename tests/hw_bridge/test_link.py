@@ -83,7 +83,7 @@ def test_observer_watches_but_cannot_command(serve) -> None:
 def test_second_controller_is_refused_with_a_clear_error(serve) -> None:
     rs = serve(mode="lockstep", lease_ms=5000.0)
     with RemotePlant(rs.address):
-        with pytest.raises(BridgeError, match="busy|controlled by"):
+        with pytest.raises(BridgeError, match=r"busy|controlled by"):
             RemotePlant(rs.address, connect_timeout_s=0.4)
         with RemotePlant(rs.address, takeover=True, connect_timeout_s=2.0) as second:
             assert second.connected

@@ -34,7 +34,10 @@ def test_limiter_clamps_then_rate_limits_against_a_plain_reference() -> None:
         want = np.clip(a, low, high)  # the obviously-correct reference, element by element
         if last is not None:
             want = np.array(
-                [min(max(w, p - r * dt), p + r * dt) for w, p, r in zip(want, last, rate)]
+                [
+                    min(max(w, p - r * dt), p + r * dt)
+                    for w, p, r in zip(want, last, rate, strict=True)
+                ]
             )
         np.testing.assert_allclose(res.action, want)
         assert res.clamped == bool(np.any((a < low) | (a > high)))
