@@ -170,7 +170,11 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     t.add_argument(
         "--variants",
         default="sleep+gc,sleep+frozen,spin+gc,spin+frozen",
-        help="comma list of {sleep,spin}+{gc,frozen}",
+        help="comma list of {sleep,spin}+{gc,frozen}[+async]",
+    )
+    t.add_argument(
+        "--switch-us", type=positive_float, default=None,
+        help="sys.setswitchinterval for the run (GIL hand-off period, us)",
     )
     t.add_argument("--spin-us", type=positive_float, default=300.0, help="spin window")
     t.add_argument(

@@ -13,7 +13,10 @@ Each variant is one combination of
   `--spin-us`), and
 - gc: `gc` (CPython's automatic collector) or `frozen` (`gc.freeze()` at start-up, collection
   only in slack time),
-run back to back for `--seconds` each, so they share the machine's state.
+run back to back for `--seconds` each, so they share the machine's state. A third part
+`+async` runs refinement in a worker thread instead (the tick waits with the variant's clock and
+takes the newest result), which measures the GIL hand-off: a pure-Python planner step holds the
+GIL, so the tick thread can wake up to `sys.getswitchinterval()` late (`--switch-us` sets it).
 """
 
 from __future__ import annotations
@@ -120,13 +123,27 @@ def _build_heap(n_objects: int) -> list[Any]:
     return [{"i": i, "v": [i]} for i in range(n_objects // 2)]
 
 
+VARIANT_FORM = "{sleep,spin}+{gc,frozen}[+async]"
+
+
+def valid_variant(name: str) -> bool:
+    parts = name.split("+")
+    return (
+        len(parts) in (2, 3)
+        and parts[0] in ("sleep", "spin")
+        and parts[1] in ("gc", "frozen")
+        and (len(parts) == 2 or parts[2] == "async")
+    )
+
+
 def run_variant(
     name: str, *, rate_hz: float, seconds: float, step_us: float, tail_prob: float,
     tail_x: float, budget_fraction: float, spin_us: float, seed: int,
 ) -> dict[str, Any]:
-    wait, gc_mode = name.split("+")
-    if wait not in ("sleep", "spin") or gc_mode not in ("gc", "frozen"):
-        raise ValueError(f"unknown variant {name!r}; expected {{sleep,spin}}+{{gc,frozen}}")
+    if not valid_variant(name):
+        raise ValueError(f"unknown variant {name!r}; expected {VARIANT_FORM}")
+    wait, gc_mode, *rest = name.split("+")
+    refine = "async" if rest else "sync"
     clock = MonotonicClock(spin_ns=round(spin_us * 1000) if wait == "spin" else 0)
     planner = SyntheticPlanner(
         step_ns=step_us * 1000, tail_prob=tail_prob, tail_x=tail_x, seed=seed
@@ -134,7 +151,7 @@ def run_variant(
     loop = ControlLoop(
         NullPlant(rate_hz), planner, clock,
         LoopConfig(rate_hz=rate_hz, mode="realtime", budget_fraction=budget_fraction,
-                   warmup_steps=64),
+                   warmup_steps=64, refine=refine),
         gc_policy=GcPolicy("frozen" if gc_mode == "frozen" else "default"),
     )
     result = loop.run(seconds=seconds, seed=seed)
@@ -148,11 +165,12 @@ def cli_bench_tick(args: argparse.Namespace) -> int:
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for v in variants:
-        parts = v.split("+")
-        if len(parts) != 2 or parts[0] not in ("sleep", "spin") or parts[1] not in ("gc", "frozen"):
-            raise CliError(f"unknown variant {v!r}; expected {{sleep,spin}}+{{gc,frozen}}")
+        if not valid_variant(v):
+            raise CliError(f"unknown variant {v!r}; expected {VARIANT_FORM}")
     if not 0.0 <= args.tail_prob <= 1.0:
         raise CliError(f"--tail-prob must be in [0, 1], got {args.tail_prob}")
+    if args.switch_us is not None:
+        sys.setswitchinterval(args.switch_us * 1e-6)
     heap = _build_heap(args.heap_objects)
     import gc
 
@@ -180,6 +198,7 @@ def cli_bench_tick(args: argparse.Namespace) -> int:
         "budget_fraction": args.budget_fraction,
         "spin_us": args.spin_us,
         "heap_objects": args.heap_objects,
+        "switch_interval_us": sys.getswitchinterval() * 1e6,
         "full_gc_ms": round(full_gc_ms, 3),
         "machine": (
             f"{platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}"
@@ -201,11 +220,11 @@ def _print_table(summary: dict[str, Any]) -> None:
     print(f"rtdiff bench tick: {summary['rate_hz']:g} Hz, {summary['seconds_per_variant']:g} s "
           f"per variant, heap {summary['heap_objects']} objects "
           f"(full gc {summary['full_gc_ms']} ms)")
-    head = (f"{'variant':<14}{'ticks':>8}{'misses':>8}{'miss %':>9}{'late p50 us':>13}"
+    head = (f"{'variant':<20}{'ticks':>8}{'misses':>8}{'miss %':>9}{'late p50 us':>13}"
             f"{'late p99 us':>13}{'late max us':>13}{'ovh p99 us':>12}{'steps':>7}")
     print(head)
     for name, r in summary["variants"].items():
         lat = r["lateness_ms"]
-        print(f"{name:<14}{r['ticks']:>8}{r['misses']:>8}{100 * r['miss_rate']:>9.3f}"
+        print(f"{name:<20}{r['ticks']:>8}{r['misses']:>8}{100 * r['miss_rate']:>9.3f}"
               f"{1000 * lat['p50']:>13.1f}{1000 * lat['p99']:>13.1f}{1000 * lat['max']:>13.1f}"
               f"{r['overhead_us']['p99']:>12.1f}{r['steps_per_tick']['mean']:>7.1f}")

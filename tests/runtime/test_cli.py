@@ -51,7 +51,8 @@ def test_bench_tick_rejects_an_unknown_variant(capsys: pytest.CaptureFixture[str
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err == (
-        "rtdiff bench: error: unknown variant 'spin+warp'; expected {sleep,spin}+{gc,frozen}"
+        "rtdiff bench: error: unknown variant 'spin+warp'; "
+        "expected {sleep,spin}+{gc,frozen}[+async]"
     )
 
 
