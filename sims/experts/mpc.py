@@ -1,7 +1,7 @@
 """`SamplingMpc`: predictive sampling / MPPI over `mujoco.rollout`, for any task with a cost.
 
 In the spirit of MuJoCo MPC's predictive sampling: keep a nominal open-loop plan of H ticks;
-each `refine` call is one iteration (sample N-1 Gaussian perturbations of the plan, roll all N
+each `refine` call is one iteration (sample N-1 smooth Gaussian perturbations of the plan, roll all N
 candidates out from the current state on the task's own model with `mujoco.rollout`, score
 them with the task's `mpc_cost`, keep the best, or the exponentially weighted mean for MPPI).
 `observe` shifts the plan by one tick and re-reads the state. That makes it an anytime planner
@@ -38,12 +38,16 @@ class SamplingMpc:
         *,
         horizon_ticks: int = 15,
         n_samples: int = 32,
-        noise: float = 0.3,
+        noise: float = 0.15,
         method: str = "ps",
         temperature: float = 0.05,
+        knots: int = 3,
         seed: int = 0,
     ) -> None:
-        if horizon_ticks <= 0 or n_samples < 2:
+        if horizon_ticks <= 0 or n_samples < 2 or not (2 <= knots <= max(2, horizon_ticks)):
+            raise ValueError(
+                f"{horizon_ticks=} must be > 0, {n_samples=} >= 2, 2 <= {knots=} <= horizon"
+            )
             raise ValueError(f"{horizon_ticks=} must be > 0 and {n_samples=} >= 2")
         if noise <= 0 or temperature <= 0:
             raise ValueError(f"{noise=} and {temperature=} must be > 0")
@@ -60,7 +64,14 @@ class SamplingMpc:
         self._high = np.array(self.env.task.action_high)
         self._sigma = noise * (self._high - self._low) / 2  # (Da,)
         self._rng = np.random.default_rng(seed)
+        # perturbations are drawn at `knots` points and linearly interpolated over the
+        # horizon (MuJoCo MPC's spline idea): white noise per tick mostly cancels itself out
+        tk = np.linspace(0, self.h - 1, knots)
+        self._interp = np.stack(
+            [np.interp(np.arange(self.h), tk, np.eye(knots)[i]) for i in range(knots)], axis=1
+        )  # (H, knots)
         self.nominal = np.tile(self.env.neutral_action(), (self.h, 1))  # (H, Da)
+        self._da = self.nominal.shape[1]
         self._x0 = np.zeros(mujoco.mj_stateSize(self.model, mujoco.mjtState.mjSTATE_FULLPHYSICS))
         self._goal = np.zeros(self.env.task.goal_dim)
         self._nq, self._nv = self.model.nq, self.model.nv
@@ -81,7 +92,8 @@ class SamplingMpc:
 
     def refine(self, budget_ns: int) -> int:
         """One sampling iteration; returns 1."""
-        eps = self._rng.standard_normal((self.n - 1, self.h, self.nominal.shape[1]))
+        knot_eps = self._rng.standard_normal((self.n - 1, self._interp.shape[1], self._da))
+        eps = np.einsum("hk,nkd->nhd", self._interp, knot_eps)  # (N-1, H, Da)
         cands = np.concatenate([self.nominal[None], self.nominal + eps * self._sigma])
         cands = np.clip(cands, self._low, self._high)  # (N, H, Da)
         ctrl = np.repeat(cands, self._ns, axis=1)  # (N, H * substeps, Da)
