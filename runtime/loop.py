@@ -37,6 +37,7 @@ from runtime.fallback import CODE_NONE, CODE_NONFINITE, FALLBACK_NAMES, Fallback
 from runtime.handover import LatestAction, RefineWorker
 from runtime.protocols import Clock, Command, Observation, Planner, Plant
 from runtime.rt import GcPolicy
+from runtime.sidecar import Sidecar
 from runtime.stats import DeadlineStats
 from runtime.ticker import Ticker
 from runtime.trace import TraceRing, read_trace
@@ -144,6 +145,7 @@ class ControlLoop:
         *,
         fallback: Fallback | None = None,
         trace: TraceRing | None = None,
+        sidecar: Sidecar | None = None,
         gc_policy: GcPolicy | None = None,
         progress: ProgressFn | None = None,
         progress_every: int = 0,
@@ -161,6 +163,7 @@ class ControlLoop:
         self.gc_policy = gc_policy
         self.progress = progress
         self.progress_every = progress_every
+        self.sidecar = sidecar
         da = self.spec.action_dim
         self._low = self.spec.action_low.copy()
         self._high = self.spec.action_high.copy()
@@ -255,6 +258,8 @@ class ControlLoop:
             gc_policy.start()
         ticker = Ticker(clock, period) if realtime else None
         fresh = True  # the planner already holds `obs` from reset()
+        sidecar = self.sidecar
+        levels_fn = getattr(planner, "noise_levels", None)
         last_seq = obs.seq
         k_local = 0
         misses = 0
@@ -290,6 +295,7 @@ class ControlLoop:
                         ep_ticks, ep_return = 0, 0.0
                         fresh = True
                 t_obs = now_ns()
+                started = fresh
                 if worker is not None:
                     worker.mailbox.post(obs, reset=fresh)
                 elif fresh:
@@ -376,6 +382,9 @@ class ControlLoop:
                 c.episode[i] = ep_index
                 c.action[i] = out
                 trace.commit()
+                if sidecar is not None:  # levels only in sync mode: the worker owns the planner
+                    levels = levels_fn() if (levels_fn is not None and worker is None) else None
+                    sidecar.record(obs, levels=levels, reset=started)
                 k_local += 1
                 ep_ticks += 1
                 if self.progress is not None and self.progress_every and (
@@ -390,6 +399,8 @@ class ControlLoop:
             if gc_policy is not None:
                 gc_policy.stop()
             trace.close()
+            if self.sidecar is not None and trace.path is not None:
+                self.sidecar.save(trace.path)
         records = trace.records() if trace.path is None else read_trace(trace.path).records
         return RunResult(
             records=records,

@@ -27,7 +27,7 @@ import os
 import platform
 import sys
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -143,7 +143,7 @@ def run_variant(
     if not valid_variant(name):
         raise ValueError(f"unknown variant {name!r}; expected {VARIANT_FORM}")
     wait, gc_mode, *rest = name.split("+")
-    refine = "async" if rest else "sync"
+    refine: Literal["sync", "async"] = "async" if rest else "sync"
     clock = MonotonicClock(spin_ns=round(spin_us * 1000) if wait == "spin" else 0)
     planner = SyntheticPlanner(
         step_ns=step_us * 1000, tail_prob=tail_prob, tail_x=tail_x, seed=seed

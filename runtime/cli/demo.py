@@ -44,10 +44,10 @@ def _run_args(policy: str, plant: str, seconds: float, seed: int) -> argparse.Na
 
 def _shipped_policies() -> list[str]:
     try:
-        from policies import shipped_checkpoints
+        from policies import shipped_policies
     except ImportError:
         return []
-    return [name for name in shipped_checkpoints() if name.endswith(f":{TASK}")]
+    return [name for name in shipped_policies() if name.endswith(f":{TASK}")]
 
 
 def _row(name: str, out: dict[str, Any]) -> str:

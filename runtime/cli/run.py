@@ -20,6 +20,7 @@ from runtime.fallback import make_fallback
 from runtime.loop import ControlLoop, EpisodeResult, LoopConfig, RunResult
 from runtime.protocols import Planner, Plant
 from runtime.rt import GcPolicy, cap_threads
+from runtime.sidecar import Sidecar
 from runtime.trace import TraceRing
 
 
@@ -130,16 +131,22 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
                 meta={"policy": args.policy, "plant": args.plant, "mode": args.mode,
                       "rate_hz": rate, "seed": args.seed, "task": spec.name},
             )
-        progress = Progress(enabled=sys.stderr.isatty() and not args.json)
-        loop = ControlLoop(
-            plant, planner, MonotonicClock(), config,
-            fallback=make_fallback(args.fallback), trace=trace,
-            gc_policy=GcPolicy("frozen") if realtime else None,
-            progress=progress, progress_every=max(1, round(rate / 10)),
-        )
         episodes = args.episodes
         if args.seconds is None and episodes is None:
             episodes = 1
+        sidecar = None
+        if args.trace:
+            levels = getattr(planner, "noise_levels", None)
+            expected = (round(args.seconds * rate) if args.seconds is not None
+                        else (episodes or 1) * max(spec.episode_ticks, 1))
+            sidecar = Sidecar(expected + 16, spec.state_dim, len(levels()) if levels else 0)
+        progress = Progress(enabled=sys.stderr.isatty() and not args.json)
+        loop = ControlLoop(
+            plant, planner, MonotonicClock(), config,
+            fallback=make_fallback(args.fallback), trace=trace, sidecar=sidecar,
+            gc_policy=GcPolicy("frozen") if realtime else None,
+            progress=progress, progress_every=max(1, round(rate / 10)),
+        )
         result = loop.run(seconds=args.seconds, episodes=episodes, seed=args.seed)
         progress.done()
     finally:

@@ -1,5 +1,7 @@
 """ControlLoop behaviour on a fake clock: budgets, misses, fallbacks, episodes, async."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -7,6 +9,8 @@ from runtime.budget import BudgetConfig
 from runtime.clock import FakeClock
 from runtime.fallback import CODE_HOLD, CODE_NONFINITE
 from runtime.loop import ControlLoop, LoopConfig
+from runtime.sidecar import EVENT_RESET, Sidecar, load_sidecar
+from runtime.trace import TraceRing
 
 from .toys import CostPlanner, IntegratorPlant
 
@@ -124,3 +128,25 @@ def test_async_refinement_publishes_planner_actions_to_the_tick() -> None:
     # within limits, and pulling x (which starts at +1) towards 0.
     assert np.all(r["action"] <= 0.0) and np.all(r["action"] >= -1.0)
     assert r["fallback"].sum() == 0
+
+
+def test_sidecar_records_state_levels_and_events_beside_the_trace(tmp_path: Path) -> None:
+    clock = FakeClock()
+    plant = IntegratorPlant(rate_hz=100, episode_ticks=5, clock=clock)
+
+    class Leveled(CostPlanner):
+        def noise_levels(self) -> np.ndarray:
+            return np.array([0.0, 0.5, float(self.observed)], dtype=np.float32)
+
+    planner = Leveled(clock, step_ns=1_000)
+    car = Sidecar(capacity=100, state_dim=1, levels_dim=3)
+    ring = TraceRing(1, chunk_ticks=4, path=tmp_path / "trace")
+    loop = ControlLoop(plant, planner, clock, LoopConfig(warmup_steps=0), trace=ring, sidecar=car)
+    result = loop.run(episodes=2)
+    side = load_sidecar(tmp_path / "trace")
+    assert side is not None
+    n = len(result.records)
+    assert n == 10 and side["state"].shape == (n, 1) and side["levels"].shape == (n, 3)
+    assert list(np.flatnonzero(side["events"] & EVENT_RESET)) == [0, 5]
+    np.testing.assert_allclose(side["state"][:5, 0], 1.0 - 0.01 * np.arange(5), atol=1e-6)
+    assert side["levels"][-1, 2] == planner.observed
