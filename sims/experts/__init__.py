@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from runtime import PlantSpec, Planner
+from runtime import Planner, PlantSpec
 from sims.registry import get_task
 
 _EXPERTS: dict[str, str] = {

@@ -1,8 +1,8 @@
 """`SamplingMpc`: predictive sampling / MPPI over `mujoco.rollout`, for any task with a cost.
 
 In the spirit of MuJoCo MPC's predictive sampling: keep a nominal open-loop plan of H ticks;
-each `refine` call is one iteration (sample N-1 smooth Gaussian perturbations of the plan, roll all N
-candidates out from the current state on the task's own model with `mujoco.rollout`, score
+each `refine` call is one iteration (sample N-1 smooth Gaussian perturbations of the plan,
+roll all N candidates out from the current state on the task's own model with `mujoco.rollout`, score
 them with the task's `mpc_cost`, keep the best, or the exponentially weighted mean for MPPI).
 `observe` shifts the plan by one tick and re-reads the state. That makes it an anytime planner
 in the sense of `runtime.Planner`: zero iterations still give an action (the shifted plan's
@@ -58,7 +58,8 @@ class SamplingMpc:
         self.model = self.env.model
         self.data = mujoco.MjData(self.model)
         self._rollout_data = mujoco.MjData(self.model)
-        self.h, self.n, self.method, self.temperature = horizon_ticks, n_samples, method, temperature
+        self.h, self.n = horizon_ticks, n_samples
+        self.method, self.temperature = method, temperature
         self._ns = self.env.n_substeps
         self._low = np.array(self.env.task.action_low)
         self._high = np.array(self.env.task.action_high)
@@ -114,4 +115,5 @@ class SamplingMpc:
         return 1
 
     def action(self) -> np.ndarray:
-        return np.clip(self.nominal[0], self._low, self._high)
+        a: np.ndarray = np.clip(self.nominal[0], self._low, self._high)
+        return a

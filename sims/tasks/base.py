@@ -150,7 +150,7 @@ class TaskEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
             obs_spaces["goal"] = spaces.Box(
                 -np.inf, np.inf, shape=(task.goal_dim,), dtype=np.float64
             )
-        self.observation_space = spaces.Dict(obs_spaces)
+        self.observation_space = spaces.Dict(obs_spaces)  # type: ignore[assignment]
         self._disturber = Disturber(
             self.dist_cfg,
             rate_hz=task.rate_hz,

@@ -96,7 +96,7 @@ class BimodalEnv(TaskEnv):
         self._touched = False
 
     def _state(self) -> np.ndarray:
-        return self.data.qpos[:2].copy()
+        return np.array(self.data.qpos[:2], dtype=np.float64)
 
     def _goal_dist(self) -> float:
         return float(np.linalg.norm(self.data.qpos[:2] - np.array(GOAL_XY_M)))

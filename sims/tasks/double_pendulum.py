@@ -56,14 +56,14 @@ class DoublePendulumEnv(TaskEnv):
         return np.concatenate([self.data.qpos, self.data.qvel])
 
     def _tip_xz(self) -> np.ndarray:
-        return self.data.site_xpos[self._tip][[0, 2]]
+        return np.array(self.data.site_xpos[self._tip][[0, 2]], dtype=np.float64)
 
     def _reward(self, action: np.ndarray) -> float:
         # gymnasium's: alive bonus minus tip distance and velocity penalties
         x, z = self._tip_xz()
         dist = 0.01 * x**2 + (z - 2.0) ** 2
         vel = 1e-3 * self.data.qvel[1] ** 2 + 5e-3 * self.data.qvel[2] ** 2
-        return 10.0 - dist - vel
+        return float(10.0 - dist - vel)
 
     def _terminal(self) -> str | None:
         return "fail" if self._tip_xz()[1] <= TIP_Z_MIN_M else None

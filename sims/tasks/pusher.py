@@ -91,7 +91,7 @@ class PusherEnv(TaskEnv):
         self.data.qvel[-4:] = 0.0
 
     def puck_xy(self) -> np.ndarray:
-        return self.data.xpos[self._obj][:2].copy()
+        return np.array(self.data.xpos[self._obj][:2], dtype=np.float64)
 
     def _state(self) -> np.ndarray:
         d = self.data
@@ -99,13 +99,13 @@ class PusherEnv(TaskEnv):
             [
                 d.qpos[:7],
                 d.qvel[:7],
-                self._obj_home + [d.qpos[self._ox], d.qpos[self._oy]],
+                self._obj_home + np.array([d.qpos[self._ox], d.qpos[self._oy]]),
                 [d.qvel[self._vx], d.qvel[self._vy]],
             ]
         )
 
     def _goal(self) -> np.ndarray:
-        return self.data.xpos[self._goal_body][:2].copy()
+        return np.array(self.data.xpos[self._goal_body][:2], dtype=np.float64)
 
     def _dist(self) -> float:
         return float(np.linalg.norm(self._state()[14:16] - self._goal()))

@@ -88,7 +88,7 @@ class ReacherMovingEnv(TaskEnv):
         return np.concatenate([self.data.qpos[:2], self.data.qvel[:2]])
 
     def _goal(self) -> np.ndarray:
-        return self.data.qpos[2:4].copy()
+        return np.array(self.data.qpos[2:4], dtype=np.float64)
 
     def _dist(self) -> float:
         return float(np.linalg.norm(self.data.xpos[self._tip][:2] - self.data.qpos[2:4]))
