@@ -2,8 +2,9 @@
 
 In the spirit of MuJoCo MPC's predictive sampling: keep a nominal open-loop plan of H ticks;
 each `refine` call is one iteration (sample N-1 smooth Gaussian perturbations of the plan,
-roll all N candidates out from the current state on the task's own model with `mujoco.rollout`, score
-them with the task's `mpc_cost`, keep the best, or the exponentially weighted mean for MPPI).
+roll all N candidates out from the current state on the task's own model with
+`mujoco.rollout`, score them with the task's `mpc_cost`, keep the best, or the exponentially
+weighted mean for MPPI).
 `observe` shifts the plan by one tick and re-reads the state. That makes it an anytime planner
 in the sense of `runtime.Planner`: zero iterations still give an action (the shifted plan's
 first step), more iterations a better one.
