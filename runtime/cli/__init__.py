@@ -198,6 +198,13 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     _target(d, "runtime.cli.bench_deadline:cli_bench_deadline")
 
 
+def _add_report(sp: argparse._SubParsersAction[_Parser]) -> None:
+    p = sp.add_parser("report", help="plots and a markdown table from recorded runs")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="directory with runs/*.json (+ traces)")
+    p.add_argument("--out", required=True, help="directory for the PNGs and report.md")
+    _target(p, "runtime.cli.report:cli_report")
+
+
 def _add_demo(sp: argparse._SubParsersAction[_Parser]) -> None:
     p = sp.add_parser("demo", help="the main job end to end (what `make demo` runs)")
     p.add_argument("--seconds", type=positive_float, default=10.0, help="per realtime run")
@@ -213,7 +220,7 @@ def build_parser() -> _Parser:
     sp.required = True
     for add in (
         _add_tasks, _add_collect, _add_train, _add_serve, _add_keys, _add_run, _add_bench,
-        _add_demo,
+        _add_report, _add_demo,
     ):
         add(sp)
     return parser

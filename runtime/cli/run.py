@@ -113,6 +113,7 @@ def summary_table(out: dict[str, Any]) -> str:
 def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
     """Build plant, planner and loop from parsed `rtdiff run` arguments and run it."""
     plant = make_plant(args.plant, mode=args.mode, seed=args.seed, rate_hz=args.rate)
+    task = plant.spec().name
     try:
         planner = make_planner(args.policy, plant, device=args.device, seed=args.seed)
         spec = plant.spec()
@@ -152,7 +153,8 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
     finally:
         plant.close()
     out = result.to_json()
-    out.update(policy=args.policy, plant=args.plant, refine=args.refine, seed=args.seed)
+    out.update(policy=args.policy, plant=args.plant, task=task, refine=args.refine,
+               seed=args.seed, steps_cap=args.steps_per_tick)
     return result, out
 
 

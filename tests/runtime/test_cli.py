@@ -10,7 +10,7 @@ from runtime.cli import build_parser, main
 RUN = ["run", "--policy", "expert", "--plant", "sim:x"]
 SUBCOMMANDS = [
     ["tasks"], ["collect"], ["train"], ["serve"], ["keys"], ["run"],
-    ["bench"], ["bench", "tick"], ["bench", "bridge"], ["bench", "deadline"],
+    ["bench"], ["bench", "tick"], ["bench", "bridge"], ["bench", "deadline"], ["report"], ["demo"],
 ]
 
 

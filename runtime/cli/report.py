@@ -1,0 +1,255 @@
+"""`rtdiff report RUN_DIR --out DIR`: plots and a markdown table from recorded runs.
+
+A run directory holds one JSON per run (the `rtdiff run --json` object) in `RUN_DIR/runs/` and,
+for runs recorded with a trace, the trace directory named by the JSON's `trace` field (made by
+`TraceRing`, with the `sidecar.npz` of states, plan noise levels and events). `rtdiff bench
+deadline` and `rtdiff demo` write this layout.
+
+Figures (PNG, matplotlib's Agg backend, no display needed):
+- `latency_hist.png`: lateness and compute-time histograms per planner (log counts: the tail is
+  the story);
+- `rate_sweep.png`: miss rate and success rate against control rate, per task and planner;
+- `plan_heatmap.png`: the rolling buffer's per-token noise levels over time, pushes marked;
+- `trajectories.png`: states and actions over time, each planner against the expert.
+`report.md` carries the same figures as a table, one row per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.cli import CliError
+from runtime.sidecar import EVENT_GOAL, EVENT_PUSH, load_sidecar
+from runtime.trace import read_trace
+
+
+def load_runs(run_dir: Path) -> list[dict[str, Any]]:
+    """Every run JSON under `run_dir/runs/` (or `run_dir` itself), sorted by name."""
+    src = run_dir / "runs" if (run_dir / "runs").is_dir() else run_dir
+    runs = []
+    for path in sorted(src.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CliError(f"{path} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict) or "lateness_ms" not in data:
+            continue  # summaries and other files
+        data.setdefault("name", path.stem)
+        trace = data.get("trace")
+        if trace and not Path(trace).is_absolute():
+            data["trace"] = str(run_dir / trace)
+        runs.append(data)
+    return runs
+
+
+def _label(run: dict[str, Any]) -> str:
+    policy = str(run.get("policy", "?"))
+    return policy.split(":")[0] + (f" K={run['k_steps']}" if run.get("k_steps") else "")
+
+
+def _table(runs: list[dict[str, Any]]) -> str:
+    head = ("| task | planner | rate Hz | mode | ticks | misses | miss % | plant late "
+            "| late p50 ms | late p99 ms | late max ms | compute p50 ms | compute p99 ms "
+            "| steps/tick | episodes | success % | return |")
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in runs:
+        lat, comp = r["lateness_ms"], r["compute_ms"]
+        rows.append(
+            f"| {r.get('task', '?')} | {_label(r)} | {r.get('rate_hz', 0):g} "
+            f"| {r.get('mode', '?')} "
+            f"| {r['ticks']} | {r['misses']} | {100 * r['miss_rate']:.3f} "
+            f"| {r.get('plant_misses', '-')} | {lat['p50']:.3f} | {lat['p99']:.3f} "
+            f"| {lat['max']:.3f} | {comp['p50']:.3f} | {comp['p99']:.3f} "
+            f"| {r['steps_per_tick']['mean']:.2f} | {r.get('episodes', 0)} "
+            f"| {100 * r.get('success_rate', 0.0):.1f} | {r.get('mean_return', 0.0):.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def _trace_data(run: dict[str, Any]) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    trace = run.get("trace")
+    if not trace or not Path(trace).is_dir():
+        return None, None
+    return read_trace(trace).records, load_sidecar(trace)
+
+
+def plot_latency(runs: list[dict[str, Any]], out: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    by_label: dict[str, list[np.ndarray]] = defaultdict(list)
+    for run in runs:
+        rec, _ = _trace_data(run)
+        if rec is not None and len(rec):
+            by_label[_label(run)].append(rec)
+    if not by_label:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    merged = {label: np.concatenate(recs) for label, recs in by_label.items()}
+    every = np.concatenate(list(merged.values()))
+    # Shared bin edges, so that the planners' histograms can be compared bar for bar.
+    late_bins = np.histogram_bin_edges(every["lateness_ns"] / 1e6, bins=60)
+    comp_bins = np.histogram_bin_edges((every["emit_ns"] - every["start_ns"]) / 1e6, bins=60)
+    for label, r in merged.items():
+        lateness_ms = r["lateness_ns"] / 1e6
+        compute_ms = (r["emit_ns"] - r["start_ns"]) / 1e6
+        axes[0].hist(lateness_ms, bins=late_bins, histtype="step", label=label, log=True)
+        axes[1].hist(compute_ms, bins=comp_bins, histtype="step", label=label, log=True)
+    axes[0].set(xlabel="lateness: actual - scheduled tick start (ms)", ylabel="ticks (log)",
+                title="Tick start lateness")
+    axes[1].set(xlabel="compute: tick start to command sent (ms)", ylabel="ticks (log)",
+                title="Compute time per tick")
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out / "latency_hist.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_rate_sweep(runs: list[dict[str, Any]], out: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    cells: dict[tuple[str, str], dict[float, list[dict[str, Any]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for run in runs:
+        cells[(str(run.get("task", "?")), _label(run))][float(run.get("rate_hz", 0))].append(run)
+    tasks = sorted({t for t, _ in cells})
+    if not any(len(v) > 1 for v in cells.values()):
+        return None  # a sweep needs at least two rates for some planner
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(12, 4 * len(tasks)), squeeze=False)
+    for row, task in enumerate(tasks):
+        for (t, label), by_rate in sorted(cells.items()):
+            if t != task:
+                continue
+            rates = sorted(by_rate)
+            miss = [100 * np.mean([r["miss_rate"] for r in by_rate[x]]) for x in rates]
+            succ = [100 * np.mean([r.get("success_rate", 0.0) for r in by_rate[x]])
+                    for x in rates]
+            axes[row, 0].plot(rates, miss, marker="o", label=label)
+            axes[row, 1].plot(rates, succ, marker="o", label=label)
+        axes[row, 0].set(xscale="log", yscale="symlog", xlabel="control rate (Hz)",
+                         ylabel="deadline misses (%)", title=f"{task}: miss rate")
+        axes[row, 1].set(xscale="log", xlabel="control rate (Hz)", ylabel="success (%)",
+                         ylim=(-5, 105), title=f"{task}: task success")
+        for ax in axes[row]:
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    path = out / "rate_sweep.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_heatmap(runs: list[dict[str, Any]], out: Path, *, max_ticks: int = 600) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    rolling_first = sorted(runs, key=lambda r: not str(r.get("policy", "")).startswith("roll"))
+    for run in rolling_first:
+        _, side = _trace_data(run)
+        if side is None or side["levels"].shape[1] == 0 or len(side["levels"]) < 2:
+            continue
+        levels = side["levels"][:max_ticks]  # (N, H)
+        events = side["events"][:max_ticks]
+        rate = float(run.get("rate_hz", 1.0))
+        t_end = len(levels) / rate
+        fig, ax = plt.subplots(figsize=(12, 4))
+        im = ax.imshow(levels.T, aspect="auto", origin="lower", cmap="magma", vmin=0, vmax=1,
+                       extent=(0.0, t_end, -0.5, levels.shape[1] - 0.5),
+                       interpolation="nearest")
+        pushes = np.flatnonzero(events & EVENT_PUSH) / rate
+        goals = np.flatnonzero(events & EVENT_GOAL) / rate
+        for i, x in enumerate(pushes):
+            ax.axvline(x, color="cyan", lw=0.8, alpha=0.8, label="push" if i == 0 else None)
+        for i, x in enumerate(goals):
+            ax.axvline(x, color="lime", lw=0.8, ls="--", label="goal switch" if i == 0 else None)
+        ax.set(xlabel="time (s)", ylabel="plan token j (steps ahead)",
+               title=f"{_label(run)} on {run.get('task', '?')}: per-token noise level τ "
+                     "after each tick (0 clean, 1 pure noise)")
+        fig.colorbar(im, ax=ax, label="noise level τ")
+        if len(pushes) or len(goals):
+            ax.legend(loc="upper right", fontsize=8)
+        fig.tight_layout()
+        path = out / "plan_heatmap.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+    return None
+
+
+def plot_trajectories(runs: list[dict[str, Any]], out: Path, *, max_ticks: int = 500,
+                      dims: int = 3) -> Path | None:
+    """The first learned planner's states and action beside the expert's on the same seed."""
+    import matplotlib.pyplot as plt
+
+    traced: list[tuple[dict[str, Any], np.ndarray, dict[str, Any]]] = []
+    for r in runs:
+        rec, side = _trace_data(r)
+        if rec is not None and side is not None and len(side["state"]):
+            traced.append((r, rec, side))
+    if not traced:
+        return None
+    learned = [t for t in traced if t[0].get("policy") != "expert"]
+    first = learned[0] if learned else traced[0]
+    key = (first[0].get("task"), first[0].get("seed"))
+    series = [first]
+    series += [t for t in traced if t[0].get("policy") == "expert" and t is not first
+               and (t[0].get("task"), t[0].get("seed")) == key][:1]
+    rate = float(first[0].get("rate_hz", 1.0))
+    n_state = min(dims, first[2]["state"].shape[1])
+    fig, axes = plt.subplots(n_state + 1, 1, figsize=(12, 2.2 * (n_state + 1)), sharex=True)
+    for run, rec, side in series:
+        n = min(max_ticks, len(rec), len(side["state"]))
+        t = np.arange(n) / rate
+        for d in range(n_state):
+            axes[d].plot(t, side["state"][:n, d], label=_label(run), lw=1)
+        axes[-1].plot(t, rec["action"][:n, 0], label=_label(run), lw=1)
+    for d in range(n_state):
+        axes[d].set(ylabel=f"state[{d}]")
+    axes[-1].set(ylabel="action[0] (plant units)", xlabel="time (s)")
+    axes[0].set_title(f"{key[0]}: states and first action over time, seed {key[1]}")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    path = out / "trajectories.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def make_report(run_dir: Path, out: Path) -> list[Path]:
+    """Write the figures and `report.md` for the runs in `run_dir`; returns the files made."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    runs = load_runs(run_dir)
+    if not runs:
+        raise CliError(f"{run_dir} holds no run JSON (expected RUN_DIR/runs/*.json)")
+    out.mkdir(parents=True, exist_ok=True)
+    made = [p for p in (plot_latency(runs, out), plot_rate_sweep(runs, out),
+                        plot_heatmap(runs, out), plot_trajectories(runs, out)) if p is not None]
+    md = [f"# rtdiff report: {run_dir}", "", f"{len(runs)} runs.", "", _table(runs), ""]
+    for p in made:
+        md += [f"![{p.stem}]({p.name})", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(md))
+    return [*made, report]
+
+
+def cli_report(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise CliError(f"{run_dir} is not a directory")
+    made = make_report(run_dir, Path(args.out))
+    print(f"report written to {Path(args.out) / 'report.md'} ({len(made)} files)")
+    return 0
