@@ -102,7 +102,7 @@ class LqrExpert(FeedbackExpert):
         spec: PlantSpec | None = None,
         *,
         seed: int = 0,
-        q_diag: tuple[float, ...] = (2.0, 50.0, 50.0, 0.1, 1.0, 1.0),
+        q_diag: tuple[float, ...] = (5.0, 20.0, 20.0, 1.0, 1.0, 1.0),
         r: float = 1.0,
     ) -> None:
         super().__init__(task, spec, seed=seed)

@@ -32,7 +32,7 @@ INFO = TaskInfo(
     success_metric=f"tip height above {TIP_Z_MIN_M} m for the whole episode (10 s)",
     expert="discrete LQR on mjd_transitionFD's linearization at the upright (RK4, dt 0.01 s)",
     disturbances=DisturbanceConfig(
-        push_rate_hz=0.5, push_force_n=(10.0, 30.0), push_duration_s=0.1, push_axes=(0,)
+        push_rate_hz=0.5, push_force_n=(5.0, 20.0), push_duration_s=0.1, push_axes=(0,)
     ),
     state_names=("x", "theta1", "theta2", "x_dot", "theta1_dot", "theta2_dot"),
     action_names=("cart_force",),
