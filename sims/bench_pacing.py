@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,9 @@ from sims.experts import make_expert
 from sims.plant import MujocoPlant
 
 
-def run(task: str, seconds: float, *, margin_ns: int = 1_000_000, seed: int = 0) -> dict:
+def run(
+    task: str, seconds: float, *, margin_ns: int = 1_000_000, seed: int = 0
+) -> dict[str, Any]:
     clock = MonotonicClock()
     plant = MujocoPlant(task, mode="realtime", clock=clock, seed=seed)
     spec = plant.spec()
@@ -57,7 +60,10 @@ def run(task: str, seconds: float, *, margin_ns: int = 1_000_000, seed: int = 0)
     lateness_ms = np.array(plant.tick_lateness_ns, dtype=np.float64) * 1e-6
     plant.close()
     sim_s = counters["ticks"] * spec.period_s
-    q = (lambda p: float(np.percentile(lateness_ms, p))) if lateness_ms.size else (lambda p: 0.0)
+
+    def q(pct: float) -> float:
+        return float(np.percentile(lateness_ms, pct)) if lateness_ms.size else 0.0
+
     return {
         "task": task,
         "rate_hz": spec.rate_hz,
