@@ -8,7 +8,10 @@ checkpoint when no checkpoint of their own ships), mlp.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from policies.baselines import ChunkedAsyncPlanner, ChunkedPlanner, MLPPlanner, PerTickPlanner
 from policies.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -80,15 +83,30 @@ def resolve_policy(policy: str) -> tuple[Path, str | None]:
     raise ValueError(f"no shipped checkpoint for {policy!r} (shipped: {shipped})")
 
 
-def load_planner(policy: str, *, spec: PlantSpec, device: str = "cpu", seed: int = 0) -> Planner:
+def load_planner(
+    policy: str,
+    *,
+    spec: PlantSpec,
+    device: str = "cpu",
+    seed: int = 0,
+    overrides: Mapping[str, Any] | None = None,
+) -> Planner:
     """A ready `runtime.Planner` for `policy` (KIND:TASK or a checkpoint dir) on `spec`'s plant.
 
-    Unknown, corrupt or mismatched checkpoints raise a one-line `ValueError`.
+    `overrides` replaces fields of the checkpoint's `PlannerConfig` (e.g. `{"chunk_steps": 50}`
+    for the chunked baseline's K). Unknown, corrupt or mismatched checkpoints and unknown
+    override names raise a one-line `ValueError`.
     """
     directory, kind = resolve_policy(policy)
     ckpt = load_checkpoint(directory, device=device)
     kind = kind or ckpt.kind
     model, norm, cfg = ckpt.model, ckpt.normalizer, ckpt.planner
+    if overrides:
+        known = {f.name for f in dataclasses.fields(cfg)}
+        bad = sorted(set(overrides) - known)
+        if bad:
+            raise ValueError(f"unknown planner setting(s) {bad}; known: {sorted(known)}")
+        cfg = dataclasses.replace(cfg, **overrides)
     if kind == "mlp":
         if not isinstance(model, MLPPolicy):
             raise ValueError(f"checkpoint {directory} holds a denoiser, not an mlp policy")

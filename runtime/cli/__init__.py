@@ -112,6 +112,9 @@ def _add_serve(sp: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--realtime", action="store_true", help="run physics on the wall clock")
     p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint to bind")
     p.add_argument("--keys", default=None, help="CurveZMQ key directory (turns encryption on)")
+    p.add_argument(
+        "--rate", type=positive_float, default=None, help="control rate in Hz (default: task's)"
+    )
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--seconds", type=positive_float, default=None, help="stop after S seconds")
     p.add_argument(
@@ -193,7 +196,18 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     _target(b, "hw_bridge.bench:cli_bench_bridge")
 
     d = bp.add_parser("deadline", help="planners x rates in realtime over the bridge")
-    d.add_argument("--out", default="runs/deadline")
+    d.add_argument("--out", default="runs/deadline", help="run directory to write")
+    d.add_argument("--tasks", default="double-pendulum,bimodal", help="comma list")
+    d.add_argument("--rates", default="50,100,250,500", help="comma list of Hz")
+    d.add_argument(
+        "--planners",
+        default="rolling,chunked-k10,chunked-k50,chunked-async,pertick,mlp,expert",
+        help="comma list",
+    )
+    d.add_argument("--seeds", type=positive_int, default=2, help="seeds per cell")
+    d.add_argument("--seed", type=nonnegative_int, default=0, help="first seed")
+    d.add_argument("--seconds", type=positive_float, default=5.0, help="per run")
+    d.add_argument("--hog", action="store_true", help="repeat rolling with a CPU hog")
     d.add_argument("--json", action="store_true")
     _target(d, "runtime.cli.bench_deadline:cli_bench_deadline")
 

@@ -44,8 +44,14 @@ def make_plant(address: str, *, mode: str, seed: int, rate_hz: float | None) -> 
     raise CliError(f"--plant must be sim:TASK, tcp://HOST:PORT or ipc://PATH, got {address!r}")
 
 
-def make_planner(policy: str, plant: Plant, *, device: str, seed: int) -> Planner:
-    """`expert` -> the task's expert; anything else -> `policies.load_planner`."""
+def make_planner(
+    policy: str, plant: Plant, *, device: str, seed: int, overrides: dict[str, Any] | None = None
+) -> Planner:
+    """`expert` -> the task's expert; anything else -> `policies.load_planner`.
+
+    `overrides` replaces planner settings of the checkpoint (e.g. `chunk_steps` for the chunked
+    baseline's K), as `rtdiff bench deadline` does for its K=10 / K=50 columns.
+    """
     spec = plant.spec()
     if policy == "expert":
         from sims.experts import make_expert
@@ -57,6 +63,9 @@ def make_planner(policy: str, plant: Plant, *, device: str, seed: int) -> Planne
     from policies import load_planner
 
     try:
+        if overrides:
+            return load_planner(policy, spec=spec, device=device, seed=seed,
+                                overrides=overrides)
         return load_planner(policy, spec=spec, device=device, seed=seed)
     except (KeyError, ValueError, FileNotFoundError) as exc:
         raise CliError(str(exc).strip("'\"")) from None
@@ -115,7 +124,8 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
     plant = make_plant(args.plant, mode=args.mode, seed=args.seed, rate_hz=args.rate)
     task = plant.spec().name
     try:
-        planner = make_planner(args.policy, plant, device=args.device, seed=args.seed)
+        planner = make_planner(args.policy, plant, device=args.device, seed=args.seed,
+                               overrides=getattr(args, "overrides", None))
         spec = plant.spec()
         rate = args.rate or spec.rate_hz
         realtime = args.mode == "realtime"

@@ -35,7 +35,8 @@ def cli_serve(args: argparse.Namespace) -> int:
     if args.keys is not None and not Path(args.keys, "server.key_secret").exists():
         raise CliError(f"--keys {args.keys}: no server.key_secret there (run `rtdiff keys`)")
     try:
-        plant = make_plant(args.task, mode=mode, seed=args.seed)
+        plant = make_plant(args.task, mode=mode, seed=args.seed,
+                           rate_hz=getattr(args, "rate", None))
     except (KeyError, ValueError) as exc:
         raise CliError(str(exc).strip("'\"")) from None
     try:

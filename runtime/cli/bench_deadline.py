@@ -1,0 +1,198 @@
+"""`rtdiff bench deadline`: planners x control rates, realtime, plant in its own process.
+
+For each task and rate, one `rtdiff serve --realtime --rate R` process holds the MuJoCo plant
+behind the ZeroMQ bridge on loopback; every planner then drives it for `--seconds`, once per
+seed, from this process, with a trace. Each run's JSON goes to `OUT/runs/`, its trace to
+`OUT/traces/`, and a summary (the table below plus the highest rate at which the rolling
+planner kept misses <= 0.1 %) to `OUT/summary.json`. `rtdiff report OUT --out DIR` plots them.
+
+`--hog` repeats the rolling planner's cells with a CPU hog (a busy Python process) on the
+machine, to show what a loaded second core costs.
+
+A cell that cannot run (no shipped checkpoint for that planner and task, say) is recorded with
+its one-line reason and the sweep goes on: a missing baseline must not hide the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from runtime.cli import CliError
+from runtime.cli.demo import _free_port, _wait_for_server
+
+# planner name -> (policy argument with {task}, planner config overrides)
+PLANNERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "rolling": ("rolling:{task}", {}),
+    "chunked-k10": ("chunked:{task}", {"chunk_steps": 10}),
+    "chunked-k50": ("chunked:{task}", {"chunk_steps": 50}),
+    "chunked-async": ("chunked-async:{task}", {}),
+    "pertick": ("pertick:{task}", {}),
+    "mlp": ("mlp:{task}", {}),
+    "expert": ("expert", {}),
+}
+MISS_TARGET = 0.001
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+@contextlib.contextmanager
+def plant_server(task: str, rate_hz: float, seed: int) -> Iterator[str]:
+    """A realtime `rtdiff serve` process on a free loopback port; yields its address."""
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "runtime.cli", "serve", "--task", task, "--realtime",
+         "--rate", f"{rate_hz:g}", "--bind", address, "--seed", str(seed)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        _wait_for_server(server)
+        yield address
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+@contextlib.contextmanager
+def cpu_hog(enabled: bool) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+def run_cell(*, planner: str, task: str, address: str, rate_hz: float, seconds: float,
+             seed: int, out_dir: Path, tag: str = "") -> dict[str, Any]:
+    from runtime.cli.run import execute
+
+    policy, overrides = PLANNERS[planner]
+    name = f"{task}_{planner}_{rate_hz:g}hz_s{seed}{tag}"
+    args = argparse.Namespace(
+        policy=policy.format(task=task), plant=address, mode="realtime", rate=rate_hz,
+        seconds=seconds, episodes=None, steps_per_tick=None, refine="sync", fallback="hold",
+        trace=str(out_dir / "traces" / name), seed=seed, device="cpu", json=True,
+        overrides=overrides,
+    )
+    try:
+        _, out = execute(args)
+    except CliError as exc:
+        out = {"error": str(exc)}
+    out.update(name=name, planner=planner, task=task, rate_hz=rate_hz, seed=seed,
+               hog=bool(tag), **({"trace": f"traces/{name}"} if "error" not in out else {}))
+    (out_dir / "runs" / f"{name}.json").write_text(json.dumps(out))
+    return out
+
+
+def cli_bench_deadline(args: argparse.Namespace) -> int:
+    planners = _csv(args.planners)
+    unknown = [p for p in planners if p not in PLANNERS]
+    if unknown:
+        raise CliError(f"unknown planner(s) {unknown}; known: {', '.join(PLANNERS)}")
+    try:
+        rates = [float(r) for r in _csv(args.rates)]
+    except ValueError:
+        raise CliError(f"--rates must be a comma list of numbers, got {args.rates!r}") from None
+    if not rates or any(not r > 0 for r in rates):
+        raise CliError(f"--rates must be positive, got {args.rates!r}")
+    out_dir = Path(args.out)
+    (out_dir / "runs").mkdir(parents=True, exist_ok=True)
+    cells: list[dict[str, Any]] = []
+    for task in _csv(args.tasks):
+        for rate in rates:
+            with plant_server(task, rate, args.seed) as address:
+                for planner in planners:
+                    for seed in range(args.seed, args.seed + args.seeds):
+                        sys.stderr.write(f"bench deadline: {task} {planner} {rate:g} Hz "
+                                         f"seed {seed} ...\n")
+                        cells.append(run_cell(planner=planner, task=task, address=address,
+                                              rate_hz=rate, seconds=args.seconds, seed=seed,
+                                              out_dir=out_dir))
+                if args.hog and "rolling" in planners:
+                    with cpu_hog(True):
+                        for seed in range(args.seed, args.seed + args.seeds):
+                            sys.stderr.write(f"bench deadline: {task} rolling {rate:g} Hz "
+                                             f"seed {seed} with a CPU hog ...\n")
+                            cells.append(run_cell(planner="rolling", task=task,
+                                                  address=address, rate_hz=rate,
+                                                  seconds=args.seconds, seed=seed,
+                                                  out_dir=out_dir, tag="_hog"))
+    summary = summarize(cells)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(summary_table(summary))
+        print(f"\nruns in {out_dir / 'runs'}, summary in {out_dir / 'summary.json'}; "
+              f"plots: rtdiff report {out_dir} --out {out_dir / 'report'}")
+    return 0
+
+
+def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean over seeds per (task, planner, rate, hog); the rolling planner's highest safe rate."""
+    groups: dict[tuple[str, str, float, bool], list[dict[str, Any]]] = {}
+    for c in cells:
+        groups.setdefault((c["task"], c["planner"], c["rate_hz"], c["hog"]), []).append(c)
+    rows = []
+    for (task, planner, rate, hog), runs in sorted(groups.items()):
+        ok = [r for r in runs if "error" not in r]
+        row: dict[str, Any] = {"task": task, "planner": planner, "rate_hz": rate, "hog": hog,
+                               "seeds": len(runs)}
+        if not ok:
+            row["error"] = runs[0]["error"]
+        else:
+            n = len(ok)
+            row.update(
+                miss_rate=sum(r["miss_rate"] for r in ok) / n,
+                plant_misses=sum(r.get("plant_misses", 0) for r in ok),
+                misses=sum(r["misses"] for r in ok),
+                ticks=sum(r["ticks"] for r in ok),
+                lateness_p99_ms=max(r["lateness_ms"]["p99"] for r in ok),
+                compute_p99_ms=max(r["compute_ms"]["p99"] for r in ok),
+                steps_per_tick=sum(r["steps_per_tick"]["mean"] for r in ok) / n,
+                success_rate=sum(r["success_rate"] for r in ok) / n,
+                episodes=sum(r["episodes"] for r in ok),
+                mean_return=sum(r["mean_return"] for r in ok) / n,
+            )
+        rows.append(row)
+    best: dict[str, dict[str, float | None]] = {}
+    for task in sorted({r["task"] for r in rows}):
+        for hog in (False, True):
+            safe = [r["rate_hz"] for r in rows if r["task"] == task and r["planner"] == "rolling"
+                    and r["hog"] == hog and "error" not in r and r["miss_rate"] <= MISS_TARGET]
+            best.setdefault(task, {})["with_hog" if hog else "quiet"] = max(safe, default=None)
+    return {"cells": rows, "rolling_max_rate_hz_misses_le_0.1pct": best}
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    lines = [f"{'task':<16}{'planner':<15}{'Hz':>6}{'hog':>5}{'miss %':>9}{'late p99':>10}"
+             f"{'cmp p99':>9}{'steps':>7}{'success %':>11}"]
+    for r in summary["cells"]:
+        head = f"{r['task']:<16}{r['planner']:<15}{r['rate_hz']:>6g}{'yes' if r['hog'] else '':>5}"
+        if "error" in r:
+            lines.append(f"{head}   {r['error']}")
+            continue
+        lines.append(f"{head}{100 * r['miss_rate']:>9.3f}{r['lateness_p99_ms']:>10.3f}"
+                     f"{r['compute_p99_ms']:>9.3f}{r['steps_per_tick']:>7.2f}"
+                     f"{100 * r['success_rate']:>11.1f}")
+    for task, best in summary["rolling_max_rate_hz_misses_le_0.1pct"].items():
+        lines.append(f"rolling on {task}: highest rate with misses <= 0.1 %: "
+                     f"{best['quiet']} Hz quiet, {best['with_hog']} Hz with a CPU hog")
+    return "\n".join(lines)

@@ -1,0 +1,39 @@
+"""bench deadline's bookkeeping: per-cell means, errors kept, the rolling planner's safe rate."""
+
+import pytest
+
+from runtime.cli import main
+from runtime.cli.bench_deadline import summarize
+
+
+def cell(planner: str, rate: float, miss_rate: float, seed: int = 0, hog: bool = False) -> dict:
+    return {
+        "task": "double-pendulum", "planner": planner, "rate_hz": rate, "seed": seed, "hog": hog,
+        "miss_rate": miss_rate, "misses": int(miss_rate * 1000), "ticks": 1000,
+        "plant_misses": int(miss_rate * 1000), "lateness_ms": {"p99": 0.1},
+        "compute_ms": {"p99": 1.0}, "steps_per_tick": {"mean": 2.0}, "success_rate": 1.0,
+        "episodes": 1, "mean_return": 10.0,
+    }
+
+
+def test_summary_averages_seeds_and_finds_the_highest_safe_rate() -> None:
+    cells = [
+        cell("rolling", 100, 0.0, 0), cell("rolling", 100, 0.0, 1),
+        cell("rolling", 250, 0.0005, 0), cell("rolling", 250, 0.0015, 1),  # mean 0.001: safe
+        cell("rolling", 500, 0.02, 0), cell("rolling", 500, 0.0, 1),
+        cell("rolling", 100, 0.0, 0, hog=True), cell("rolling", 250, 0.05, 0, hog=True),
+        {"task": "double-pendulum", "planner": "mlp", "rate_hz": 100, "seed": 0, "hog": False,
+         "error": "no shipped checkpoint for 'mlp:double-pendulum'"},
+    ]
+    s = summarize(cells)
+    rows = {(r["planner"], r["rate_hz"], r["hog"]): r for r in s["cells"]}
+    assert rows[("rolling", 250, False)]["miss_rate"] == pytest.approx(0.001)
+    assert rows[("rolling", 250, False)]["seeds"] == 2
+    assert rows[("mlp", 100, False)]["error"].startswith("no shipped checkpoint")
+    best = s["rolling_max_rate_hz_misses_le_0.1pct"]["double-pendulum"]
+    assert best == {"quiet": 250, "with_hog": 100}
+
+
+def test_unknown_planner_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "deadline", "--planners", "rolling,oracle", "--out", "x"]) == 2
+    assert "unknown planner(s) ['oracle']" in capsys.readouterr().err
