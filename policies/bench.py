@@ -1,0 +1,130 @@
+"""Refine-step latency of a planner: `python -m policies.bench --policy KIND:TASK [--json]`.
+
+Drives the planner with synthetic observations (a random walk around the normalization mean,
+so no simulator is needed) and times each call of `observe`, `refine` and `action` with
+`perf_counter_ns`, on one CPU thread by default. Reports p50/p99/p99.9/max in microseconds and
+the decisions per second a tick of `observe + steps * refine + action` allows. For the chunked
+baselines `refine` is a whole blocking chunk (K steps) on a chunk tick and nothing otherwise, so
+their percentiles are over chunk ticks only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _q(values_ns: list[int]) -> dict[str, float]:
+    if not values_ns:
+        return {"n": 0}
+    a = np.asarray(values_ns, dtype=np.float64) / 1e3
+    return {
+        "n": int(a.size),
+        "p50_us": round(float(np.percentile(a, 50)), 1),
+        "p99_us": round(float(np.percentile(a, 99)), 1),
+        "p999_us": round(float(np.percentile(a, 99.9)), 1),
+        "max_us": round(float(a.max()), 1),
+    }
+
+
+def bench_planner(planner: Any, norm: Any, *, ticks: int, steps: int, seed: int) -> dict[str, Any]:
+    from runtime.protocols import Observation
+
+    rng = np.random.default_rng(seed)
+    Ds = len(norm.state_mean)
+    Dg = len(norm.goal_mean)
+    goal = norm.goal_mean.astype(np.float64) if Dg else np.zeros(0)
+    state = norm.state_mean.astype(np.float64).copy()
+    planner.reset(Observation(seq=0, t_ns=0, state=state.copy(), goal=goal))
+    obs_ns: list[int] = []
+    ref_ns: list[int] = []
+    act_ns: list[int] = []
+    tick_ns: list[int] = []
+    now = time.perf_counter_ns
+    for k in range(1, ticks + 1):
+        state += 0.05 * norm.state_std * rng.standard_normal(Ds)
+        o = Observation(seq=k, t_ns=k, state=state.copy(), goal=goal)
+        t0 = now()
+        planner.observe(o)
+        t1 = now()
+        obs_ns.append(t1 - t0)
+        for _ in range(steps):
+            r0 = now()
+            n = planner.refine(10**9)
+            if n <= 0:
+                break
+            ref_ns.append(now() - r0)
+        a0 = now()
+        planner.action()
+        t2 = now()
+        act_ns.append(t2 - a0)
+        tick_ns.append(t2 - t0)
+    tick = _q(tick_ns)
+    return {
+        "observe": _q(obs_ns),
+        "refine": _q(ref_ns),
+        "action": _q(act_ns),
+        "tick": tick,
+        "decisions_per_s_at_p99": round(1e6 / tick["p99_us"], 0) if tick.get("p99_us") else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m policies.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--policy", required=True, help="KIND:TASK or a checkpoint directory")
+    p.add_argument("--ticks", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=1, help="refine calls per tick (at most)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from policies import load_checkpoint, load_planner, resolve_policy
+    from runtime.protocols import PlantSpec
+
+    directory, _ = resolve_policy(args.policy)
+    ckpt = load_checkpoint(directory)
+    Ds, Da, Dg = ckpt.dims
+    spec = PlantSpec(
+        name=ckpt.task,
+        state_dim=Ds,
+        action_dim=Da,
+        goal_dim=Dg,
+        action_low=np.full(Da, -1e9),
+        action_high=np.full(Da, 1e9),
+        rate_hz=100.0,
+    )
+    planner = load_planner(args.policy, spec=spec, device=args.device, seed=args.seed)
+    try:
+        res = bench_planner(
+            planner, ckpt.normalizer, ticks=args.ticks, steps=args.steps, seed=args.seed
+        )
+    finally:
+        close = getattr(planner, "close", None)
+        if close is not None:
+            close()
+    res = {
+        "policy": args.policy,
+        "device": args.device,
+        "threads": args.threads,
+        "steps_per_tick": args.steps,
+        "ticks": args.ticks,
+        **res,
+    }
+    if args.json:
+        print(json.dumps(res))
+    else:
+        for k, v in res.items():
+            print(f"{k}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
