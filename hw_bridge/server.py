@@ -24,10 +24,10 @@ from __future__ import annotations
 import logging
 import select
 import threading
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 import numpy as np
 import zmq
@@ -50,6 +50,8 @@ from runtime.protocols import Clock, Command, FloatArray, Observation, Plant
 
 log = logging.getLogger("hw_bridge")
 
+# plain ints: pyzmq's enum members cost microseconds per operation on the control path
+_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 _ALIGN_NS = 150_000  # tick this long after a self-paced plant's own tick
 _RECHECK_NS = 100_000  # then look again this often until its new state is there
 
@@ -168,6 +170,10 @@ class ServerCore:
         self.last_publish_ns = 0
         self.keepalive_periods = 10  # an unchanged state is re-sent this often (liveness)
         self.plant_seq = 0  # Command.seq handed to the plant: strictly increasing
+        self._published_ns: dict[int, int] = {}  # obs.seq -> when its state was published
+        # state-to-command round trips (ns): from publishing a state to receiving the command
+        # whose obs_seq names it; what `rtdiff bench bridge` reports
+        self.reaction_ns: deque[int] = deque(maxlen=1_000_000)
         self._spec_wire = spec_to_wire(self.spec)
         self._lease_ns = round(config.lease_ms * 1e6)
         self._peer_timeout_ns = round(config.peer_timeout_ms * 1e6)
@@ -195,6 +201,9 @@ class ServerCore:
             obs = self.plant.observe()
         self.last_obs = obs
         self.last_publish_ns = self.clock.now_ns()
+        self._published_ns[obs.seq] = self.last_publish_ns
+        if len(self._published_ns) > 16:
+            del self._published_ns[next(iter(self._published_ns))]
         self.state_seq += 1
         payload = encode(
             message(
@@ -378,6 +387,9 @@ class ServerCore:
     def _command(self, ident: bytes, msg: dict[str, Any], now: int) -> None:
         seq: int = msg["seq"]
         stream: int = msg["stream"]
+        sent = self._published_ns.get(msg["obs_seq"])
+        if sent is not None:  # state out -> command (computed from it) in, on our clock
+            self.reaction_ns.append(now - sent)
         if not self.watchdog.accepts(stream):
             self.counters["stale_stream"] += 1
             self._error(
@@ -593,7 +605,7 @@ class PlantServer:
         sock, core = self.sock, self.core
         while True:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                frames = sock.recv_multipart(_NOBLOCK)
             except zmq.Again:
                 return
             if len(frames) != 2:  # a DEALER sends exactly one frame; extra frames are malformed
@@ -608,7 +620,7 @@ class PlantServer:
         sock = self.sock
         for ident, payload in self.core.outbox:
             try:
-                sock.send_multipart((ident, payload), zmq.NOBLOCK)
+                sock.send_multipart((ident, payload), _NOBLOCK)
             except zmq.Again:
                 self.core.counters["send_dropped"] += 1
             except zmq.ZMQError:  # host unreachable etc.: the frame is lost, the loop goes on
@@ -618,8 +630,7 @@ class PlantServer:
     def _wait(self, timeout_s: float) -> None:
         # zmq's poll timeout is whole milliseconds, too coarse for a 1 kHz tick; select() on the
         # socket's (edge-triggered) fd takes seconds as a float, after a check of EVENTS.
-        events = int(self.sock.getsockopt(zmq.EVENTS))
-        if events & zmq.POLLIN:
+        if cast(int, self.sock.getsockopt(_EVENTS)) & _POLLIN:
             return
         select.select([self._fd], [], [], max(timeout_s, 0.0))
 
