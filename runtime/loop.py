@@ -55,6 +55,11 @@ class LoopConfig:
     budget_fraction: refinement must end within this fraction of the period after the start.
     emit_reserve_s: time kept free before the deadline to build and send the command.
     warmup_steps: refine steps measured before the first tick to seed the latency estimate.
+    align_to_plant: realtime only: start each tick `phase_offset_s` after a plant tick (taken
+        from the observation's timestamp after every reset), so the observation is fresh and
+        the deadline falls on the plant's next tick.
+    phase_offset_s: how long after the plant's tick the controller's tick starts; None picks
+        min(0.5 ms, T/5), room for the plant's own jitter and the state's delivery.
     """
 
     rate_hz: float | None = None
@@ -65,6 +70,8 @@ class LoopConfig:
     budget_fraction: float = 1.0
     emit_reserve_s: float = 50e-6
     warmup_steps: int = 10
+    align_to_plant: bool = True
+    phase_offset_s: float | None = None
     budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     def __post_init__(self) -> None:
@@ -78,6 +85,8 @@ class LoopConfig:
             raise ValueError(f"{self.steps_per_tick=} must be >= 1")
         if not 0.0 < self.budget_fraction <= 1.0:
             raise ValueError(f"{self.budget_fraction=} must be in (0, 1]")
+        if self.phase_offset_s is not None and self.phase_offset_s < 0:
+            raise ValueError(f"{self.phase_offset_s=} must be >= 0")
         if self.deadline_margin_s < 0 or self.emit_reserve_s < 0 or self.warmup_steps < 0:
             raise ValueError(
                 f"{self.deadline_margin_s=}, {self.emit_reserve_s=}, {self.warmup_steps=}"
@@ -228,7 +237,13 @@ class ControlLoop:
         c = trace.cols
         period = self.period_ns
         realtime = cfg.mode == "realtime"
-        deadline_off = period - round(cfg.deadline_margin_s * 1e9)
+        phase_ns = 0
+        if realtime and cfg.align_to_plant:
+            phase_ns = round(cfg.phase_offset_s * 1e9) if cfg.phase_offset_s is not None else min(
+                500_000, period // 5
+            )
+        # Aligned, tick k starts phase_ns after plant tick k: the plant applies at its tick k+1.
+        deadline_off = period - phase_ns - round(cfg.deadline_margin_s * 1e9)
         refine_off = min(deadline_off - round(cfg.emit_reserve_s * 1e9),
                          round(cfg.budget_fraction * period))
         cap = cfg.steps_per_tick if cfg.steps_per_tick is not None else (
@@ -257,6 +272,8 @@ class ControlLoop:
         if gc_policy is not None:
             gc_policy.start()
         ticker = Ticker(clock, period) if realtime else None
+        if ticker is not None and phase_ns:
+            self._align(ticker, obs, phase_ns)
         fresh = True  # the planner already holds `obs` from reset()
         sidecar = self.sidecar
         levels_fn = getattr(planner, "noise_levels", None)
@@ -292,6 +309,8 @@ class ControlLoop:
                         ep_seed += 1
                         obs = plant.reset(seed=ep_seed)
                         last_seq = obs.seq
+                        if ticker is not None and phase_ns:
+                            self._align(ticker, obs, phase_ns)
                         ep_ticks, ep_return = 0, 0.0
                         fresh = True
                 t_obs = now_ns()
@@ -410,6 +429,16 @@ class ControlLoop:
             mode=cfg.mode,
             trace_path=None if trace.path is None else str(trace.path),
         )
+
+    def _align(self, ticker: Ticker, obs: Observation, phase_ns: int) -> None:
+        """Put the ticks `phase_ns` after the plant tick that produced `obs`, if it is plausible.
+
+        A timestamp more than ten periods old or in the future is from another clock (or none
+        was given): the schedule is left alone rather than aligned to garbage.
+        """
+        age = self.clock.now_ns() - obs.t_ns
+        if 0 <= age < 10 * self.period_ns:
+            ticker.realign(obs.t_ns + phase_ns)
 
     @property
     def fallback_counts(self) -> dict[str, int]:

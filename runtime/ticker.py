@@ -48,6 +48,17 @@ class Ticker:
         self._next_k = 0
         self.skipped_total = 0
 
+    def realign(self, anchor_ns: int) -> None:
+        """Move the schedule onto `anchor_ns + j*T`, keeping the tick numbering.
+
+        The next tick becomes the first such instant that is not in the past. Used to put the
+        controller's ticks just after the plant's (the anchor is a plant tick plus a phase
+        offset), so each observation is fresh and each command lands before the next plant tick.
+        """
+        now = self.clock.now_ns()
+        j = max(0, -(-(now - anchor_ns) // self.period_ns))  # ceil((now - anchor) / T)
+        self.t0_ns = anchor_ns + j * self.period_ns - self._next_k * self.period_ns
+
     def scheduled_ns(self, k: int) -> int:
         return self.t0_ns + k * self.period_ns
 

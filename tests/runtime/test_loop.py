@@ -9,6 +9,7 @@ from runtime.budget import BudgetConfig
 from runtime.clock import FakeClock
 from runtime.fallback import CODE_HOLD, CODE_NONFINITE
 from runtime.loop import ControlLoop, LoopConfig
+from runtime.protocols import Observation
 from runtime.sidecar import EVENT_RESET, Sidecar, load_sidecar
 from runtime.trace import TraceRing
 
@@ -19,6 +20,7 @@ T = 1_000_000  # 1 kHz
 
 def realtime_loop(clock: FakeClock, planner: CostPlanner, **cfg: object) -> ControlLoop:
     plant = IntegratorPlant(rate_hz=1000, episode_ticks=10_000, clock=clock)
+    cfg.setdefault("align_to_plant", False)
     config = LoopConfig(mode="realtime", budget=BudgetConfig(margin_ns=0, margin_frac=0.0),
                         **cfg)  # type: ignore[arg-type]
     return ControlLoop(plant, planner, clock, config)
@@ -118,7 +120,8 @@ def test_async_refinement_publishes_planner_actions_to_the_tick() -> None:
             return 1 if self.refines % 50 else 0  # idles now and then, like a converged plan
 
     planner = Slow(clock)
-    loop = ControlLoop(plant, planner, clock, LoopConfig(mode="realtime", refine="async"))
+    loop = ControlLoop(plant, planner, clock,
+                       LoopConfig(mode="realtime", refine="async", align_to_plant=False))
     result = loop.run(ticks=200)
     r = result.records
     assert len(r) == 200
@@ -150,3 +153,26 @@ def test_sidecar_records_state_levels_and_events_beside_the_trace(tmp_path: Path
     assert list(np.flatnonzero(side["events"] & EVENT_RESET)) == [0, 5]
     np.testing.assert_allclose(side["state"][:5, 0], 1.0 - 0.01 * np.arange(5), atol=1e-6)
     assert side["levels"][-1, 2] == planner.observed
+
+
+def test_ticks_align_just_after_the_plant_tick_and_deadlines_fall_on_the_next_one() -> None:
+    clock = FakeClock(start_ns=10_000_000)
+    plant = IntegratorPlant(rate_hz=1000, episode_ticks=50, clock=clock)
+    plant_tick_ns = 9_700_123  # the plant ticked 0.3 ms ago, at its own phase
+    reset = plant.reset
+
+    def reset_at_phase(seed: int | None = None) -> Observation:
+        obs = reset(seed)
+        obs.t_ns = plant_tick_ns + (clock.now_ns() - 10_000_000) // T * T
+        return obs
+
+    plant.reset = reset_at_phase  # type: ignore[method-assign]
+    planner = CostPlanner(clock, step_ns=50_000)
+    loop = ControlLoop(plant, planner, clock,
+                       LoopConfig(mode="realtime", phase_offset_s=100e-6, warmup_steps=0))
+    r = loop.run(episodes=2).records
+    phase = (r["scheduled_ns"] - plant_tick_ns) % T
+    assert np.all(phase == 100_000)  # 0.1 ms after every plant tick, in both episodes
+    assert np.all((r["deadline_ns"] - plant_tick_ns) % T == 0)  # deadline = next plant tick
+    assert np.all(r["deadline_ns"] - r["scheduled_ns"] == T - 100_000)
+    assert r["missed"].sum() == 0
