@@ -37,16 +37,20 @@ class PusherExpert(FeedbackExpert):
         damping: float = 1e-2,
         standoff_m: float = 0.1,
         lead_m: float = 0.08,
+        push_z_m: float = PUCK_Z_M,
+        k_rot: float = 0.5,
     ) -> None:
         super().__init__(task, spec, seed=seed)
         self.kp, self.kd, self.kpost, self.damping = kp, kd, kpost, damping
-        self.standoff_m, self.lead_m = standoff_m, lead_m
+        self.standoff_m, self.lead_m, self.push_z_m = standoff_m, lead_m, push_z_m
         m = self.env.model
         self._data = mujoco.MjData(m)
         # the palm: the wrist-roll link carries the fork (palm capsule at its origin)
         self._tip = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "r_wrist_roll_link")
         self._jacp = np.zeros((3, m.nv))
+        self._jacr = np.zeros((3, m.nv))
         self.phase = "approach"
+        self.k_rot = k_rot
 
     def _reset_episode(self, obs: Observation) -> None:
         self.phase = "approach"
@@ -63,24 +67,33 @@ class PusherExpert(FeedbackExpert):
             self.phase = "approach"
         if self.phase == "approach":
             far = np.linalg.norm(tip[:2] - behind) > 0.04
-            if not far and tip[2] < PUCK_Z_M + 0.03:
+            if not far and tip[2] < self.push_z_m + 0.03:
                 self.phase = "push"
             else:
-                z = HOVER_Z_M if far else PUCK_Z_M
+                z = HOVER_Z_M if far else self.push_z_m
                 return np.array([behind[0], behind[1], z])
         ahead = puck + self.lead_m * d
-        return np.array([ahead[0], ahead[1], PUCK_Z_M])
+        return np.array([ahead[0], ahead[1], self.push_z_m])
 
     def _law(self, state: np.ndarray, goal: np.ndarray) -> np.ndarray:
         m, d = self.env.model, self._data
         self.env.write_state(m, d, state, goal)
-        mujoco.mj_jacBody(m, d, self._jacp, None, self._tip)
-        jac = self._jacp[:, :7]  # (3, 7)
+        mujoco.mj_jacBody(m, d, self._jacp, self._jacr, self._tip)
+        jac = np.vstack([self._jacp[:, :7], self._jacr[2:3, :7]])  # (4, 7): position, yaw
         tip = d.xpos[self._tip]
-        e = self.target(tip, state[14:16], goal) - tip
+        line = goal - state[14:16]
+        u = line / max(1e-6, float(np.linalg.norm(line)))
+        # the palm capsule lies along the body's local y: keep it horizontal and across the
+        # push direction, so the palm faces the puck instead of spearing it end-on
+        y_des = np.array([-u[1], u[0], 0.0])
+        y_cur = d.xmat[self._tip].reshape(3, 3)[:, 1]
+        if float(y_cur @ y_des) < 0:
+            y_des = -y_des
+        yaw_err = float(np.cross(y_cur, y_des)[2])  # only the yaw: the palm may tilt
+        e = np.concatenate([self.target(tip, state[14:16], goal) - tip, [self.k_rot * yaw_err]])
         # damped least squares: a joint step that moves the palm by e, bounded near the
         # stretched-arm singularity the episode starts in; plus a posture pull in its null space
-        jjt = jac @ jac.T + self.damping * np.eye(3)
+        jjt = jac @ jac.T + self.damping * np.eye(4)
         dq = jac.T @ np.linalg.solve(jjt, e)  # (7,)
         null = np.eye(7) - jac.T @ np.linalg.solve(jjt, jac)
         post = null @ (POSTURE - state[:7])
