@@ -166,6 +166,7 @@ class RemotePlant:
         self.limits: dict[str, Any] = {}
         self._hb_interval_ns = 100_000_000
         self._last_rx_ns = 0
+        self._probe_ns: int | None = None  # first heartbeat sent since the last message received
         self._last_hello_ns = 0
         self._last_hb_ns = 0
         self._hb_sent: dict[int, int] = {}
@@ -277,11 +278,16 @@ class RemotePlant:
             if now - self._last_hello_ns > 250_000_000:
                 self._send_hello()
             return
-        if now - self._last_rx_ns > self.timeout_ns:
-            self._lost(f"no message for {(now - self._last_rx_ns) / 1e9:.2f} s")
+        # Loss is judged from a probe, not from silence alone: a controller that paused (and so
+        # neither sent nor read) must not take the quiet it caused for a dead server.
+        probe = self._probe_ns
+        if probe is not None and now - probe > self.timeout_ns:
+            self._lost(f"no answer for {(now - probe) / 1e9:.2f} s")
             return
         if now - self._last_hb_ns > self._hb_interval_ns:
             self._heartbeat(now)
+            if probe is None:
+                self._probe_ns = now
 
     def _heartbeat(self, now: int) -> int:
         seq = self._next_seq()
@@ -310,6 +316,7 @@ class RemotePlant:
         if not self._connected:
             return  # states before our welcome belong to an older session
         self._last_rx_ns = now
+        self._probe_ns = None
         if kind == "state":
             self._on_state(msg)
         elif kind == "heartbeat":
@@ -349,6 +356,7 @@ class RemotePlant:
         self._busy = None
         self._last_rx_ns = now
         self._last_hb_ns = now
+        self._probe_ns = None
         self._ack_seq = -1
         self._pending_cmd = -1
         self._new_stream()
@@ -453,18 +461,23 @@ class RemotePlant:
     def reset(self, seed: int | None = None) -> Observation:
         if self.role != "control":
             raise BridgeError("an observer cannot reset the plant")
-        if not self._connected:
-            self._wait_connected(self.timeout_ns)
-        seq = self._next_seq()
-        self._send(message("reset", seq, self.clock.now_ns(), seed=seed))
-        if not self._wait_for(
-            lambda: self._reset_seq >= seq or seq in self._error_refs, self.timeout_ns
-        ):
-            self.counts["timeouts"] += 1
-            raise BridgeError(f"{self.address}: no reply to reset within the timeout")
-        if seq in self._error_refs:
-            raise BridgeError(f"{self.address}: reset refused: {self._error_refs[seq]}")
-        return self._take()
+        for attempt in range(2):  # once more if the server had forgotten our session
+            if not self._connected:
+                self._wait_connected(self.timeout_ns)
+            seq = self._next_seq()
+            self._send(message("reset", seq, self.clock.now_ns(), seed=seed))
+            if not self._wait_for(
+                lambda seq=seq: self._reset_seq >= seq or seq in self._error_refs,
+                self.timeout_ns,
+            ):
+                self.counts["timeouts"] += 1
+                raise BridgeError(f"{self.address}: no reply to reset within the timeout")
+            code = self._error_refs.get(seq)
+            if code is None:
+                return self._take()
+            if code != "unknown_peer" or attempt == 1:
+                raise BridgeError(f"{self.address}: reset refused: {code}")
+        raise AssertionError("unreachable")
 
     def _take(self) -> Observation:
         obs = self._latest
@@ -518,9 +531,29 @@ class RemotePlant:
         stepped (or refused), at most `timeout_s`. The action must be (Da,) finite; the plant
         enforces its limits and counts what it clamps or rejects. Realtime: does not read the
         socket (the `observe` before it just did), so the command leaves at once."""
-        if not self._connected or self.role != "control":
-            self.counts["dropped"] += 1
-            return
+        lockstep = self.mode == "lockstep"
+        for attempt in range(2 if lockstep else 1):
+            if lockstep and not self._connected:
+                try:  # lockstep blocks anyway: wait (bounded) for the link to come back
+                    self._wait_connected(self.timeout_ns)
+                except BridgeError:
+                    break
+            if not self._connected or self.role != "control":
+                break
+            seq = self._send_command(cmd)
+            if seq < 0:
+                break
+            if not lockstep:
+                return
+            self._pending_cmd = seq
+            self._wait_step()
+            if self._error_refs.get(seq) != "unknown_peer" or attempt == 1:
+                return
+            # the server restarted or forgot us: the step did not happen; re-handshake, resend
+        self.counts["dropped"] += 1
+
+    def _send_command(self, cmd: Command) -> int:
+        """Returns the message seq, or -1 when it could not be queued."""
         seq = self._next_seq()
         deadline = cmd.deadline_ns + self.sync.offset_ns if cmd.deadline_ns > 0 else None
         if self.mode == "lockstep":
@@ -537,12 +570,9 @@ class RemotePlant:
             fallback=cmd.fallback,
         )
         if not self._send(msg):
-            self.counts["dropped"] += 1
-            return
+            return -1
         self.counts["sent"] += 1
-        if self.mode == "lockstep":
-            self._pending_cmd = seq
-            self._wait_step()
+        return seq
 
     def counters(self) -> dict[str, int]:
         """Summary keys (what the plant side saw): `applied` (controller commands handed to the

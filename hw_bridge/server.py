@@ -92,7 +92,7 @@ class ServerConfig:
     watchdog_ms: float = 100.0  # realtime: no valid command this long -> safe action
     lease_ms: float = 1000.0  # a controller silent this long loses control
     heartbeat_ms: float = 100.0  # how often clients should send a heartbeat when idle
-    peer_timeout_ms: float = 5000.0  # sessions silent this long are forgotten
+    peer_timeout_ms: float = 30_000.0  # sessions silent this long are forgotten
     safe_action: Literal["zero", "hold"] = "zero"  # used when the plant has no safe_action()
     max_msg_bytes: int = MAX_MSG_BYTES
     seed: int | None = None  # seed of the plant.reset done when serving starts

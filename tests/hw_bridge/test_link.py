@@ -115,3 +115,27 @@ def test_no_server_gives_a_bridge_error_quickly(tmp_path: Path) -> None:
     with pytest.raises(BridgeError, match="handshake failed"):
         RemotePlant(f"ipc://{tmp_path}/nobody.sock", connect_timeout_s=0.3)
     assert time.perf_counter() - t0 < 2.0
+
+
+def test_a_paused_lockstep_controller_is_not_mistaken_for_a_dead_link(serve) -> None:
+    rs = serve(mode="lockstep")
+    with RemotePlant(rs.address, timeout_s=0.2) as plant:
+        plant.reset(seed=0)
+        time.sleep(0.5)  # the controller thinks for longer than its timeout
+        plant.apply(_cmd(0, 0.1, plant.clock.now_ns()))
+        c = plant.counters()
+        assert c["applied"] == 1 and c["client_reconnects"] == 0 and c["client_dropped"] == 0
+
+
+def test_a_forgotten_session_handshakes_again_and_the_step_still_happens(serve) -> None:
+    from hw_bridge import ServerConfig
+
+    rs = serve(config=ServerConfig(mode="lockstep", peer_timeout_ms=100.0))
+    with RemotePlant(rs.address) as plant:
+        plant.reset(seed=0)
+        time.sleep(0.3)  # silent past peer_timeout: the server forgets the session
+        plant.apply(_cmd(0, 0.1, plant.clock.now_ns()))
+        assert plant.counters()["applied"] == 1
+        time.sleep(0.3)
+        plant.reset(seed=1)
+        assert plant.counts["reconnects"] >= 1
