@@ -52,6 +52,9 @@ class LoopConfig:
     refine: "sync" (refine in the tick thread) or "async" (a worker refines continuously).
     steps_per_tick: cap on refine steps per tick; in lockstep the exact count (default 1).
     deadline_margin_s: the deadline sits this long before the next tick's start.
+    transport_margin_s: time the command needs to reach the plant (a remote link): the loop
+        counts a miss, and sends the fallback, when it emits later than deadline - this; the
+        command still carries the plant's true deadline.
     budget_fraction: refinement must end within this fraction of the period after the start.
     emit_reserve_s: time kept free before the deadline to build and send the command.
     warmup_steps: refine steps measured before the first tick to seed the latency estimate.
@@ -67,6 +70,7 @@ class LoopConfig:
     refine: Literal["sync", "async"] = "sync"
     steps_per_tick: int | None = None
     deadline_margin_s: float = 0.0
+    transport_margin_s: float = 0.0
     budget_fraction: float = 1.0
     emit_reserve_s: float = 50e-6
     warmup_steps: int = 10
@@ -87,6 +91,8 @@ class LoopConfig:
             raise ValueError(f"{self.budget_fraction=} must be in (0, 1]")
         if self.phase_offset_s is not None and self.phase_offset_s < 0:
             raise ValueError(f"{self.phase_offset_s=} must be >= 0")
+        if self.transport_margin_s < 0:
+            raise ValueError(f"{self.transport_margin_s=} must be >= 0")
         if self.deadline_margin_s < 0 or self.emit_reserve_s < 0 or self.warmup_steps < 0:
             raise ValueError(
                 f"{self.deadline_margin_s=}, {self.emit_reserve_s=}, {self.warmup_steps=}"
@@ -112,6 +118,7 @@ class RunResult:
     period_ns: int
     mode: str
     trace_path: str | None = None
+    stale_observations: int = 0  # ticks whose observation the plant flagged as not fresh
 
     def stats(self) -> DeadlineStats:
         return DeadlineStats.from_records(self.records, period_ns=self.period_ns)
@@ -126,6 +133,7 @@ class RunResult:
         out["mode"] = self.mode
         out["rate_hz"] = 1e9 / self.period_ns
         out["plant_counters"] = dict(self.plant_counters)
+        out["stale_observations"] = self.stale_observations
         if self.mode == "realtime":
             out["plant_misses"] = int(self.plant_counters.get("late", 0))
         if self.trace_path is not None:
@@ -244,7 +252,8 @@ class ControlLoop:
             )
         # Aligned, tick k starts phase_ns after plant tick k: the plant applies at its tick k+1.
         deadline_off = period - phase_ns - round(cfg.deadline_margin_s * 1e9)
-        refine_off = min(deadline_off - round(cfg.emit_reserve_s * 1e9),
+        emit_by_off = deadline_off - round(cfg.transport_margin_s * 1e9)  # must leave by then
+        refine_off = min(emit_by_off - round(cfg.emit_reserve_s * 1e9),
                          round(cfg.budget_fraction * period))
         cap = cfg.steps_per_tick if cfg.steps_per_tick is not None else (
             1 if not realtime else 1 << 30
@@ -280,6 +289,7 @@ class ControlLoop:
         last_seq = obs.seq
         k_local = 0
         misses = 0
+        stale = 0
         self._stop = False
         try:
             while not self._stop and (ticks is None or k_local < ticks):
@@ -291,10 +301,12 @@ class ControlLoop:
                     start = now_ns()
                     k, sched, skipped = k_local, start, 0
                 deadline = sched + deadline_off
+                emit_by = sched + emit_by_off
                 refine_end = sched + refine_off
                 # 2. observe
                 if not fresh:
                     obs = plant.observe()
+                    stale += obs.stale  # flagged by the plant, never invented; counted
                     if obs.seq != last_seq:
                         ep_return += obs.reward
                         last_seq = obs.seq
@@ -362,7 +374,7 @@ class ControlLoop:
                     if action_ok:
                         np.copyto(out, a)
                 code = CODE_NONE
-                if realtime and t_ref > deadline:
+                if realtime and t_ref > emit_by:
                     code = fallback.code  # the plant will hold; record what stands in
                     fallback.fill(out, last, obs.state)
                 elif not action_ok:
@@ -377,7 +389,7 @@ class ControlLoop:
                 plant.apply(Command(k, t_emit0, out.copy(), deadline,
                                     "" if code == CODE_NONE else FALLBACK_NAMES.get(code, fb_name)))
                 t_emit = now_ns()
-                missed = t_emit > deadline
+                missed = t_emit > emit_by
                 misses += missed
                 if code != CODE_NONE:
                     name = FALLBACK_NAMES.get(code, fb_name)
@@ -428,6 +440,7 @@ class ControlLoop:
             period_ns=period,
             mode=cfg.mode,
             trace_path=None if trace.path is None else str(trace.path),
+            stale_observations=stale,
         )
 
     def _align(self, ticker: Ticker, obs: Observation, phase_ns: int) -> None:
