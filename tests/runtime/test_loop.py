@@ -176,3 +176,37 @@ def test_ticks_align_just_after_the_plant_tick_and_deadlines_fall_on_the_next_on
     assert np.all((r["deadline_ns"] - plant_tick_ns) % T == 0)  # deadline = next plant tick
     assert np.all(r["deadline_ns"] - r["scheduled_ns"] == T - 100_000)
     assert r["missed"].sum() == 0
+
+
+def test_transport_margin_counts_a_miss_but_sends_the_true_deadline() -> None:
+    clock = FakeClock()
+    planner = CostPlanner(clock, step_ns=100_000)
+    planner.overrun_at = 5
+    planner.overrun_ns = 900_000  # ends 0.9 ms into the 1 ms tick: inside the 0.2 ms margin
+    loop = realtime_loop(clock, planner, steps_per_tick=1, transport_margin_s=200e-6)
+    result = loop.run(ticks=10)
+    r = result.records
+    assert list(np.flatnonzero(r["missed"])) == [5]
+    assert r["fallback"][5] == CODE_HOLD
+    sent = loop.plant.applied[5]  # type: ignore[attr-defined]
+    assert sent.deadline_ns == r["scheduled_ns"][5] + T  # the plant's own deadline
+    assert result.plant_counters["late"] == 0  # ... which it still met
+
+
+def test_stale_observations_are_counted_not_hidden() -> None:
+    clock = FakeClock()
+    plant = IntegratorPlant(rate_hz=1000, episode_ticks=10_000, clock=clock)
+    observe = plant.observe
+    calls = [0]
+
+    def sometimes_stale() -> Observation:
+        obs = observe()
+        calls[0] += 1
+        obs.stale = calls[0] % 4 == 0
+        return obs
+
+    plant.observe = sometimes_stale  # type: ignore[method-assign]
+    loop = ControlLoop(plant, CostPlanner(clock), clock,
+                       LoopConfig(mode="realtime", steps_per_tick=1, align_to_plant=False))
+    out = loop.run(ticks=41).to_json()
+    assert out["stale_observations"] == 10  # ticks 1..40 observe; every 4th was stale
