@@ -93,32 +93,37 @@ def _tname(x: Any) -> str:
     return type(x).__name__
 
 
+# The unpacker makes exact ints, floats and bools, so `type(x) is int` is both the fast test
+# and the one that keeps a bool from passing as an int.
+_I64_MIN, _I64_END, _U32_END = -(2**63), 2**63, 2**32
+
+
 def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+    return type(x) is int
 
 
 def _is_num(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    return type(x) is float or type(x) is int
 
 
 def _k_int(x: Any) -> bool:
-    return _is_int(x) and -(2**63) <= x < 2**63
+    return type(x) is int and _I64_MIN <= x < _I64_END
 
 
 def _k_uint(x: Any) -> bool:
-    return _is_int(x) and 0 <= x < 2**63
+    return type(x) is int and 0 <= x < _I64_END
 
 
 def _k_u32(x: Any) -> bool:
-    return _is_int(x) and 0 <= x < 2**32
+    return type(x) is int and 0 <= x < _U32_END
 
 
 def _k_num(x: Any) -> bool:
-    return _is_num(x)
+    return type(x) is float or type(x) is int
 
 
 def _k_bool(x: Any) -> bool:
-    return isinstance(x, bool)
+    return x is True or x is False
 
 
 def _k_str(x: Any) -> bool:
