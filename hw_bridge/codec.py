@@ -311,17 +311,21 @@ def spec_from_wire(d: Mapping[str, Any]) -> PlantSpec:
         raise ProtocolError("bad_message", f"welcome.spec: {exc}") from None
 
 
+def _info_value(val: Any, depth: int) -> Any:
+    if isinstance(val, (bool, int, float, str, bytes, np.generic, np.ndarray)) or val is None:
+        return val
+    if depth < 4 and isinstance(val, Mapping):
+        return {str(k): _info_value(v, depth + 1) for k, v in val.items()}
+    if depth < 4 and isinstance(val, (list, tuple)):
+        return [_info_value(v, depth + 1) for v in val]
+    return repr(val)  # anything else is named, never silently dropped
+
+
 def _info_to_wire(info: Mapping[str, Any]) -> dict[str, Any]:
-    # Only plain values travel; anything else is named, never silently dropped.
-    out: dict[str, Any] = {}
-    for k, val in info.items():
-        if isinstance(val, (bool, int, float, str, bytes, np.generic, np.ndarray)) or val is None:
-            out[str(k)] = val
-        elif isinstance(val, (list, tuple)):
-            out[str(k)] = [x.item() if isinstance(x, np.generic) else x for x in val]
-        else:
-            out[str(k)] = repr(val)
-    return out
+    """Task extras: plain values, arrays (as array maps), nested maps and lists travel."""
+    if not info:
+        return {}
+    return {str(k): _info_value(v, 0) for k, v in info.items()}
 
 
 def obs_to_wire(

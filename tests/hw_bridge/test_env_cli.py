@@ -63,7 +63,7 @@ def test_rtdiff_serve_serves_a_sim_task(tmp_path: Path) -> None:
     pytest.importorskip("mujoco")
     address = f"ipc://{tmp_path}/serve.sock"
     codes: list[int] = []
-    argv = ["serve", "--task", "double-pendulum", "--bind", address, "--seconds", "4"]
+    argv = ["serve", "--task", "double-pendulum", "--bind", address, "--seconds", "1.5"]
     th = threading.Thread(target=lambda: codes.append(main(argv)), daemon=True)
     th.start()
     plant = RemotePlant(address, connect_timeout_s=10.0)
