@@ -262,3 +262,18 @@ def test_cuda_graph_replay_matches_the_eager_step() -> None:
             p.refine(0)
         np.testing.assert_allclose(graph.action(), eager.action(), rtol=1e-4, atol=1e-5)
     assert {k: t.data_ptr() for k, t in graph.buffers.items()} == ptrs
+
+
+def test_ablation_variants_switch_renoising_off_or_to_a_blank_slate() -> None:
+    from policies.evaluate import variant_config
+
+    base = small_planner_cfg(surprise_threshold=0.2, surprise_full=1.0)
+    x0 = states(1)[0]
+    levels = {}
+    for v in ("renoise", "none", "blank"):
+        p = make(variant_config(base, v), seed=2)
+        p.reset(obs(x0))
+        p.observe(obs(x0 + 0.5, seq=1))
+        levels[v] = p.noise_levels().copy()
+    assert levels["none"][0] < 0.3 and np.all(levels["blank"] == 1.0)
+    assert 0.3 < levels["renoise"][0] < 1.0
