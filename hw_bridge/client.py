@@ -120,8 +120,14 @@ class RemotePlant:
                             deadline_ns=...))
         plant.counters()["late"]                           # misses the plant itself saw
 
-    `keys_dir`: a directory made by `rtdiff keys` (uses `client.key_secret` and `server.key`);
-    when None, `$RTDIFF_KEYS` is used if set, else the link is plain TCP/IPC.
+    `keys_dir`: a directory made by `rtdiff keys` (uses `CLIENT_KEY.key_secret`, default
+    `client.key_secret`, and `server.key`); when None, `$RTDIFF_KEYS` is used if set, else the
+    link is plain TCP/IPC.
+
+    Control is kept across pauses: if the plant took control away because this client was
+    silent past its lease (`not_controller`), the client asks for it again at once (granted
+    unless another controller holds the plant); a lockstep `apply`/`reset` refused that way is
+    re-sent once after the new handshake.
     """
 
     def __init__(
@@ -137,6 +143,7 @@ class RemotePlant:
         expect: dict[str, Any] | None = None,
         name: str = "rtdiff",
         auto_resume: bool = True,
+        client_key: str = "client",
     ) -> None:
         if not (timeout_s > 0 and connect_timeout_s > 0):
             raise ValueError(f"{timeout_s=} and {connect_timeout_s=} must be > 0")
@@ -150,6 +157,7 @@ class RemotePlant:
         self.expect = expect
         self.name = name
         self.auto_resume = auto_resume
+        self.client_key = client_key
         env_keys = os.environ.get("RTDIFF_KEYS")
         self.keys_dir = Path(keys_dir) if keys_dir else (Path(env_keys) if env_keys else None)
         self.sync = ClockSync()
@@ -198,7 +206,7 @@ class RemotePlant:
         if self.keys_dir is not None:
             from hw_bridge.keys import client_curve
 
-            client_curve(sock, self.keys_dir)
+            client_curve(sock, self.keys_dir, client=self.client_key)
         sock.connect(self.address)
         self._sock = sock
         self._fd = int(sock.getsockopt(zmq.FD))
@@ -382,6 +390,12 @@ class RemotePlant:
         elif msg.get("fatal", False):
             self._fatal = f"{code}: {text}"
             log.error("hw_bridge: server refused: %s: %s", code, text)
+        elif code == "not_controller" and self.role == "control" and self._connected:
+            # our lease lapsed while we were quiet (or we were taken over): ask again; the
+            # plant grants it unless another controller holds the plant
+            log.warning("hw_bridge: not the controller any more; asking for control again")
+            self._connected = False
+            self._send_hello()
         elif code == "unknown_peer" and self._connected:
             self._connected = False
             log.warning(
@@ -475,9 +489,9 @@ class RemotePlant:
             code = self._error_refs.get(seq)
             if code is None:
                 return self._take()
-            if code != "unknown_peer" or attempt == 1:
-                raise BridgeError(f"{self.address}: reset refused: {code}")
-        raise AssertionError("unreachable")
+            if code not in ("unknown_peer", "not_controller") or attempt == 1:
+                break
+        raise BridgeError(f"{self.address}: reset refused: {code}")
 
     def _take(self) -> Observation:
         obs = self._latest
@@ -547,9 +561,10 @@ class RemotePlant:
                 return
             self._pending_cmd = seq
             self._wait_step()
-            if self._error_refs.get(seq) != "unknown_peer" or attempt == 1:
+            if self._error_refs.get(seq) not in ("unknown_peer", "not_controller") or attempt:
                 return
-            # the server restarted or forgot us: the step did not happen; re-handshake, resend
+            # the server restarted or forgot us, or our lease lapsed: the step did not happen;
+            # handshake again and resend once
         self.counts["dropped"] += 1
 
     def _send_command(self, cmd: Command) -> int:

@@ -139,3 +139,16 @@ def test_a_forgotten_session_handshakes_again_and_the_step_still_happens(serve) 
         time.sleep(0.3)
         plant.reset(seed=1)
         assert plant.counts["reconnects"] >= 1
+
+
+def test_a_controller_whose_lease_lapsed_gets_control_back_when_nobody_else_has_it(
+    serve,
+) -> None:
+    rs = serve(mode="lockstep", lease_ms=100.0)
+    with RemotePlant(rs.address) as plant:
+        plant.reset(seed=0)
+        time.sleep(0.3)  # quiet past the lease: the server drops us to observer
+        assert rs.server.core.controller is None
+        plant.apply(_cmd(0, 0.1, plant.clock.now_ns()))  # refused once, re-asked, re-sent
+        assert plant.counters()["applied"] == 1
+        plant.reset(seed=1)
