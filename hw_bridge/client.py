@@ -189,8 +189,14 @@ class RemotePlant:
         self._fatal: str | None = None
         self._busy: str | None = None
         self._safe = False
-        self._open()
-        self._wait_connected(round(connect_timeout_s * 1e9))
+        try:
+            self._open()
+            self._wait_connected(round(connect_timeout_s * 1e9))
+        except BaseException:
+            if self._sock is not None:
+                self._sock.close(linger=0)
+            self._ctx.term()
+            raise
 
     # -- socket and handshake ----------------------------------------------------------------
 
