@@ -48,10 +48,12 @@ INFO = TaskInfo(
 
 class PointMazeEnv(TaskEnv):
     def __init__(self, **config: Any) -> None:
-        from gymnasium_robotics.envs.maze.maps import MEDIUM_MAZE
-        from gymnasium_robotics.envs.maze.point_maze import PointMazeEnv as _PointMaze
+        # gymnasium-robotics prints a notice about its Adroit envs on import; keep it off
+        # rtdiff's output (exceptions still propagate)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            from gymnasium_robotics.envs.maze.maps import MEDIUM_MAZE
+            from gymnasium_robotics.envs.maze.point_maze import PointMazeEnv as _PointMaze
 
-        with contextlib.redirect_stdout(io.StringIO()):
             self.inner = _PointMaze(
                 maze_map=MEDIUM_MAZE, continuing_task=False, reward_type="dense"
             )

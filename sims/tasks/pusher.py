@@ -147,5 +147,5 @@ class PusherEnv(TaskEnv):
         tip, puck = sensordata[..., 0:3], sensordata[..., 3:6]  # (B, H, 3)
         to_goal = np.linalg.norm(puck[..., :2] - goal, axis=-1)
         near = np.linalg.norm(tip - puck, axis=-1)
-        total: np.ndarray = np.sum(to_goal + 0.5 * near + 0.01 * np.sum(ctrl**2, -1), axis=-1)
+        total: np.ndarray = np.sum(to_goal + near + 1e-4 * np.sum(ctrl**2, -1), axis=-1)
         return total
