@@ -233,6 +233,15 @@ def decode(payload: bytes, *, max_bytes: int = MAX_MSG_BYTES) -> dict[str, Any]:
         raise ProtocolError("bad_message", "field seq: expected an int >= 0")
     if not _k_int(msg.get("t_ns")):
         raise ProtocolError("bad_message", "field t_ns: expected an int64")
+    fast = _FAST.get(kind)
+    if fast is not None and fast(msg):
+        return msg  # the hot types accepted in one expression; anything else gets the full check
+    check_fields(msg, kind)
+    return msg
+
+
+def check_fields(msg: dict[str, Any], kind: str) -> None:
+    """The reference field check of one message type, against SCHEMA (raises ProtocolError)."""
     for name, (check, required, nullable) in SCHEMA[kind].items():
         if name not in msg:
             if required:
@@ -243,7 +252,44 @@ def decode(payload: bytes, *, max_bytes: int = MAX_MSG_BYTES) -> dict[str, Any]:
             continue
         if not check(value):
             raise ProtocolError("bad_message", f"{kind}.{name}: ill-typed ({_tname(value)})")
-    return msg
+
+
+_MISSING = object()
+_EMPTY: dict[str, Any] = {}
+
+
+def _fast_state(m: dict[str, Any]) -> bool:
+    a, r, s = m.get("ack_seq"), m.get("reset_seq"), m.get("safe")
+    return (
+        type(m.get("obs")) is dict
+        and type(a) is int
+        and _I64_MIN <= a < _I64_END
+        and type(r) is int
+        and _I64_MIN <= r < _I64_END
+        and (s is True or s is False)
+    )
+
+
+def _fast_command(m: dict[str, Any]) -> bool:
+    st, tk, os_ = m.get("stream"), m.get("tick"), m.get("obs_seq")
+    dl, fb = m.get("deadline_ns", _MISSING), m.get("fallback", "")
+    return (
+        type(st) is int
+        and 0 <= st < _U32_END
+        and type(tk) is int
+        and _I64_MIN <= tk < _I64_END
+        and type(os_) is int
+        and _I64_MIN <= os_ < _I64_END
+        and type(m.get("action")) is dict
+        and (dl is None or (type(dl) is int and _I64_MIN <= dl < _I64_END))
+        and type(fb) is str
+        and len(fb) <= 1024
+    )
+
+
+# Fast accept-only checks for the two messages that flow every tick; tests hold them to agree
+# with `check_fields` on the fuzz corpus.
+_FAST = {"state": _fast_state, "command": _fast_command}
 
 
 def _default(obj: Any) -> Any:
@@ -352,8 +398,29 @@ def obs_to_wire(
 
 def check_obs(d: Any, *, state_dim: int, goal_dim: int) -> tuple[FloatArray, FloatArray]:
     """Validate a state message's `obs` map; returns (state (Ds,), goal (Dg,))."""
-    if not isinstance(d, dict):
+    if type(d) is not dict:
         raise ProtocolError("bad_message", "state.obs: expected a map")
+    seq, t, rw, te, tr = (
+        d.get("seq"),
+        d.get("t_ns"),
+        d.get("reward"),
+        d.get("terminated"),
+        d.get("truncated"),
+    )
+    if (  # the common case in one expression; the checks below name what is wrong otherwise
+        type(seq) is int
+        and _I64_MIN <= seq < _I64_END
+        and type(t) is int
+        and _I64_MIN <= t < _I64_END
+        and (type(rw) is float or type(rw) is int)
+        and (te is True or te is False)
+        and (tr is True or tr is False)
+        and type(d.get("info", _EMPTY)) is dict
+    ):
+        return (
+            decode_array(d.get("state"), field="state.obs.state", shape=(state_dim,)),
+            decode_array(d.get("goal"), field="state.obs.goal", shape=(goal_dim,)),
+        )
     if not (_k_int(d.get("seq")) and _k_int(d.get("t_ns"))):
         raise ProtocolError("bad_message", "state.obs.seq/t_ns: expected ints")
     if not (_is_num(d.get("reward")) and _k_bool(d.get("terminated"))):

@@ -258,3 +258,32 @@ def test_hypothesis_server_core_survives_arbitrary_messages() -> None:
     assert (
         core.counters["applied"] == core.plant.counters()["applied"] - core.counters["safe_applied"]
     )
+
+
+def test_fast_accept_paths_agree_with_the_reference_field_check() -> None:
+    from hw_bridge.codec import _FAST, check_fields
+
+    checked = 0
+    corpus = list(malformed_frames(seed=2, n=3000, first_seq=2))
+    corpus += [command(k, [0.1], deadline_ns=d) for k, d in ((3, None), (4, 10**9))]
+    corpus += [
+        encode(message("state", 1, 0, obs={}, ack_seq=a, reset_seq=-1, safe=s))
+        for a, s in ((1, True), (2**63, False), (-1, 1))
+    ]
+    for frame in corpus:
+        try:
+            m = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+        except Exception:
+            continue
+        if not isinstance(m, dict) or not isinstance(m.get("type"), str) or m["type"] not in _FAST:
+            continue
+        try:
+            check_fields(m, m["type"])
+            reference_ok = True
+        except ProtocolError:
+            reference_ok = False
+        assert _FAST[m["type"]](m) in (reference_ok, False), m  # fast never accepts more
+        if m.get("v") == 1 and reference_ok and m["type"] == "command":
+            assert _FAST["command"](m), m  # and accepts what the encoder makes
+        checked += 1
+    assert checked > 1000
