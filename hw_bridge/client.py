@@ -39,13 +39,13 @@ import numpy as np
 import zmq
 
 from hw_bridge.codec import (
+    PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     ProtocolError,
     check_obs,
     decode,
     decode_array,
     encode,
-    encode_array,
     message,
     spec_from_wire,
 )
@@ -59,6 +59,8 @@ _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 
 
 def _info_from_wire(info: dict[str, Any]) -> dict[str, Any]:
+    if not info:
+        return {}
     out = dict(info)
     for k, v in info.items():
         if isinstance(v, dict) and set(v) == {"dtype", "shape", "data"}:
@@ -579,17 +581,23 @@ class RemotePlant:
         deadline = cmd.deadline_ns + self.sync.offset_ns if cmd.deadline_ns > 0 else None
         if self.mode == "lockstep":
             deadline = None  # the plant waits for us: deadlines are the controller's to count
-        msg = message(
-            "command",
-            seq,
-            self.clock.now_ns(),
-            stream=self._stream,
-            tick=cmd.seq,
-            obs_seq=self._latest.seq if self._latest is not None else -1,
-            action=encode_array(np.asarray(cmd.action, dtype=np.float64)),
-            deadline_ns=deadline,
-            fallback=cmd.fallback,
-        )
+        a = cmd.action
+        if not (type(a) is np.ndarray and a.dtype.str == "<f8"):
+            a = np.ascontiguousarray(
+                a, dtype="<f8"
+            )  # (Da,); a wrong shape is the plant's to refuse
+        msg = {  # a literal, not message(**fields): this runs every tick
+            "v": PROTOCOL_VERSION,
+            "type": "command",
+            "seq": seq,
+            "t_ns": self.clock.now_ns(),
+            "stream": self._stream,
+            "tick": cmd.seq,
+            "obs_seq": self._latest.seq if self._latest is not None else -1,
+            "action": {"dtype": "<f8", "shape": list(a.shape), "data": a.tobytes()},
+            "deadline_ns": deadline,
+            "fallback": cmd.fallback,
+        }
         if not self._send(msg):
             return -1
         self.counts["sent"] += 1
