@@ -14,8 +14,10 @@ What is measured, per transport (loopback TCP, IPC), in one run:
   measurement time, mapped through the clock offset) and the gaps between arrivals; a gap over
   1.5 periods means the client held a value older than one period.
 
-Both ends run in separate processes (separate GILs), as a controller and a plant would. The
-first 0.5 s of each run is discarded (warm-up). Quantiles are p50/p99/p99.9/max in microseconds.
+Both ends run in separate processes (separate GILs), as a controller and a plant would. Bare
+and bridge runs alternate (`rounds`, default 3) and their samples are pooled, so on a shared
+machine both see the same background load on average. The first 0.5 s of each run is discarded
+(warm-up). Quantiles are p50/p99/p99.9/max in microseconds.
 """
 
 from __future__ import annotations
@@ -156,6 +158,7 @@ def _bare_client(address: str) -> None:
 
 
 def _bridge_client(address: str, seconds: float) -> dict[str, Any]:
+    """Answer every new state with a command; raw stream samples (ns) for pooling."""
     plant = RemotePlant(address, timeout_s=2.0, connect_timeout_s=20.0)
     period = plant.spec().period_ns
     action = np.array([0.0])
@@ -177,20 +180,18 @@ def _bridge_client(address: str, seconds: float) -> dict[str, Any]:
             plant.apply(Command(seq=k, t_ns=rx, action=action, deadline_ns=rx + period))
             k += 1
     finally:
-        counts = dict(plant.counts)
+        superseded = plant.counts["superseded"]
         plant.close()
-    gaps = np.diff(np.asarray(arrivals, dtype=np.int64))
     return {
-        "delivery_us": _quantiles_us(np.asarray(ages, dtype=np.int64)),
-        "gap_us": _quantiles_us(gaps),
-        "gaps_over_1.5_periods": int(np.sum(gaps > int(1.5 * period))),
-        "states": len(arrivals),
-        "superseded": counts.get("superseded", 0),
-        "period_us": period / 1e3,
+        "ages": np.asarray(ages, dtype=np.int64),
+        "gaps": np.diff(np.asarray(arrivals, dtype=np.int64)),
+        "superseded": superseded,
+        "period_ns": period,
     }
 
 
 def _run(kind: str, address: str, seconds: float) -> dict[str, Any]:
+    """One server process + this process as client; raw samples back."""
     ctx = mp.get_context("spawn")
     q: Queue[Any] = ctx.Queue()
     target = _bare_server if kind == "bare" else _bridge_server
@@ -203,11 +204,9 @@ def _run(kind: str, address: str, seconds: float) -> dict[str, Any]:
             _bare_client(bound)
         else:
             result["stream"] = _bridge_client(bound, seconds)
-        rtts = np.frombuffer(q.get(timeout=60), dtype=np.int64)
-        result["round_trip_us"] = _quantiles_us(rtts)
+        result["rtts"] = np.frombuffer(q.get(timeout=60), dtype=np.int64)
         if kind == "bridge":
-            c = json.loads(q.get(timeout=60))
-            result["server"] = {k: c[k] for k in ("applied", "late", "overruns", "send_dropped")}
+            result["server"] = json.loads(q.get(timeout=60))
         proc.join(10)
         return result
     finally:
@@ -215,10 +214,15 @@ def _run(kind: str, address: str, seconds: float) -> dict[str, Any]:
             proc.kill()
 
 
-def run_bench(seconds: float) -> dict[str, Any]:
+def run_bench(seconds: float, *, rounds: int = 3) -> dict[str, Any]:
+    """Per transport, `rounds` alternations of bare then bridge, `seconds / rounds` each (at
+    least 1 s), samples pooled: both links then see the same background load on average."""
+    each_s = max(1.0, seconds / rounds)
     out: dict[str, Any] = {
         "rate_hz": RATE_HZ,
         "seconds": seconds,
+        "rounds": rounds,
+        "seconds_per_run": each_s,
         "warmup_s": WARMUP_S,
         "machine": {
             "cpus": os.cpu_count(),
@@ -234,13 +238,37 @@ def run_bench(seconds: float) -> dict[str, Any]:
             ("tcp", "tcp://127.0.0.1:*"),
             ("ipc", f"ipc://{Path(tmp) / 'bench.sock'}"),
         ):
-            bare = _run("bare", address, seconds)
-            bridge = _run("bridge", address, seconds)
-            ratio = {
-                q: round(bridge["round_trip_us"][q] / bare["round_trip_us"][q], 2)
-                for q in ("p50", "p99")
+            bare_rtts, bridge_rtts, ages, gaps = [], [], [], []
+            superseded = 0
+            server = {"applied": 0, "late": 0, "overruns": 0, "send_dropped": 0}
+            period_ns = round(1e9 / RATE_HZ)
+            for _ in range(rounds):
+                bare_rtts.append(_run("bare", address, each_s)["rtts"])
+                b = _run("bridge", address, each_s)
+                bridge_rtts.append(b["rtts"])
+                ages.append(b["stream"]["ages"])
+                gaps.append(b["stream"]["gaps"])
+                superseded += b["stream"]["superseded"]
+                for k in server:
+                    server[k] += int(b["server"][k])
+            bare_q = _quantiles_us(np.concatenate(bare_rtts))
+            bridge_q = _quantiles_us(np.concatenate(bridge_rtts))
+            all_gaps = np.concatenate(gaps)
+            out[transport] = {
+                "bare": {"round_trip_us": bare_q},
+                "bridge": {
+                    "round_trip_us": bridge_q,
+                    "stream": {
+                        "delivery_us": _quantiles_us(np.concatenate(ages)),
+                        "gap_us": _quantiles_us(all_gaps),
+                        "gaps_over_1.5_periods": int(np.sum(all_gaps > (3 * period_ns) // 2)),
+                        "superseded": superseded,
+                        "period_us": period_ns / 1e3,
+                    },
+                    "server": server,
+                },
+                "bridge_over_bare": {q: round(bridge_q[q] / bare_q[q], 2) for q in ("p50", "p99")},
             }
-            out[transport] = {"bare": bare, "bridge": bridge, "bridge_over_bare": ratio}
     return out
 
 
