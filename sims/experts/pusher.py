@@ -1,14 +1,21 @@
-"""Task-space PD for `pusher`: get behind the puck, then push it to the goal.
+"""Task-space control for `pusher`: get behind the puck, then push it to the goal.
 
-The palm (`tips_arm`) follows a Cartesian target with a Jacobian-transpose PD law,
-tau = J^T (Kp e - Kd v) - Kq qdot (the model has no gravity, so no gravity term). The target
-is a small state machine on the geometry, recomputed every tick:
+The palm (the wrist-roll link, which carries the fork) follows a Cartesian target and a wanted
+orientation: fingers level and pointing along the push, the palm capsule level and across it,
+so the fork straddles the puck and the palm pushes it (without orientation control the palm
+capsule speared the puck end-on, and the fingers jammed into the table when it tried to go
+down). The 6-D error (position, rotation) is mapped to a joint step by damped least squares
+(the episode starts with the arm stretched, a singularity), a posture pull acts in the null
+space, and tau = Kp dq + Kpost null(q_post - q) - Kd qdot (the model has no gravity).
+
+The target is a small state machine on the geometry, recomputed every tick:
 
 1. approach: a point `standoff_m` behind the puck on the goal-puck line, at hover height
    while the palm is far from it (so it does not knock the puck on the way);
 2. descend to puck height once above that point;
-3. push: a point `lead_m` beyond the puck towards the goal, so the palm drives the puck;
-   if the puck has slid off the line (palm no longer behind it) go back to 1.
+3. push: aim the palm `min(lead_m, distance left)` beyond its contact point with the puck,
+   so the push slows down near the goal; if the puck has slid off the line (palm no longer
+   behind it) go back to 1.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from sims.experts.base import FeedbackExpert
 
 PUCK_Z_M = -0.275  # puck centre height (table surface at -0.325)
 HOVER_Z_M = -0.17
+PALM_TO_PUCK_M = 0.07  # palm capsule radius 0.02 + puck radius 0.05
 POSTURE = np.array([0.0, 0.3, 0.0, -1.2, 0.0, -0.6, 0.0])  # elbow and wrist bent
 
 
@@ -38,7 +46,9 @@ class PusherExpert(FeedbackExpert):
         standoff_m: float = 0.1,
         lead_m: float = 0.08,
         push_z_m: float = PUCK_Z_M,
-        k_rot: float = 0.5,
+        k_rot: float = 1.0,
+        hover_z_m: float = HOVER_Z_M,
+        reach_tol_m: float = 0.04,
     ) -> None:
         super().__init__(task, spec, seed=seed)
         self.kp, self.kd, self.kpost, self.damping = kp, kd, kpost, damping
@@ -51,6 +61,7 @@ class PusherExpert(FeedbackExpert):
         self._jacr = np.zeros((3, m.nv))
         self.phase = "approach"
         self.k_rot = k_rot
+        self.hover_z_m, self.reach_tol_m = hover_z_m, reach_tol_m
 
     def _reset_episode(self, obs: Observation) -> None:
         self.phase = "approach"
@@ -63,37 +74,40 @@ class PusherExpert(FeedbackExpert):
         rel = tip[:2] - puck
         along = float(rel @ d)  # < 0: palm is behind the puck
         across = abs(float(rel @ np.array([-d[1], d[0]])))
+        dist = float(np.linalg.norm(line))
         if self.phase == "push" and (along > 0.0 or across > 0.1):
             self.phase = "approach"
         if self.phase == "approach":
-            far = np.linalg.norm(tip[:2] - behind) > 0.04
+            far = np.linalg.norm(tip[:2] - behind) > self.reach_tol_m
             if not far and tip[2] < self.push_z_m + 0.03:
                 self.phase = "push"
             else:
-                z = HOVER_Z_M if far else self.push_z_m
+                z = self.hover_z_m if far else self.push_z_m
                 return np.array([behind[0], behind[1], z])
-        ahead = puck + self.lead_m * d
+        # the palm touches the puck at ~PALM_TO_PUCK_M behind its centre; aiming the palm
+        # min(lead, distance left) beyond that point slows the push down as the puck nears the
+        # goal, so the puck (0.1 kg, sliding on damped joints) does not overshoot it
+        ahead = puck + (min(self.lead_m, dist) - PALM_TO_PUCK_M) * d
         return np.array([ahead[0], ahead[1], self.push_z_m])
 
     def _law(self, state: np.ndarray, goal: np.ndarray) -> np.ndarray:
         m, d = self.env.model, self._data
         self.env.write_state(m, d, state, goal)
         mujoco.mj_jacBody(m, d, self._jacp, self._jacr, self._tip)
-        jac = np.vstack([self._jacp[:, :7], self._jacr[2:3, :7]])  # (4, 7): position, yaw
+        jac = np.vstack([self._jacp[:, :7], self._jacr[:, :7]])  # (6, 7)
         tip = d.xpos[self._tip]
         line = goal - state[14:16]
         u = line / max(1e-6, float(np.linalg.norm(line)))
-        # the palm capsule lies along the body's local y: keep it horizontal and across the
-        # push direction, so the palm faces the puck instead of spearing it end-on
-        y_des = np.array([-u[1], u[0], 0.0])
-        y_cur = d.xmat[self._tip].reshape(3, 3)[:, 1]
-        if float(y_cur @ y_des) < 0:
-            y_des = -y_des
-        yaw_err = float(np.cross(y_cur, y_des)[2])  # only the yaw: the palm may tilt
-        e = np.concatenate([self.target(tip, state[14:16], goal) - tip, [self.k_rot * yaw_err]])
+        # wanted palm frame: fingers (local x) level and pointing along the push, palm capsule
+        # (local y) level and across it, so the fork straddles the puck and the palm pushes it
+        # instead of spearing it end-on or jamming the fingers into the table
+        r_des = np.array([[u[0], -u[1], 0.0], [u[1], u[0], 0.0], [0.0, 0.0, 1.0]])
+        r_cur = d.xmat[self._tip].reshape(3, 3)
+        rot_err = 0.5 * sum(np.cross(r_cur[:, i], r_des[:, i]) for i in range(3))
+        e = np.concatenate([self.target(tip, state[14:16], goal) - tip, self.k_rot * rot_err])
         # damped least squares: a joint step that moves the palm by e, bounded near the
         # stretched-arm singularity the episode starts in; plus a posture pull in its null space
-        jjt = jac @ jac.T + self.damping * np.eye(4)
+        jjt = jac @ jac.T + self.damping * np.eye(6)
         dq = jac.T @ np.linalg.solve(jjt, e)  # (7,)
         null = np.eye(7) - jac.T @ np.linalg.solve(jjt, jac)
         post = null @ (POSTURE - state[:7])

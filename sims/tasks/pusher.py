@@ -22,6 +22,11 @@ from sims.disturbances import DisturbanceConfig
 from sims.tasks.base import TaskEnv, TaskInfo, gym_asset
 
 GOAL_TOL_M = 0.08
+# The MJCF's puck has density 0.01 (an 8 mg puck). MuJoCo's soft contacts scale their
+# stiffness with the bodies' effective mass, so the palm sank ~5 cm into that puck while
+# moving it at ~2 cm/s (measured; docs/tasks.md). A 0.1 kg puck (density 127 kg/m^3) is
+# pushed like a puck.
+PUCK_DENSITY_KG_M3 = 127.0
 
 INFO = TaskInfo(
     name="pusher",
@@ -51,6 +56,8 @@ INFO = TaskInfo(
 
 def pusher_model() -> mujoco.MjModel:
     spec = mujoco.MjSpec.from_file(gym_asset("pusher_v5.xml"))
+    puck = spec.body("object").geoms[0]
+    puck.density = PUCK_DENSITY_KG_M3
     for name in ("tips_arm", "object"):
         spec.add_sensor(
             type=mujoco.mjtSensor.mjSENS_FRAMEPOS,
