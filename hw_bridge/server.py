@@ -691,7 +691,7 @@ class PlantServer:
 
     def close(self) -> None:
         """Close the socket and the context; call after `serve_forever` returned."""
-        self.sock.close(linger=0)
+        self.sock.close(linger=100)  # let the goodbyes go out
         if self._auth is not None:
             self._auth.stop()
         self._ctx.term()

@@ -44,7 +44,7 @@ def test_remote_plant_is_a_plant_and_steps_in_lockstep(serve, tmp_path: Path) ->
 
 
 def test_realtime_observe_never_blocks_and_flags_stale(serve) -> None:
-    rs = serve(mode="realtime")
+    rs = serve(FirstOrderMotor(mode="realtime", rate_hz=20.0), mode="realtime")  # 50 ms apart
     with RemotePlant(rs.address) as plant:
         first = plant.next_observation(1.0)
         again = plant.observe()  # immediately: nothing newer yet, so the same state, flagged
