@@ -203,6 +203,9 @@ class ControlLoop:
         """
         n_steps = self.config.warmup_steps
         for i in range(n_steps):
+            if i < 2:  # observe and action have cold first calls too (torch: lazy kernels)
+                self.planner.observe(obs)
+                self.planner.action()
             t = self.clock.now_ns()
             n = self.planner.refine(self.period_ns)
             if n <= 0:
@@ -292,7 +295,11 @@ class ControlLoop:
         stale = 0
         self._stop = False
         try:
-            while not self._stop and (ticks is None or k_local < ticks):
+            # `ticks` counts scheduled ticks: a run of S seconds at R Hz ends at tick S*R even
+            # if some were skipped (they are counted as misses, not made up for).
+            while not self._stop and (
+                ticks is None or (ticker.next_k if ticker is not None else k_local) < ticks
+            ):
                 # 1. tick start
                 if ticker is not None:
                     ts = ticker.wait()

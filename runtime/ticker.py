@@ -48,6 +48,11 @@ class Ticker:
         self._next_k = 0
         self.skipped_total = 0
 
+    @property
+    def next_k(self) -> int:
+        """Index of the next tick `wait()` will consider (skips may move past it)."""
+        return self._next_k
+
     def realign(self, anchor_ns: int) -> None:
         """Move the schedule onto `anchor_ns + j*T`, keeping the tick numbering.
 

@@ -87,6 +87,7 @@ class CostPlanner:
 
     def reset(self, obs: Observation) -> None:
         self.x = float(obs.state[0])
+        self.observed = 0  # counts observations since the (last) start of the run
 
     def observe(self, obs: Observation) -> None:
         self.x = float(obs.state[0])
