@@ -375,6 +375,9 @@ class RemotePlant:
         self._probe_ns = None
         self._ack_seq = -1
         self._pending_cmd = -1
+        # state seqs count per server run: a restarted server starts again from 1. The state we
+        # hold stays (flagged stale until a new one comes); the counters restart with the session.
+        self._latest_state_seq = self._returned_state_seq = 0
         self._new_stream()
         if not first:
             self.counts["reconnects"] += 1

@@ -89,6 +89,7 @@ def test_client_reconnects_after_server_restart_and_says_so(
     serve, caplog: pytest.LogCaptureFixture
 ) -> None:
     rs1 = serve(mode="realtime")
+    rs1.server.core.state_seq = 10**6  # an old server that ran long: the new one counts from 1
     address = rs1.address  # tcp://127.0.0.1:PORT, the port picked by the OS
     caplog.set_level(logging.INFO, logger="hw_bridge")
     with RemotePlant(address, timeout_s=0.3) as plant:
