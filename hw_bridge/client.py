@@ -122,6 +122,9 @@ class RemotePlant:
                             deadline_ns=...))
         plant.counters()["late"]                           # misses the plant itself saw
 
+    `clock`: the controller's clock, for timestamps, deadlines and timeouts; it must advance on
+    its own (a `MonotonicClock`, the default), since waits also happen on the socket.
+
     `keys_dir`: a directory made by `rtdiff keys` (uses `CLIENT_KEY.key_secret`, default
     `client.key_secret`, and `server.key`); when None, `$RTDIFF_KEYS` is used if set, else the
     link is plain TCP/IPC.
