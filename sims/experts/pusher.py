@@ -15,7 +15,10 @@ The target is a small state machine on the geometry, recomputed every tick:
 2. descend to puck height once above that point;
 3. push: aim the palm `min(lead_m, distance left)` beyond its contact point with the puck,
    so the push slows down near the goal; if the puck has slid off the line (palm no longer
-   behind it) go back to 1.
+   behind it) go back to 1;
+4. coast: once the puck's predicted rest point (it coasts tau * v on its damped slide joints)
+   is within `coast_tol_m` of the goal, back off and let it slide in; if it stops short or
+   is knocked away, go back to 1.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class PusherExpert(FeedbackExpert):
         k_rot: float = 1.0,
         hover_z_m: float = HOVER_Z_M,
         reach_tol_m: float = 0.04,
+        coast_tol_m: float = 0.04,
     ) -> None:
         super().__init__(task, spec, seed=seed)
         self.kp, self.kd, self.kpost, self.damping = kp, kd, kpost, damping
@@ -61,20 +65,35 @@ class PusherExpert(FeedbackExpert):
         self._jacr = np.zeros((3, m.nv))
         self.phase = "approach"
         self.k_rot = k_rot
-        self.hover_z_m, self.reach_tol_m = hover_z_m, reach_tol_m
+        self.hover_z_m, self.reach_tol_m, self.coast_tol_m = hover_z_m, reach_tol_m, coast_tol_m
+        # the puck's coasting time constant: (mass + armature) / damping of its slide joint
+        obj = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "object")
+        dof = m.jnt_dofadr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, "obj_slidex")]
+        self._coast_s = float((m.body_mass[obj] + m.dof_armature[dof]) / m.dof_damping[dof])
 
     def _reset_episode(self, obs: Observation) -> None:
         self.phase = "approach"
 
-    def target(self, tip: np.ndarray, puck: np.ndarray, goal: np.ndarray) -> np.ndarray:
-        """The palm's Cartesian target (3,) given palm (3,), puck (2,), goal (2,)."""
+    def target(
+        self, tip: np.ndarray, puck: np.ndarray, puck_vel: np.ndarray, goal: np.ndarray
+    ) -> np.ndarray:
+        """The palm's Cartesian target (3,) given palm (3,), puck (2,), its velocity (2,) and
+        the goal (2,)."""
         line = goal - puck
         d = line / max(1e-6, float(np.linalg.norm(line)))  # (2,) puck -> goal
         behind = puck - self.standoff_m * d
         rel = tip[:2] - puck
         along = float(rel @ d)  # < 0: palm is behind the puck
         across = abs(float(rel @ np.array([-d[1], d[0]])))
-        dist = float(np.linalg.norm(line))
+        # where the puck comes to rest if nothing touches it again: its slide joints are
+        # damped, v decays with time constant tau, so it coasts tau * v further
+        rest_dist = float(np.linalg.norm(goal - (puck + self._coast_s * puck_vel)))
+        if self.phase == "push" and rest_dist < self.coast_tol_m:
+            self.phase = "coast"
+        if self.phase == "coast":
+            if rest_dist < 2 * self.coast_tol_m:  # let it slide in: back off along the line
+                return np.array([behind[0], behind[1], self.push_z_m])
+            self.phase = "approach"
         if self.phase == "push" and (along > 0.0 or across > 0.1):
             self.phase = "approach"
         if self.phase == "approach":
@@ -85,8 +104,8 @@ class PusherExpert(FeedbackExpert):
                 z = self.hover_z_m if far else self.push_z_m
                 return np.array([behind[0], behind[1], z])
         # the palm touches the puck at ~PALM_TO_PUCK_M behind its centre; aiming the palm
-        # min(lead, distance left) beyond that point slows the push down as the puck nears the
-        # goal, so the puck (0.1 kg, sliding on damped joints) does not overshoot it
+        # min(lead, distance left) beyond that point slows the push near the goal
+        dist = float(np.linalg.norm(line))
         ahead = puck + (min(self.lead_m, dist) - PALM_TO_PUCK_M) * d
         return np.array([ahead[0], ahead[1], self.push_z_m])
 
@@ -104,7 +123,8 @@ class PusherExpert(FeedbackExpert):
         r_des = np.array([[u[0], -u[1], 0.0], [u[1], u[0], 0.0], [0.0, 0.0, 1.0]])
         r_cur = d.xmat[self._tip].reshape(3, 3)
         rot_err = 0.5 * sum(np.cross(r_cur[:, i], r_des[:, i]) for i in range(3))
-        e = np.concatenate([self.target(tip, state[14:16], goal) - tip, self.k_rot * rot_err])
+        goal_tip = self.target(tip, state[14:16], state[16:18], goal)
+        e = np.concatenate([goal_tip - tip, self.k_rot * rot_err])
         # damped least squares: a joint step that moves the palm by e, bounded near the
         # stretched-arm singularity the episode starts in; plus a posture pull in its null space
         jjt = jac @ jac.T + self.damping * np.eye(6)
