@@ -1,6 +1,10 @@
 """Push-recovery ablation of the rolling planner's re-noising, in lockstep on a simulated plant.
 
     python -m policies.evaluate --policy rolling:double-pendulum --episodes 12 --json
+    python -m policies.evaluate dither --task bimodal --episodes 50 --json
+
+The second form runs several planners on `bimodal` and reports, beside success, how often per
+episode the executed lateral command switches sign before the block (dithering between modes).
 
 Variants of the same checkpoint (only the planner's re-noising differs):
 - `renoise`: surprise-driven re-noising as calibrated in the checkpoint (the default planner);
@@ -108,7 +112,108 @@ def run_episodes(
     }
 
 
+def run_dither(
+    planner: Any,
+    plant: Any,
+    *,
+    episodes: int,
+    seed: int,
+    steps_per_tick: int,
+    lateral_idx: int,
+    along_idx: int,
+    until: float,
+    deadband: float,
+) -> dict[str, Any]:
+    """Success and mode switches: sign changes of the lateral command (|a| > deadband) while the
+    agent is still before the obstacle (state[along_idx] < until)."""
+    successes, switches = 0, []
+    for ep in range(episodes):
+        obs = plant.reset(seed=seed + ep)
+        planner.reset(obs)
+        k, n_sw, last_sign = 0, 0, 0
+        while True:
+            if k > 0:
+                planner.observe(obs)
+            for _ in range(steps_per_tick):
+                if planner.refine(0) <= 0:
+                    break
+            a = planner.action().copy()
+            if float(np.asarray(obs.state)[along_idx]) < until and abs(a[lateral_idx]) > deadband:
+                sign = 1 if a[lateral_idx] > 0 else -1
+                n_sw += last_sign != 0 and sign != last_sign
+                last_sign = sign
+            plant.apply(Command(seq=k, t_ns=0, action=a, deadline_ns=0))
+            obs = plant.observe()
+            k += 1
+            if obs.done:
+                break
+        successes += bool(obs.info.get("success", False))
+        switches.append(n_sw)
+    sw = np.asarray(switches, dtype=np.float64)
+    return {
+        "episodes": episodes,
+        "success_rate": successes / episodes,
+        "switches_per_episode": round(float(sw.mean()), 2),
+        "episodes_with_switch": int((sw > 0).sum()),
+    }
+
+
+def main_dither(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m policies.evaluate dither")
+    p.add_argument(
+        "--policies", default="rolling:bimodal,chunked:bimodal,pertick:bimodal,mlp:bimodal"
+    )
+    p.add_argument("--task", default="bimodal")
+    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--steps-per-tick", type=int, default=1)
+    p.add_argument("--lateral-idx", type=int, default=0)
+    p.add_argument("--along-idx", type=int, default=1)
+    p.add_argument("--until", type=float, default=1.0, help="count switches while along < this")
+    p.add_argument("--deadband", type=float, default=0.1)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    from policies import load_planner
+    from sims import make_plant
+    from sims.experts import make_expert
+
+    out: dict[str, Any] = {"task": args.task, "seed": args.seed, "results": {}}
+    for policy in args.policies.split(","):
+        plant = make_plant(args.task)
+        planner: Any = None
+        try:
+            spec = plant.spec()
+            if policy == "expert":
+                planner = make_expert(spec.name, spec)
+            else:
+                planner = load_planner(policy, spec=spec, seed=args.seed)
+            res = run_dither(
+                planner,
+                plant,
+                episodes=args.episodes,
+                seed=args.seed,
+                steps_per_tick=args.steps_per_tick,
+                lateral_idx=args.lateral_idx,
+                along_idx=args.along_idx,
+                until=args.until,
+                deadband=args.deadband,
+            )
+        finally:
+            plant.close()
+            close = getattr(planner, "close", None)
+            if close is not None:
+                close()
+        out["results"][policy] = res
+        sys.stderr.write(f"{policy}: {res}\n")
+    print(json.dumps(out) if args.json else out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["dither"]:
+        return main_dither(argv[1:])
     p = argparse.ArgumentParser(
         prog="python -m policies.evaluate", description=__doc__.split("\n")[0]
     )
