@@ -6,6 +6,7 @@ Public API:
     Episode / load_episodes(path).
 """
 
+from sims.datasets import Episode, load_episodes
 from sims.disturbances import DisturbanceConfig
 from sims.plant import MujocoPlant, make_plant
 from sims.registry import get_task, make_env, plant_spec, task_names
@@ -13,10 +14,12 @@ from sims.tasks.base import TaskEnv, TaskInfo
 
 __all__ = [
     "DisturbanceConfig",
+    "Episode",
     "MujocoPlant",
     "TaskEnv",
     "TaskInfo",
     "get_task",
+    "load_episodes",
     "make_env",
     "make_plant",
     "plant_spec",

@@ -188,13 +188,16 @@ class MujocoPlant:
     def step_realtime_tick(self) -> bool:
         """One realtime plant tick: apply the newest held command (or hold), step physics.
 
-        Returns False (and does nothing) when the episode is over or not started.
+        Returns False (and does nothing) when the episode is over or not started, or when the
+        clock has not reached the scheduled tick yet.
         """
         with self._lock:
             if self._obs is None or self._obs.done:
                 return False
             now = self._clock.now_ns()
             scheduled = self._next_tick_ns
+            if now < scheduled:  # not due (a reset moved the schedule while we slept)
+                return False
             self.tick_lateness_ns.append(now - scheduled)
             if now - scheduled > self._period_ns:
                 self._counts["overruns"] += 1

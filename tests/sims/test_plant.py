@@ -138,3 +138,12 @@ def test_bad_commands_and_modes_are_refused():
     plant.reset()
     with pytest.raises(ValueError, match="shape \\(1,\\)"):
         plant.apply(Command(0, 0, np.zeros(3), 0))
+
+
+def test_a_realtime_tick_that_is_not_due_yet_does_nothing():
+    clock = FakeClock()
+    plant = MujocoPlant("double-pendulum", mode="realtime", clock=clock, run_thread=False)
+    plant.reset(seed=0)
+    clock.advance_ns(PERIOD_NS // 2)
+    assert not plant.step_realtime_tick()
+    assert plant.counters()["ticks"] == 0
