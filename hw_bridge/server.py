@@ -9,7 +9,9 @@ states at its high-water mark, never delays the plant) and clients drain to the 
 The protocol logic is `ServerCore`, which sees bytes and a clock and never touches a socket, so
 the watchdog, limits, takeover and fuzz behaviour are tested on a `FakeClock`. `PlantServer`
 wraps it in a single-threaded event loop: in `realtime` mode it ticks at the plant's rate
-(watchdog check, observe, publish) and handles messages between ticks; in `lockstep` mode each
+(watchdog check, observe, publish; just after the plant's own tick when the plant paces itself
+and says when, as `MujocoPlant.next_tick_ns` does) and hands each valid command to the plant
+the moment it arrives; in `lockstep` mode each
 valid command steps the plant once and the new state goes out at once (the plant's time stands
 still between commands, so the watchdog has nothing to guard there and stays off).
 
