@@ -8,11 +8,13 @@ limits. Controller side: `RemotePlant` is a `runtime.Plant` over the link, `Remo
 
 from typing import Any
 
-from hw_bridge.client import BridgeError, ClockSync, RemotePlant
+from hw_bridge.client import BridgeError, RemotePlant
+from hw_bridge.clocksync import ClockSync
 from hw_bridge.codec import PROTOCOL_VERSION, ProtocolError, decode, encode
+from hw_bridge.core import SafetyEvent, ServerConfig, ServerCore
 from hw_bridge.driver import Driver, FirstOrderMotor, motor_spec
 from hw_bridge.safety import ActionLimiter, ActionRejected, Watchdog
-from hw_bridge.server import PlantServer, SafetyEvent, ServerConfig, ServerCore
+from hw_bridge.server import PlantServer
 
 __all__ = [
     "PROTOCOL_VERSION",

@@ -31,13 +31,14 @@ import logging
 import os
 import random
 import select
-from collections import Counter, deque
+from collections import Counter
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import zmq
 
+from hw_bridge.clocksync import ClockSync
 from hw_bridge.codec import (
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
@@ -73,30 +74,6 @@ def _info_from_wire(info: dict[str, Any]) -> dict[str, Any]:
 
 class BridgeError(ConnectionError):
     """The link could not be made or used: no server, refused, or a layout/version mismatch."""
-
-
-class ClockSync:
-    """NTP-style offset = server_clock - client_clock, from (t1, t2, t3, t4) samples.
-
-    t1 client send, t2 server receive, t3 server send, t4 client receive:
-    offset = ((t2 - t1) + (t3 - t4)) / 2, round trip = (t4 - t1) - (t3 - t2).
-    """
-
-    def __init__(self, window: int = 16) -> None:
-        self.samples: deque[tuple[int, int]] = deque(maxlen=window)  # (rtt_ns, offset_ns)
-        self.offset_ns = 0
-        self.rtt_ns = 0
-
-    def add(self, t1: int, t2: int, t3: int, t4: int) -> None:
-        rtt = (t4 - t1) - (t3 - t2)
-        if rtt < 0:
-            return
-        self.samples.append((rtt, ((t2 - t1) + (t3 - t4)) // 2))
-        self.rtt_ns, self.offset_ns = min(self.samples)
-
-    def reset(self) -> None:
-        self.samples.clear()
-        self.offset_ns = self.rtt_ns = 0
 
 
 CLIENT_COUNTERS = (

@@ -1,0 +1,528 @@
+"""`ServerCore`: the plant side of protocol v1 as a state machine, without sockets.
+
+Bytes and a clock in, (identity, bytes) out: `handle(ident, payload)` for each received frame,
+`tick()` once per plant period in realtime mode; outgoing frames collect in `outbox` for the
+socket loop (`hw_bridge.server.PlantServer`) to send. Keeping sockets out makes the watchdog,
+the limits, the takeover rule and the fuzz behaviour testable on a `FakeClock`, frame by frame.
+
+Processing order of a frame (docs/protocol.md, section 6): size and msgpack -> header and field
+types -> `hello` (any time) -> session -> strictly increasing `seq` -> type rules. Commands then
+pass: controller only -> stream not latched by the watchdog -> deadline (realtime) -> shape and
+finiteness -> clamp and rate limit -> `plant.apply`. Everything refused is counted and answered
+with an `error` naming the message's `seq`.
+
+Control rule (one controller at a time): a `hello` with role `control` is granted when nobody
+controls the plant, when the current controller's lease lapsed (no valid message for
+`lease_ms`), or when the hello says `takeover: true` (the old controller is told `taken_over`
+and demoted to an observer). Otherwise it is refused with `busy`. Observers are unlimited.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from hw_bridge.codec import (
+    MAX_MSG_BYTES,
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    ProtocolError,
+    decode,
+    decode_array,
+    encode,
+    message,
+    obs_to_wire,
+    spec_to_wire,
+)
+from hw_bridge.safety import ActionLimiter, ActionRejected, Watchdog
+from runtime.protocols import Clock, Command, FloatArray, Observation, Plant
+
+log = logging.getLogger("hw_bridge")
+
+COUNTER_NAMES = (
+    "received",  # frames received
+    "bad_message",  # undecodable or ill-typed frames
+    "bad_version",  # a protocol version this server does not speak
+    "unknown_peer",  # a non-hello message from a peer without a session
+    "out_of_order",  # seq not greater than the peer's last (replays, reordering)
+    "unauthorized",  # commands or resets from a peer that is not the controller
+    "refused",  # control hellos refused (busy, version, layout mismatch)
+    "stale_stream",  # commands of a stream latched by a watchdog trip
+    "rejected",  # actions never applied: wrong shape, NaN or inf
+    "late",  # commands whose deadline passed before they arrived (realtime)
+    "applied",  # commands handed to the plant
+    "clamped",  # applied commands clamped into the action box
+    "rate_limited",  # applied commands slowed by the rate limit
+    "watchdog_trips",  # safety events: controller silent for longer than watchdog_ms
+    "safe_applied",  # safe actions handed to the plant
+    "resets",
+    "states_sent",
+    "send_dropped",  # outgoing frames dropped at a full queue (slow reader)
+    "overruns",  # realtime ticks that started more than one period late
+    "apply_errors",  # the plant raised on apply/reset (e.g. apply after the episode ended)
+)
+
+
+@runtime_checkable
+class HasSafeAction(Protocol):
+    def safe_action(self, state: FloatArray) -> FloatArray: ...
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Plant-side settings, all advertised to clients in `welcome.limits`."""
+
+    mode: Literal["lockstep", "realtime"] = "lockstep"
+    watchdog_ms: float = 100.0  # realtime: no valid command this long -> safe action
+    lease_ms: float = 1000.0  # a controller silent this long loses control
+    heartbeat_ms: float = 100.0  # how often clients should send a heartbeat when idle
+    peer_timeout_ms: float = 30_000.0  # sessions silent this long are forgotten
+    safe_action: Literal["zero", "hold"] = "zero"  # used when the plant has no safe_action()
+    max_msg_bytes: int = MAX_MSG_BYTES
+    seed: int | None = None  # seed of the plant.reset done when serving starts
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("lockstep", "realtime"):
+            raise ValueError(f"{self.mode=} must be 'lockstep' or 'realtime'")
+        for name in ("watchdog_ms", "lease_ms", "heartbeat_ms", "peer_timeout_ms"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"{name}={value!r} must be > 0 ms")
+        if self.safe_action not in ("zero", "hold"):
+            raise ValueError(f"{self.safe_action=} must be 'zero' or 'hold'")
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "watchdog_ms": self.watchdog_ms,
+            "lease_ms": self.lease_ms,
+            "heartbeat_ms": self.heartbeat_ms,
+            "peer_timeout_ms": self.peer_timeout_ms,
+            "max_msg_bytes": self.max_msg_bytes,
+        }
+
+
+@dataclass
+class SafetyEvent:
+    """A logged safety event. `t_ns` on the server clock; `last_valid_ns` the last valid command."""
+
+    t_ns: int
+    kind: str  # "watchdog" | "goodbye" | "takeover"
+    detail: str
+    last_valid_ns: int
+    action: FloatArray = field(default_factory=lambda: np.zeros(0))  # (Da,) safe action applied
+
+
+@dataclass
+class _Peer:
+    role: str
+    name: str
+    last_seq: int
+    last_rx_ns: int
+
+
+class ServerCore:
+    """Protocol v1 state machine: bytes in, (identity, bytes) out; no sockets, time injected.
+
+    `handle(ident, payload)` and `tick()` append outgoing frames to `outbox`; the caller sends
+    them. `counters` (see COUNTER_NAMES) and `events` record everything refused or done.
+    """
+
+    def __init__(self, plant: Plant, config: ServerConfig, *, clock: Clock) -> None:
+        self.plant = plant
+        self.config = config
+        self.clock = clock
+        self.spec = plant.spec()
+        self.session = int.from_bytes(np.random.default_rng().bytes(6), "little")
+        self.counters: Counter[str] = Counter({k: 0 for k in COUNTER_NAMES})
+        self.events: list[SafetyEvent] = []
+        self.outbox: list[tuple[bytes, bytes]] = []
+        self.peers: dict[bytes, _Peer] = {}
+        self.controller: bytes | None = None
+        self.limiter = ActionLimiter(
+            low=self.spec.action_low,
+            high=self.spec.action_high,
+            max_rate_per_s=self.spec.max_action_rate_per_s,
+        )
+        self.watchdog = Watchdog(timeout_ns=round(config.watchdog_ms * 1e6))
+        self.safe = False  # latched after a trip or goodbye until a fresh stream applies
+        self._safe_action: FloatArray | None = None
+        self.ack_seq = -1
+        self.reset_seq = -1
+        self.last_apply_ns: int | None = None
+        self.state_seq = 0
+        self.last_obs: Observation | None = None
+        self.last_publish_ns = 0
+        self.keepalive_periods = 10  # an unchanged state is re-sent this often (liveness)
+        self.plant_seq = 0  # Command.seq handed to the plant: strictly increasing
+        self._published_ns: dict[int, int] = {}  # obs.seq -> when its state was published
+        # state-to-command round trips (ns): from publishing a state to receiving the command
+        # whose obs_seq names it; what `rtdiff bench bridge` reports
+        self.reaction_ns: deque[int] = deque(maxlen=1_000_000)
+        self._spec_wire = spec_to_wire(self.spec)
+        self._lease_ns = round(config.lease_ms * 1e6)
+        self._peer_timeout_ns = round(config.peer_timeout_ms * 1e6)
+        self._realtime = config.mode == "realtime"
+
+    # -- start -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.last_obs = self.plant.reset(self.config.seed)
+        self._safe_now()  # the rate limit starts from the plant at rest, not from anywhere
+
+    # -- outgoing ----------------------------------------------------------------------------------
+
+    def _send(self, ident: bytes, kind: str, **fields: Any) -> None:
+        self.outbox.append((ident, encode(message(kind, 0, self.clock.now_ns(), **fields))))
+
+    def _error(
+        self, ident: bytes, code: str, text: str, ref_seq: int | None, *, fatal: bool
+    ) -> None:
+        self._send(ident, "error", code=code, message=text, ref_seq=ref_seq, fatal=fatal)
+
+    def publish(self, obs: Observation | None = None) -> None:
+        """Observe (unless given) and send one state message to every session."""
+        if obs is None:
+            obs = self.plant.observe()
+        self.last_obs = obs
+        self.last_publish_ns = self.clock.now_ns()
+        self._published_ns[obs.seq] = self.last_publish_ns
+        if len(self._published_ns) > 16:
+            del self._published_ns[next(iter(self._published_ns))]
+        self.state_seq += 1
+        payload = encode(
+            message(
+                "state",
+                self.state_seq,
+                self.clock.now_ns(),
+                obs=obs_to_wire(
+                    obs.seq,
+                    obs.t_ns,
+                    obs.state,
+                    obs.goal,
+                    obs.reward,
+                    obs.terminated,
+                    obs.truncated,
+                    obs.info,
+                ),
+                ack_seq=self.ack_seq,
+                reset_seq=self.reset_seq,
+                safe=self.safe,
+            )
+        )
+        for ident in self.peers:
+            self.outbox.append((ident, payload))
+        self.counters["states_sent"] += len(self.peers)
+
+    def all_counters(self) -> dict[str, int]:
+        """Server counters plus the plant's own, the latter prefixed `plant_`."""
+        out = {k: int(v) for k, v in self.counters.items()}
+        for k, v in self.plant.counters().items():
+            out[f"plant_{k}"] = int(v)
+        return out
+
+    # -- incoming ----------------------------------------------------------------------------------
+
+    def handle(self, ident: bytes, payload: bytes) -> None:
+        now = self.clock.now_ns()
+        self.counters["received"] += 1
+        try:
+            msg = decode(payload, max_bytes=self.config.max_msg_bytes)
+        except ProtocolError as exc:
+            self.counters[exc.code] += 1
+            self._error(ident, exc.code, str(exc), None, fatal=False)
+            return
+        kind = msg["type"]
+        if kind == "hello":
+            self._hello(ident, msg, now)
+            return
+        peer = self.peers.get(ident)
+        if peer is None:
+            self.counters["unknown_peer"] += 1
+            self._error(ident, "unknown_peer", "no session: send hello", msg["seq"], fatal=False)
+            return
+        seq: int = msg["seq"]
+        if msg["v"] != PROTOCOL_VERSION:
+            self.counters["bad_version"] += 1
+            self._error(
+                ident, "bad_version", f"session speaks v{PROTOCOL_VERSION}", seq, fatal=False
+            )
+            return
+        if seq <= peer.last_seq:
+            self.counters["out_of_order"] += 1
+            self._error(
+                ident, "out_of_order", f"seq {seq} <= last {peer.last_seq}", seq, fatal=False
+            )
+            return
+        if kind == "command":
+            if ident != self.controller:
+                self.counters["unauthorized"] += 1
+                self._error(ident, "not_controller", "this session only observes", seq, fatal=False)
+                return
+            peer.last_seq, peer.last_rx_ns = seq, now
+            self._command(ident, msg, now)
+        elif kind == "heartbeat":
+            peer.last_seq, peer.last_rx_ns = seq, now
+            self._send(
+                ident,
+                "heartbeat",
+                echo_seq=seq,
+                echo_t_ns=msg["t_ns"],
+                rx_t_ns=now,
+                counters=self.all_counters(),
+                safe=self.safe,
+            )
+        elif kind == "reset":
+            if ident != self.controller:
+                self.counters["unauthorized"] += 1
+                self._error(ident, "not_controller", "only the controller resets", seq, fatal=False)
+                return
+            peer.last_seq, peer.last_rx_ns = seq, now
+            self.counters["resets"] += 1
+            try:
+                obs = self.plant.reset(msg.get("seed"))
+            except Exception as exc:  # the plant's own refusal goes back to the client
+                self.counters["apply_errors"] += 1
+                self._error(ident, "plant_error", f"reset: {exc}", seq, fatal=False)
+                return
+            self.last_obs = obs
+            self.limiter.reset()
+            self._safe_now()
+            self.last_apply_ns = None
+            self.reset_seq = seq
+            self.publish(obs)
+        elif kind == "goodbye":
+            self._drop(ident, now, reason=str(msg.get("reason", "")))
+        else:
+            self.counters["bad_message"] += 1
+            self._error(ident, "bad_message", f"a client does not send {kind!r}", seq, fatal=False)
+
+    def _hello(self, ident: bytes, msg: dict[str, Any], now: int) -> None:
+        seq: int = msg["seq"]
+        common = set(msg["versions"]) & set(SUPPORTED_VERSIONS)
+        if not common:
+            self.counters["bad_version"] += 1
+            self.counters["refused"] += 1
+            self._error(
+                ident,
+                "bad_version",
+                f"server speaks {list(SUPPORTED_VERSIONS)}, client offered {msg['versions']}",
+                seq,
+                fatal=True,
+            )
+            return
+        expect = msg.get("expect") or {}
+        wanted = {
+            k: expect[k] for k in ("name", "state_dim", "action_dim", "rate_hz") if k in expect
+        }
+        have = {k: self._spec_wire[k] for k in wanted}
+        if wanted != have:
+            self.counters["refused"] += 1
+            self._error(
+                ident, "mismatch", f"client expects {wanted}, plant is {have}", seq, fatal=True
+            )
+            return
+        role: str = msg["role"]
+        name = str(msg.get("name", ""))
+        if role == "control":
+            self._expire_lease(now)
+            current = self.controller
+            if current is not None and current != ident:
+                if not msg.get("takeover", False):
+                    self.counters["refused"] += 1
+                    holder = self.peers[current].name if current in self.peers else "?"
+                    self._error(
+                        ident,
+                        "busy",
+                        f"plant is controlled by {holder!r}; retry when its lease "
+                        f"({self.config.lease_ms:g} ms) lapses, or send takeover=true",
+                        seq,
+                        fatal=False,
+                    )
+                    return
+                self._error(
+                    current, "taken_over", f"control taken over by {name!r}", None, fatal=False
+                )
+                if current in self.peers:
+                    self.peers[current].role = "observe"
+                self._event(now, "takeover", f"control taken over by {name!r}")
+            if current != ident:
+                self.watchdog.disarm()
+                self.ack_seq = -1
+            self.controller = ident
+        elif self.controller == ident:
+            self.controller = None
+        self.peers[ident] = _Peer(role=role, name=name, last_seq=seq, last_rx_ns=now)
+        self._send(
+            ident,
+            "welcome",
+            version=max(common),
+            session=self.session,
+            role=role,
+            mode=self.config.mode,
+            spec=self._spec_wire,
+            limits=self.config.to_wire(),
+            echo_t_ns=msg["t_ns"],
+            rx_t_ns=now,
+        )
+        log.info("hw_bridge: %s %r joined (%d sessions)", role, name, len(self.peers))
+        if self.last_obs is not None:  # a first state at once, so the client never waits a tick
+            self.publish(self.last_obs)
+
+    def _command(self, ident: bytes, msg: dict[str, Any], now: int) -> None:
+        seq: int = msg["seq"]
+        stream: int = msg["stream"]
+        sent = self._published_ns.get(msg["obs_seq"])
+        if sent is not None:  # state out -> command (computed from it) in, on our clock
+            self.reaction_ns.append(now - sent)
+        if not self.watchdog.accepts(stream):
+            self.counters["stale_stream"] += 1
+            self._error(
+                ident,
+                "stream_tripped",
+                f"stream {stream} was stopped; start a fresh one",
+                seq,
+                fatal=False,
+            )
+            return
+        deadline = msg["deadline_ns"]
+        if self._realtime and deadline is not None and now > deadline:
+            self.counters["late"] += 1
+            self._error(
+                ident, "late", f"arrived {(now - deadline) / 1e6:.3f} ms late", seq, fatal=False
+            )
+            return
+        try:
+            action = decode_array(
+                msg["action"], field="command.action", shape=(self.spec.action_dim,)
+            )
+            if self._realtime and self.last_apply_ns is not None:
+                dt_s = (now - self.last_apply_ns) * 1e-9
+            else:
+                dt_s = self.spec.period_s
+            res = self.limiter.limit(action, dt_s=dt_s)
+        except (ProtocolError, ActionRejected) as exc:
+            self.counters["rejected"] += 1
+            self._error(ident, "rejected", str(exc), seq, fatal=False)
+            return
+        self.counters["clamped"] += int(res.clamped)
+        self.counters["rate_limited"] += int(res.rate_limited)
+        self.plant_seq += 1
+        cmd = Command(
+            seq=self.plant_seq,  # the server's order, so a restarted controller is not "stale"
+            t_ns=now,
+            action=res.action,
+            deadline_ns=deadline if deadline is not None else now + self.spec.period_ns,
+            fallback=str(msg.get("fallback", "")),
+        )
+        try:
+            self.plant.apply(cmd)
+        except Exception as exc:  # e.g. a lockstep sim refusing apply after its episode ended
+            self.counters["apply_errors"] += 1
+            self._error(ident, "plant_error", f"apply: {exc}", seq, fatal=False)
+            return
+        self.counters["applied"] += 1
+        self.last_apply_ns = now
+        if self.safe:
+            log.warning("hw_bridge: control resumed on fresh command stream %d", stream)
+        self.safe = False
+        self.watchdog.feed(stream=stream, now_ns=now)
+        self.ack_seq = seq
+        if not self._realtime:
+            self.publish()
+
+    def _drop(self, ident: bytes, now: int, *, reason: str) -> None:
+        self.peers.pop(ident, None)
+        if ident == self.controller:
+            self.controller = None
+            if self.watchdog.armed and self._realtime:
+                self._go_safe(now, "goodbye", f"controller left ({reason or 'goodbye'})")
+            self.watchdog.disarm()
+
+    def _expire_lease(self, now: int) -> None:
+        ctl = self.controller
+        if ctl is not None and now - self.peers[ctl].last_rx_ns > self._lease_ns:
+            log.warning("hw_bridge: controller %r lost its lease", self.peers[ctl].name)
+            self.peers[ctl].role = "observe"
+            self.controller = None
+
+    # -- time ----------------------------------------------------------------------------------
+
+    def _event(self, now: int, kind: str, detail: str, action: FloatArray | None = None) -> None:
+        ev = SafetyEvent(now, kind, detail, self.watchdog.last_valid_ns)
+        if action is not None:
+            ev.action = action
+        self.events.append(ev)
+        log.warning("hw_bridge: safety event %s: %s", kind, detail)
+
+    def _safe_now(self) -> FloatArray:
+        raw: FloatArray
+        if isinstance(self.plant, HasSafeAction):
+            state = (
+                self.last_obs.state if self.last_obs is not None else np.zeros(self.spec.state_dim)
+            )
+            raw = np.asarray(self.plant.safe_action(state), dtype=np.float64)
+        elif self.config.safe_action == "hold" and self.limiter.last is not None:
+            raw = self.limiter.last
+        else:
+            raw = np.zeros(self.spec.action_dim)
+        return self.limiter.safe(raw)
+
+    def _apply_safe(self, now: int) -> None:
+        action = self._safe_action if self._safe_action is not None else self._safe_now()
+        self.plant_seq += 1
+        cmd = Command(
+            seq=self.plant_seq,
+            t_ns=now,
+            action=action,
+            deadline_ns=now + 2 * self.spec.period_ns,
+            fallback="watchdog",
+        )
+        try:
+            self.plant.apply(cmd)
+        except Exception as exc:
+            self.counters["apply_errors"] += 1
+            log.error("hw_bridge: the plant refused its safe action: %s", exc)
+            return
+        self.counters["safe_applied"] += 1
+
+    def _go_safe(self, now: int, kind: str, detail: str) -> None:
+        self.safe = True
+        self._safe_action = None
+        self._safe_action = self._safe_now()
+        self._apply_safe(now)
+        self._event(now, kind, detail, self._safe_action)
+
+    def tick(self) -> bool:
+        """Realtime: watchdog, leases, and publish the state if the plant has a new one (or
+        nothing went out for `keepalive_periods`). Returns whether a state was published.
+
+        The safe action is applied once, at the trip: plants hold their last command (a
+        `Driver`'s hardware does; `MujocoPlant` counts the held ticks)."""
+        now = self.clock.now_ns()
+        if self.watchdog.check(now_ns=now):
+            self.counters["watchdog_trips"] += 1
+            silent_ms = (now - self.watchdog.last_valid_ns) / 1e6
+            self._go_safe(now, "watchdog", f"no valid command for {silent_ms:.1f} ms")
+        self.housekeeping(now)
+        obs = self.plant.observe()
+        last = self.last_obs
+        if (
+            last is not None
+            and obs.seq == last.seq
+            and now - self.last_publish_ns < self.keepalive_periods * self.spec.period_ns
+        ):
+            return False
+        self.publish(obs)
+        return True
+
+    def housekeeping(self, now: int) -> None:
+        self._expire_lease(now)
+        for ident in [
+            i for i, p in self.peers.items() if now - p.last_rx_ns > self._peer_timeout_ns
+        ]:
+            log.info("hw_bridge: forgot silent session %r", self.peers[ident].name)
+            self._drop(ident, now, reason="silent")
