@@ -161,6 +161,7 @@ class RemotePlant:
         self._last_hb_ns = 0
         self._hb_sent: dict[int, int] = {}
         self._latest: Observation | None = None  # newest state received
+        self._latest_wire: dict[str, Any] = {}  # its `obs` map as received
         self.last_state_rx_ns = 0  # when it arrived (our clock)
         self._latest_state_seq = 0
         self._returned_state_seq = 0  # state seq last handed out by observe()
@@ -427,8 +428,10 @@ class RemotePlant:
             reward=float(o["reward"]),
             terminated=o["terminated"],
             truncated=o["truncated"],
+            stale=o.get("stale", False),  # the plant itself had nothing new
             info=_info_from_wire(o.get("info", {})),
         )
+        self._latest_wire = o  # validated; the source of stale copies (bytes are immutable)
         self._latest_state_seq = msg["seq"]
         self.last_state_rx_ns = self.clock.now_ns()
         self._ack_seq = msg["ack_seq"]
@@ -490,18 +493,25 @@ class RemotePlant:
             raise BridgeError(f"{self.address}: no state received yet")
         stale = self._latest_state_seq == self._returned_state_seq or not self._connected
         self._returned_state_seq = self._latest_state_seq
-        if stale:
-            self.counts["stale"] += 1
+        if not stale:
+            if obs.stale:
+                self.counts["stale"] += 1
+            return obs  # handed out once; a repeat is rebuilt below from the received bytes
+        self.counts["stale"] += 1
+        spec = self.spec()
+        # fresh arrays from the message as received: the caller may have changed the ones it
+        # was handed, and a stale observation must be the last state, exactly
+        state, goal = check_obs(self._latest_wire, state_dim=spec.state_dim, goal_dim=spec.goal_dim)
         return Observation(
             seq=obs.seq,
             t_ns=obs.t_ns,
-            state=obs.state,
-            goal=obs.goal,
+            state=state,
+            goal=goal,
             reward=obs.reward,
             terminated=obs.terminated,
             truncated=obs.truncated,
-            stale=stale or obs.stale,
-            info=obs.info,
+            stale=True,
+            info=dict(obs.info),
         )
 
     def observe(self) -> Observation:

@@ -383,6 +383,7 @@ def obs_to_wire(
     terminated: bool,
     truncated: bool,
     info: Mapping[str, Any],
+    stale: bool = False,
 ) -> dict[str, Any]:
     return {
         "seq": seq,
@@ -393,6 +394,7 @@ def obs_to_wire(
         "terminated": bool(terminated),
         "truncated": bool(truncated),
         "info": _info_to_wire(info),
+        "stale": bool(stale),
     }
 
 
@@ -416,6 +418,7 @@ def check_obs(d: Any, *, state_dim: int, goal_dim: int) -> tuple[FloatArray, Flo
         and (te is True or te is False)
         and (tr is True or tr is False)
         and type(d.get("info", _EMPTY)) is dict
+        and ((st := d.get("stale", False)) is True or st is False)
     ):
         return (
             decode_array(d.get("state"), field="state.obs.state", shape=(state_dim,)),
@@ -427,6 +430,8 @@ def check_obs(d: Any, *, state_dim: int, goal_dim: int) -> tuple[FloatArray, Flo
         raise ProtocolError("bad_message", "state.obs.reward/terminated: ill-typed")
     if not (_k_bool(d.get("truncated")) and isinstance(d.get("info", {}), dict)):
         raise ProtocolError("bad_message", "state.obs.truncated/info: ill-typed")
+    if not _k_bool(d.get("stale", False)):
+        raise ProtocolError("bad_message", "state.obs.stale: expected a bool")
     state = decode_array(d.get("state"), field="state.obs.state", shape=(state_dim,))
     goal = decode_array(d.get("goal"), field="state.obs.goal", shape=(goal_dim,))
     return state, goal

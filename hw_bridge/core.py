@@ -207,6 +207,7 @@ class ServerCore:
                     obs.terminated,
                     obs.truncated,
                     obs.info,
+                    stale=obs.stale,
                 ),
                 ack_seq=self.ack_seq,
                 reset_seq=self.reset_seq,

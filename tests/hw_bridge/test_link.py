@@ -152,3 +152,21 @@ def test_a_controller_whose_lease_lapsed_gets_control_back_when_nobody_else_has_
         plant.apply(_cmd(0, 0.1, plant.clock.now_ns()))  # refused once, re-asked, re-sent
         assert plant.counters()["applied"] == 1
         plant.reset(seed=1)
+
+
+class _StuckSensor(FirstOrderMotor):
+    """A motor whose encoder stopped updating: every read repeats the first one."""
+
+    def read(self) -> tuple[np.ndarray, int]:
+        if not hasattr(self, "_frozen"):
+            self._frozen = super().read()
+        return self._frozen[0].copy(), self._frozen[1]
+
+
+def test_the_plants_own_stale_flag_reaches_the_controller(serve) -> None:
+    rs = serve(_StuckSensor(mode="realtime"), mode="realtime")
+    with RemotePlant(rs.address) as plant:
+        plant.next_observation(1.0)
+        obs = plant.next_observation(1.0)  # a new message, but not a new reading
+        assert obs.stale
+        assert plant.counters()["plant_stale_reads"] > 0
