@@ -74,7 +74,7 @@ class HasSafeAction(Protocol):
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Plant-side settings, all advertised to clients in `welcome.limits`."""
+    """Plant-side settings; the timing limits are advertised to clients in `welcome.limits`."""
 
     mode: Literal["lockstep", "realtime"] = "lockstep"
     watchdog_ms: float = 100.0  # realtime: no valid command this long -> safe action
