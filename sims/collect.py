@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from runtime import Command
-from sims.datasets import Episode, is_dataset, write_dataset
+from sims.datasets import Episode, is_dataset, require_hdf5, write_dataset
 from sims.experts import make_expert
 from sims.plant import MujocoPlant
 from sims.registry import get_task
@@ -163,6 +163,7 @@ def collect(cfg: CollectConfig, *, progress: bool = True) -> dict[str, Any]:
     """Collect and write a dataset atomically to `cfg.out`; returns a summary."""
     out = cfg.out
     _check_out(out)
+    require_hdf5()  # before the collection, not after it
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -218,7 +219,10 @@ def cli_collect(args: argparse.Namespace) -> int:
         raise CliError(exc.args[0]) from None
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    meta = collect(cfg)
+    try:
+        meta = collect(cfg)
+    except ImportError as exc:
+        raise CliError(str(exc)) from None
     print(
         f"wrote {meta['episodes']} episodes ({meta['ticks']} ticks) of {cfg.task} to "
         f"{cfg.out}; expert success {meta['success_rate']:.0%}"

@@ -66,6 +66,16 @@ class Episode:
         return int(self.actions.shape[0])
 
 
+def require_hdf5() -> None:
+    """Minari's HDF5 backend needs h5py (the `minari[hdf5]` extra); say so in one line."""
+    try:
+        import h5py  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "rtdiff datasets are Minari/HDF5 and need h5py: pip install 'minari[hdf5]'"
+        ) from None
+
+
 def is_dataset(path: Path) -> bool:
     return (path / MARKER).is_file()
 
@@ -82,6 +92,7 @@ def write_dataset(
 
     `ends[i]` = (the expert's label (Da,) at episode i's final observation, terminated?).
     """
+    require_hdf5()
     from minari import __version__ as minari_version
     from minari.data_collector.episode_buffer import EpisodeBuffer
     from minari.dataset.minari_storage import MinariStorage
@@ -146,6 +157,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 def load_episodes(path: str | Path) -> list[Episode]:
     """Read a dataset written by `rtdiff collect` into a list of `Episode`s."""
+    require_hdf5()
     from minari.dataset.minari_storage import MinariStorage
 
     path = Path(path)
