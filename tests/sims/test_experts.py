@@ -49,6 +49,13 @@ def test_every_expert_is_a_planner_whose_refine_has_nothing_left_to_do():
         assert ex.refine(10**9) == 0
 
 
+@pytest.mark.parametrize("seed", [8, 9])
+def test_the_pusher_expert_succeeds_on_seeds_it_is_known_to_solve(seed):
+    # a regression guard: the expert solves about a third of the episodes (benchmarks.md)
+    obs = _episode("pusher", seed, disturbances=False)
+    assert obs.info["success"], obs.info
+
+
 def test_the_pusher_expert_moves_the_puck_towards_the_goal():
     plant = MujocoPlant("pusher", seed=1, disturbances=False)
     obs0 = plant.reset()
