@@ -58,3 +58,45 @@ class BimodalExpert(FeedbackExpert):
         speed = min(self.speed_m_s, 4.0 * dist)  # slow down on the goal
         v: np.ndarray = speed * e / max(dist, 1e-9)
         return v
+
+
+def ambiguity_ticks(n_starts: int = 60, *, tol_m: float = 0.01) -> np.ndarray:
+    """How long the side stays hidden: per expert trajectory, the ticks (before the block)
+    at which its position lies inside the band of the *other* mode's trajectories at the same
+    height (within `tol_m`). Both modes are run from the same `n_starts` seeded starts,
+    disturbances off. Returns (2 * n_starts,) tick counts.
+
+        python -c "from sims.experts.bimodal import ambiguity_ticks as a; print(a(60))"
+    """
+    from runtime import Command
+    from sims.plant import MujocoPlant
+
+    plant = MujocoPlant("bimodal", disturbances=False)
+    trajs: dict[int, list[np.ndarray]] = {-1: [], 1: []}
+    for mode in (-1, 1):
+        ex = BimodalExpert()
+        for seed in range(n_starts):
+            obs = plant.reset(seed=seed)
+            ex.reset(obs)
+            ex.mode, ex._wp = mode, 0
+            ex.observe(obs)
+            xy, k = [obs.state.copy()], 0
+            while not obs.done:
+                plant.apply(Command(k, 0, ex.action(), 0))
+                k += 1
+                obs = plant.observe()
+                ex.observe(obs)
+                xy.append(obs.state.copy())
+            trajs[mode].append(np.array(xy))  # (T+1, 2)
+    plant.close()
+    counts = []
+    for mode in (-1, 1):
+        for t in trajs[mode]:
+            n = 0
+            for x, y in t:
+                if y > BLOCK_Y_M - BLOCK_HALF_M[1]:
+                    break
+                others = [np.interp(y, o[:, 1], o[:, 0]) for o in trajs[-mode]]
+                n += min(others) - tol_m <= x <= max(others) + tol_m
+            counts.append(n)
+    return np.array(counts)

@@ -124,3 +124,11 @@ def test_averaging_the_bimodal_experts_two_modes_hits_the_block(disturbances):
             k += 1
             obs = plant.observe()
         assert obs.info["collided"] and not obs.info["success"], (seed, obs.info)
+
+
+def test_bimodal_hides_the_side_for_a_stretch_of_ticks():
+    from sims.experts.bimodal import ambiguity_ticks
+
+    counts = ambiguity_ticks(12)
+    assert counts.shape == (24,)
+    assert np.median(counts) >= 10  # ~17 with 60 starts (docs/tasks.md)
