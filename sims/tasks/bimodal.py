@@ -10,7 +10,8 @@ What keeps the mode hidden: the state is the position (x, y) only. With velocity
 measured velocity equals the last command and would reveal the side at once (the failure of a
 momentum-based prototype), so it is left out; and because x0 is spread over the block's
 width, the left paths from the right half and the right paths from the left half cover the
-same positions for y < ~0.34 m (about 20 ticks at the expert's 0.8 m/s): over that stretch
+same positions for y < 0.34 m (a median 17 ticks per trajectory, measured by
+`sims.experts.bimodal.ambiguity_ticks`): over that stretch
 the current observation does not tell the side. An averaging policy (regressing E[a | s])
 gets a lateral command near zero there, drifts to the middle and meets the block head on;
 a per-tick sampler picks a side afresh each tick and dithers; a planner that commits passes.
@@ -57,7 +58,7 @@ MJCF = f"""
 INFO = TaskInfo(
     name="bimodal",
     description="velocity-controlled disc passing a block on a side the expert picks at "
-    "random; the side is hidden from the state for ~20 ticks",
+    "random; the side is hidden from the state for a median 17 ticks",
     rate_hz=50.0,
     episode_ticks=250,
     action_low=(-1.0, -1.0),
