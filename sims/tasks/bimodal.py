@@ -12,9 +12,11 @@ momentum-based prototype), so it is left out; and because x0 is spread over the 
 width, the left paths from the right half and the right paths from the left half cover the
 same positions for y < 0.34 m (a median 17 ticks per trajectory, measured by
 `sims.experts.bimodal.ambiguity_ticks`): over that stretch
-the current observation does not tell the side. An averaging policy (regressing E[a | s])
-gets a lateral command near zero there, drifts to the middle and meets the block head on;
-a per-tick sampler picks a side afresh each tick and dithers; a planner that commits passes.
+the current observation does not tell the side. The expectation, to be measured on trained
+policies: an averaging policy (regressing E[a | s]) gets a lateral command near zero there
+and meets the block head on (the mean of the expert's two modes does, in every tested
+episode); a per-tick sampler picks a side afresh each tick and dithers; a planner that
+commits passes.
 """
 
 from __future__ import annotations
