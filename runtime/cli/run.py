@@ -32,8 +32,11 @@ def make_plant(address: str, *, mode: str, seed: int, rate_hz: float | None) -> 
         from sims import make_plant as make_sim_plant
 
         task = address[4:]
+        # In-process, the plant's pacing thread shares the GIL with the controller: its final
+        # spin must yield it (time.sleep(0)) or the tick thread stalls behind it.
+        clock = MonotonicClock(spin_ns=100_000, yield_in_spin=True)
         try:
-            return make_sim_plant(task, mode=mode, seed=seed, rate_hz=rate_hz)
+            return make_sim_plant(task, mode=mode, seed=seed, rate_hz=rate_hz, clock=clock)
         except (KeyError, ValueError) as exc:
             raise CliError(str(exc).strip("'\"")) from None
     if address.startswith(("tcp://", "ipc://")):
