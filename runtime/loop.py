@@ -144,6 +144,10 @@ class RunResult:
 ProgressFn = Callable[[int, int, list[EpisodeResult]], None]  # (ticks, misses, episodes)
 
 
+def _counter_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: int(v) - int(before.get(k, 0)) for k, v in after.items()}
+
+
 class ControlLoop:
     """Drives a `Plant` with a `Planner` on a `Clock`.
 
@@ -280,6 +284,9 @@ class ControlLoop:
             worker = RefineWorker(planner, latest, step_budget_ns=period)
             worker.mailbox.post(obs, reset=True)
             worker.start()
+        # A plant's counters run for its lifetime (a served plant outlives many controllers):
+        # this run reports what changed while it ran.
+        counters_before = dict(plant.counters())
         gc_policy = self.gc_policy
         if gc_policy is not None:
             gc_policy.start()
@@ -443,7 +450,7 @@ class ControlLoop:
         return RunResult(
             records=records,
             episodes=episode_results,
-            plant_counters=dict(plant.counters()),
+            plant_counters=_counter_delta(counters_before, plant.counters()),
             period_ns=period,
             mode=cfg.mode,
             trace_path=None if trace.path is None else str(trace.path),

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.cli import CliError
-from runtime.cli.demo import _free_port, _wait_for_server
+from runtime.cli.demo import _free_port, _run_args, _wait_for_server
 
 # planner name -> (policy argument with {task}, planner config overrides)
 PLANNERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -85,12 +85,10 @@ def run_cell(*, planner: str, task: str, address: str, rate_hz: float, seconds: 
 
     policy, overrides = PLANNERS[planner]
     name = f"{task}_{planner}_{rate_hz:g}hz_s{seed}{tag}"
-    args = argparse.Namespace(
-        policy=policy.format(task=task), plant=address, mode="realtime", rate=rate_hz,
-        seconds=seconds, episodes=None, steps_per_tick=None, refine="sync", fallback="hold",
-        trace=str(out_dir / "traces" / name), seed=seed, device="cpu", json=True,
-        overrides=overrides,
-    )
+    args = _run_args(policy.format(task=task), address, seconds, seed)
+    args.rate = rate_hz
+    args.trace = str(out_dir / "traces" / name)
+    args.overrides = overrides
     try:
         _, out = execute(args)
     except CliError as exc:

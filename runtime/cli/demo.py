@@ -35,10 +35,12 @@ def _free_port() -> int:
 
 
 def _run_args(policy: str, plant: str, seconds: float, seed: int) -> argparse.Namespace:
-    return argparse.Namespace(
-        policy=policy, plant=plant, mode="realtime", rate=None, seconds=seconds, episodes=None,
-        steps_per_tick=None, refine="sync", fallback="hold", trace=None, seed=seed,
-        device="cpu", json=True,
+    """`rtdiff run` arguments, parsed by the real parser so that defaults stay in one place."""
+    from runtime.cli import build_parser
+
+    return build_parser().parse_args(
+        ["run", "--policy", policy, "--plant", plant, "--mode", "realtime",
+         "--seconds", f"{seconds:g}", "--seed", str(seed), "--json"]
     )
 
 
@@ -55,7 +57,7 @@ def _row(name: str, out: dict[str, Any]) -> str:
     plant = out.get("plant_misses", "-")
     return (f"{name:<34}{out['ticks']:>7}{out['misses']:>8}{plant:>8}{100 * out['miss_rate']:>9.3f}"
             f"{lat['p99']:>10.3f}{comp['p99']:>10.3f}{out['episodes']:>6}"
-            f"{100 * out['success_rate']:>9.1f}")
+            + (f"{100 * out['success_rate']:>9.1f}" if out["episodes"] else f"{'-':>9}"))
 
 
 def cli_demo(args: argparse.Namespace) -> int:
@@ -65,10 +67,12 @@ def cli_demo(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     print("== 1/4  tick-loop jitter at 1 kHz (rtdiff bench tick) ==", flush=True)
-    bench = argparse.Namespace(
-        rate=1000.0, seconds=args.bench_seconds, step_us=50.0, tail_prob=0.01, tail_x=4.0,
-        budget_fraction=0.6, variants="sleep+gc,spin+frozen", spin_us=300.0, seed=args.seed,
-        heap_objects=500_000, json=False,
+    from runtime.cli import build_parser
+
+    bench = build_parser().parse_args(
+        ["bench", "tick", "--rate", "1000", "--seconds", f"{args.bench_seconds:g}",
+         "--variants", "sleep+gc,spin+frozen", "--heap-objects", "500000",
+         "--seed", str(args.seed)]
     )
     cli_bench_tick(bench)
 

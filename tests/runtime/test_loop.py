@@ -210,3 +210,14 @@ def test_stale_observations_are_counted_not_hidden() -> None:
                        LoopConfig(mode="realtime", steps_per_tick=1, align_to_plant=False))
     out = loop.run(ticks=41).to_json()
     assert out["stale_observations"] == 10  # ticks 1..40 observe; every 4th was stale
+
+
+def test_plant_counters_report_only_what_changed_during_the_run() -> None:
+    clock = FakeClock()
+    planner = CostPlanner(clock, step_ns=100_000)
+    planner.overrun_at, planner.overrun_ns = 3, 1_500_000
+    loop = realtime_loop(clock, planner, steps_per_tick=1)
+    loop.plant.late = 7  # type: ignore[attr-defined]  # a served plant's earlier sessions
+    result = loop.run(ticks=10)
+    assert result.plant_counters["late"] == 1
+    assert result.plant_counters["applied"] == len(result.records) - 1
