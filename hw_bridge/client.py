@@ -301,7 +301,7 @@ class RemotePlant:
             msg = decode(payload)
         except ProtocolError as exc:
             self.counts["errors"] += 1
-            log.warning("hw_bridge: undecodable message from server: %s", exc)
+            self._log_bad(f"undecodable message from server: {exc}")
             return
         kind = msg["type"]
         if kind == "welcome":
@@ -346,7 +346,10 @@ class RemotePlant:
         self._spec = spec
         self.mode = msg["mode"]
         self.limits = dict(msg["limits"])
-        self._hb_interval_ns = round(float(self.limits.get("heartbeat_ms", 100.0)) * 1e6)
+        hb_ms = self.limits.get("heartbeat_ms", 100.0)
+        if not (type(hb_ms) in (int, float) and 1.0 <= hb_ms <= 60_000.0):
+            hb_ms = 100.0  # an odd value from the server must not stall or flood the link
+        self._hb_interval_ns = round(hb_ms * 1e6)
         restarted = self._session is not None and msg["session"] != self._session
         self._session = msg["session"]
         self._connected = True
@@ -411,7 +414,7 @@ class RemotePlant:
             state, goal = check_obs(msg["obs"], state_dim=spec.state_dim, goal_dim=spec.goal_dim)
         except ProtocolError as exc:
             self.counts["errors"] += 1
-            log.warning("hw_bridge: bad state message: %s", exc)
+            self._log_bad(f"bad state message: {exc}")
             return
         if msg["seq"] <= self._latest_state_seq and self._latest is not None:
             return  # out of order (cannot happen on one connection; cheap to guard)
@@ -437,6 +440,11 @@ class RemotePlant:
         self._ack_seq = msg["ack_seq"]
         self._reset_seq = msg["reset_seq"]
         self._safe = msg["safe"]
+
+    def _log_bad(self, text: str) -> None:
+        n = self.counts["errors"]
+        if n <= 10 or n % 1000 == 0:  # a broken server must not flood the controller's log
+            log.warning("hw_bridge: %s (%d so far)", text, n)
 
     def _new_stream(self) -> None:
         self._stream = random.getrandbits(32)
