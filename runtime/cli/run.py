@@ -127,7 +127,24 @@ def summary_table(out: dict[str, Any]) -> str:
 def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
     """Build plant, planner and loop from parsed `rtdiff run` arguments and run it."""
     plant = make_plant(args.plant, mode=args.mode, seed=args.seed, rate_hz=args.rate)
+    served_mode = getattr(plant, "mode", args.mode)  # a served plant has its own mode
+    if served_mode != args.mode:
+        plant.close()
+        raise CliError(
+            f"the plant at {args.plant} runs in {served_mode} mode but --mode is {args.mode}; "
+            f"use --mode {served_mode}" + (" or serve it with --realtime" if args.mode ==
+                                           "realtime" else "")
+        )
     task = plant.spec().name
+    served_rate = plant.spec().rate_hz
+    if args.rate is not None and not args.plant.startswith("sim:") and (
+        abs(args.rate - served_rate) > 1e-6 * served_rate
+    ):
+        plant.close()
+        raise CliError(
+            f"the plant at {args.plant} runs at {served_rate:g} Hz but --rate is {args.rate:g}; "
+            "set the rate where the plant is served (rtdiff serve --rate)"
+        )
     try:
         planner = make_planner(args.policy, plant, device=args.device, seed=args.seed,
                                overrides=getattr(args, "overrides", None))
