@@ -96,3 +96,29 @@ def test_rolling_planner_drives_a_served_plant_over_loopback(
     assert np.all(data.records["steps"] >= 0)
     side = load_sidecar(trace)
     assert side is not None and side["levels"].shape == (out["ticks_run"], 4)
+
+
+def test_run_refuses_a_mode_that_differs_from_the_served_plant() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "runtime.cli", "serve", "--task", "double-pendulum",
+         "--bind", address],  # lockstep
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert server.stderr is not None and "rtdiff serve:" in server.stderr.readline()
+        proc = subprocess.run(
+            [sys.executable, "-m", "runtime.cli", "run", "--policy", "expert", "--plant",
+             address, "--mode", "realtime", "--seconds", "1"],
+            capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().endswith(
+        "runs in lockstep mode but --mode is realtime; use --mode lockstep or serve it with "
+        "--realtime"
+    )
