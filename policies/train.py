@@ -57,6 +57,7 @@ class TrainConfig:
     ema_decay: float = 0.999  # EMA of the weights (what the checkpoint keeps)
     p_ramp: float = 0.5  # forcing profile: share of ramp-shaped level profiles
     p_renoise: float = 0.3  # forcing profile: share of ramps lifted to a re-noise floor
+    action_weight: float = 1.0  # weight of the action half of the loss (the state half has 1)
     seed: int = 0
     device: str = "cpu"
     log_every: int = 250  # progress every N steps (0 = silent)
@@ -96,6 +97,8 @@ def denoiser_loss(
     z: torch.Tensor,
     tau: torch.Tensor,
     eps: torch.Tensor,
+    *,
+    action_weight: float = 1.0,
 ) -> torch.Tensor:
     """ctx (B, P+1, Ds), goal (B, Dg) | None, z/eps (B, H, Dz), tau (B, H) -> scalar loss."""
     Ds = model.cfg.state_dim
@@ -103,7 +106,8 @@ def denoiser_loss(
     x = (1.0 - t) * z + t * eps  # (B, H, Dz)
     x[:, 0, :Ds] = z[:, 0, :Ds]  # inpainted: the current state is observed
     z_hat = model(x, tau, ctx, goal)  # (B, H, Dz)
-    return F.mse_loss(z_hat[..., :Ds], z[..., :Ds]) + F.mse_loss(z_hat[..., Ds:], z[..., Ds:])
+    state_loss = F.mse_loss(z_hat[..., :Ds], z[..., :Ds])
+    return state_loss + action_weight * F.mse_loss(z_hat[..., Ds:], z[..., Ds:])
 
 
 def train(
@@ -169,7 +173,7 @@ def train(
                 generator=gen,
             ).to(dev)
             eps = torch.randn(z.shape, generator=gen).to(dev)
-            loss = denoiser_loss(model, ctx, goal, z, tau, eps)
+            loss = denoiser_loss(model, ctx, goal, z, tau, eps, action_weight=cfg.action_weight)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         opt.zero_grad(set_to_none=True)
