@@ -352,7 +352,10 @@ class ServerCore:
                 self._event(now, "takeover", f"control taken over by {name!r}")
             if current != ident:
                 self.watchdog.disarm()
-                self.ack_seq = -1
+            # A hello opens a session whose sequence numbers start afresh: the acks and reset
+            # acks of an earlier session (even one from the same identity) must not answer it.
+            self.ack_seq = -1
+            self.reset_seq = -1
             self.controller = ident
         elif self.controller == ident:
             self.controller = None
