@@ -25,6 +25,7 @@ record layout are fixed before the first tick.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,6 +64,9 @@ class LoopConfig:
         the deadline falls on the plant's next tick.
     phase_offset_s: how long after the plant's tick the controller's tick starts; None picks
         min(0.5 ms, T/5), room for the plant's own jitter and the state's delivery.
+    fresh_wait_s: realtime only, for plants that offer `next_observation(timeout_s)` (the
+        bridge's `RemotePlant`): wait up to this long at the tick's start for a state newer
+        than the last one, before taking the stale one. None picks min(1 ms, T/5); 0 never waits.
     """
 
     rate_hz: float | None = None
@@ -76,6 +80,7 @@ class LoopConfig:
     warmup_steps: int = 10
     align_to_plant: bool = True
     phase_offset_s: float | None = None
+    fresh_wait_s: float | None = None
     budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     def __post_init__(self) -> None:
@@ -89,6 +94,8 @@ class LoopConfig:
             raise ValueError(f"{self.steps_per_tick=} must be >= 1")
         if not 0.0 < self.budget_fraction <= 1.0:
             raise ValueError(f"{self.budget_fraction=} must be in (0, 1]")
+        if self.fresh_wait_s is not None and self.fresh_wait_s < 0:
+            raise ValueError(f"{self.fresh_wait_s=} must be >= 0")
         if self.phase_offset_s is not None and self.phase_offset_s < 0:
             raise ValueError(f"{self.phase_offset_s=} must be >= 0")
         if self.transport_margin_s < 0:
@@ -275,6 +282,11 @@ class ControlLoop:
         planner.reset(obs)
         if cfg.refine == "sync" and cfg.warmup_steps:
             self.warmup(obs)
+            # A realtime plant kept moving, uncontrolled, while the planner warmed up (and a
+            # remote one may have tripped its watchdog): start the episode afresh. The same seed
+            # gives the same initial state and disturbances.
+            obs = plant.reset(seed=ep_seed)
+            planner.reset(obs)
         worker: RefineWorker | None = None
         latest: LatestAction | None = None
         steps_seen = 0
@@ -284,6 +296,14 @@ class ControlLoop:
             worker = RefineWorker(planner, latest, step_budget_ns=period)
             worker.mailbox.post(obs, reset=True)
             worker.start()
+        observe: Callable[[], Observation] = plant.observe
+        next_observation = getattr(plant, "next_observation", None)
+        if realtime and next_observation is not None:
+            wait_s = cfg.fresh_wait_s if cfg.fresh_wait_s is not None else min(
+                1e-3, period / 5e9
+            )
+            if wait_s > 0:
+                observe = functools.partial(next_observation, wait_s)
         # A plant's counters run for its lifetime (a served plant outlives many controllers):
         # this run reports what changed while it ran.
         counters_before = dict(plant.counters())
@@ -319,7 +339,7 @@ class ControlLoop:
                 refine_end = sched + refine_off
                 # 2. observe
                 if not fresh:
-                    obs = plant.observe()
+                    obs = observe()
                     stale += obs.stale  # flagged by the plant, never invented; counted
                     if obs.seq != last_seq:
                         ep_return += obs.reward

@@ -221,3 +221,23 @@ def test_plant_counters_report_only_what_changed_during_the_run() -> None:
     result = loop.run(ticks=10)
     assert result.plant_counters["late"] == 1
     assert result.plant_counters["applied"] == len(result.records) - 1
+
+
+def test_realtime_waits_briefly_for_a_fresh_state_when_the_plant_offers_it() -> None:
+    clock = FakeClock()
+    plant = IntegratorPlant(rate_hz=1000, episode_ticks=10_000, clock=clock)
+    waits: list[float] = []
+
+    def next_observation(timeout_s: float) -> Observation:
+        waits.append(timeout_s)
+        return plant.observe()
+
+    plant.next_observation = next_observation  # type: ignore[attr-defined]
+    loop = ControlLoop(plant, CostPlanner(clock), clock,
+                       LoopConfig(mode="realtime", steps_per_tick=1, align_to_plant=False))
+    loop.run(ticks=5)
+    assert waits == [pytest.approx(200e-6)] * 4  # min(1 ms, T/5) at 1 kHz; tick 0 has reset's
+    lock = ControlLoop(plant, CostPlanner(clock), clock, LoopConfig(mode="lockstep"))
+    waits.clear()
+    lock.run(ticks=3)
+    assert waits == []  # lockstep: the plant waits for us, never the other way round
