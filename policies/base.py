@@ -70,7 +70,8 @@ class TorchPlannerBase:
         self._goal_cpu = torch.from_numpy(self._goal_np)
         self.obs_n = torch.zeros(Ds, device=dev)  # (Ds,) normalized current state
         self.goal_n = torch.zeros(1, Dg, device=dev)  # (1, Dg) normalized goal
-        self._goal_prev = torch.zeros(1, Dg, device=dev)
+        self._goal_prev_np = np.zeros(Dg, dtype=np.float32)
+        self._goal_ne = np.zeros(Dg, dtype=bool)
         self.ctx = torch.zeros(1, n_past + 1, Ds, device=dev)  # (1, P+1, Ds) oldest first
         self._ctx_tmp = torch.zeros(1, n_past, Ds, device=dev)
         self._ctx_old, self._ctx_new = self.ctx[:, 1:], self.ctx[:, :-1]
@@ -119,9 +120,10 @@ class TorchPlannerBase:
     def _goal_changed(self) -> bool:
         if self.Dg == 0:
             return False
-        changed = bool(torch.ne(self.goal_n, self._goal_prev).any())
-        self._goal_prev.copy_(self.goal_n)
-        return changed
+        # numpy on the staged raw goal: no tensor (and no device sync) per tick
+        np.not_equal(self._goal_np, self._goal_prev_np, out=self._goal_ne)
+        self._goal_prev_np[...] = self._goal_np
+        return bool(self._goal_ne.any())
 
     @property
     def goal_arg(self) -> torch.Tensor | None:

@@ -277,3 +277,37 @@ def test_ablation_variants_switch_renoising_off_or_to_a_blank_slate() -> None:
         levels[v] = p.noise_levels().copy()
     assert levels["none"][0] < 0.3 and np.all(levels["blank"] == 1.0)
     assert 0.3 < levels["renoise"][0] < 1.0
+
+
+class _CountNewTensors:
+    """Records every aten op that returns a freshly allocated tensor (not a view, not in place,
+    not an `out=` variant)."""
+
+    def __init__(self) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        seen: list[str] = []
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+                rets = [r for r in func._schema.returns if str(r.type) == "Tensor"]
+                if any(r.alias_info is None for r in rets):
+                    seen.append(str(func))
+                return func(*args, **(kwargs or {}))
+
+        self.mode, self.seen = Mode(), seen
+
+
+def test_observe_and_action_allocate_no_tensor_storage() -> None:
+    p = make(
+        small_planner_cfg(surprise_threshold=0.05, surprise_full=1.0, goal_renoise=0.5), goal_dim=2
+    )
+    xs = states(8)
+    p.reset(obs(xs[0], goal=np.zeros(2)))
+    counter = _CountNewTensors()
+    with counter.mode:
+        for k in range(1, 8):  # includes re-noising ticks and a goal change
+            p.observe(obs(xs[k] * 3, seq=k, goal=np.full(2, float(k > 4))))
+            p.action()
+    assert p.renoise_count > 0
+    assert counter.seen == []
