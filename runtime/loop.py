@@ -278,49 +278,56 @@ class ControlLoop:
         episode_results: list[EpisodeResult] = []
         ep_index, ep_ticks, ep_return, ep_seed = 0, 0, 0.0, seed
 
-        obs = plant.reset(seed=ep_seed)
-        planner.reset(obs)
-        if cfg.refine == "sync" and cfg.warmup_steps:
-            self.warmup(obs)
-            # A realtime plant kept moving, uncontrolled, while the planner warmed up (and a
-            # remote one may have tripped its watchdog): start the episode afresh. The same seed
-            # gives the same initial state and disturbances.
-            obs = plant.reset(seed=ep_seed)
-            planner.reset(obs)
-        worker: RefineWorker | None = None
-        latest: LatestAction | None = None
-        steps_seen = 0
-        if cfg.refine == "async":
-            latest = LatestAction(self.spec.action_dim)
-            latest.publish(planner.action(), obs.seq, 0)
-            worker = RefineWorker(planner, latest, step_budget_ns=period)
-            worker.mailbox.post(obs, reset=True)
-            worker.start()
-        observe: Callable[[], Observation] = plant.observe
-        next_observation = getattr(plant, "next_observation", None)
-        if realtime and next_observation is not None:
-            wait_s = cfg.fresh_wait_s if cfg.fresh_wait_s is not None else min(
-                1e-3, period / 5e9
-            )
-            if wait_s > 0:
-                observe = functools.partial(next_observation, wait_s)
+        # Everything slow happens before the episode's final reset: a realtime plant starts
+        # moving at that reset, and each millisecond until the first command is uncontrolled.
         # A plant's counters run for its lifetime (a served plant outlives many controllers):
         # this run reports what changed while it ran.
         counters_before = dict(plant.counters())
         gc_policy = self.gc_policy
         if gc_policy is not None:
-            gc_policy.start()
-        ticker = Ticker(clock, period) if realtime else None
-        if ticker is not None and phase_ns:
-            self._align(ticker, obs, phase_ns)
-        fresh = True  # the planner already holds `obs` from reset()
-        sidecar = self.sidecar
-        levels_fn = getattr(planner, "noise_levels", None)
-        last_seq = obs.seq
-        k_local = 0
-        misses = 0
-        stale = 0
-        self._stop = False
+            gc_policy.start()  # gc.collect() + freeze: tens of ms with torch loaded
+        try:
+            obs = plant.reset(seed=ep_seed)
+            planner.reset(obs)
+            if cfg.refine == "sync" and cfg.warmup_steps:
+                self.warmup(obs)
+                # A realtime plant kept moving, uncontrolled, while the planner warmed up (and a
+                # remote one may have tripped its watchdog): start the episode afresh. The same seed
+                # gives the same initial state and disturbances.
+                obs = plant.reset(seed=ep_seed)
+                planner.reset(obs)
+            worker: RefineWorker | None = None
+            latest: LatestAction | None = None
+            steps_seen = 0
+            if cfg.refine == "async":
+                latest = LatestAction(self.spec.action_dim)
+                latest.publish(planner.action(), obs.seq, 0)
+                worker = RefineWorker(planner, latest, step_budget_ns=period)
+                worker.mailbox.post(obs, reset=True)
+                worker.start()
+            observe: Callable[[], Observation] = plant.observe
+            next_observation = getattr(plant, "next_observation", None)
+            if realtime and next_observation is not None:
+                wait_s = cfg.fresh_wait_s if cfg.fresh_wait_s is not None else min(
+                    1e-3, period / 5e9
+                )
+                if wait_s > 0:
+                    observe = functools.partial(next_observation, wait_s)
+            ticker = Ticker(clock, period) if realtime else None
+            if ticker is not None and phase_ns:
+                self._align(ticker, obs, phase_ns)
+            fresh = True  # the planner already holds `obs` from reset()
+            sidecar = self.sidecar
+            levels_fn = getattr(planner, "noise_levels", None)
+            last_seq = obs.seq
+            k_local = 0
+            misses = 0
+            stale = 0
+            self._stop = False
+        except BaseException:
+            if gc_policy is not None:
+                gc_policy.stop()  # never leave the process with automatic GC off
+            raise
         try:
             # `ticks` counts scheduled ticks: a run of S seconds at R Hz ends at tick S*R even
             # if some were skipped (they are counted as misses, not made up for).

@@ -209,7 +209,10 @@ class MujocoPlant:
             else:
                 action = self._action
                 self._counts["held"] += 1
-            self._step(action)
+            # The state this tick computes is stamped with the tick's scheduled instant, not
+            # the moment the step finished: controllers align to it, and their deadline
+            # (stamp + period) is then exactly this plant's next tick.
+            self._step(action, scheduled)
             if self._obs.done:
                 self._running.clear()
             return True
@@ -226,12 +229,13 @@ class MujocoPlant:
 
     # ------------------------------------------------------------------ internals
 
-    def _step(self, action: np.ndarray) -> None:
+    def _step(self, action: np.ndarray, t_ns: int | None = None) -> None:
         obs, reward, terminated, truncated, info = self._env.step(action)
         self._action = action
         self._counts["ticks"] += 1
         self._episode_ticks += 1
-        self._obs = self._make_obs(obs, reward, terminated, truncated, info, self._clock.now_ns())
+        stamp = self._clock.now_ns() if t_ns is None else t_ns
+        self._obs = self._make_obs(obs, reward, terminated, truncated, info, stamp)
 
     def _make_obs(
         self,
