@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from runtime.cli import CliError
+from runtime.clock import MonotonicClock
 
 
 def cli_serve(args: argparse.Namespace) -> int:
@@ -35,7 +36,11 @@ def cli_serve(args: argparse.Namespace) -> int:
     if args.keys is not None and not Path(args.keys, "server.key_secret").exists():
         raise CliError(f"--keys {args.keys}: no server.key_secret there (run `rtdiff keys`)")
     try:
+        # The plant's pacing thread shares the GIL with the server loop: a spin that kept it
+        # would hold every command that arrives in the last 100 us before a tick until after
+        # the tick, and the server would count it late.
         plant = make_plant(args.task, mode=mode, seed=args.seed,
+                           clock=MonotonicClock(spin_ns=100_000, yield_in_spin=True),
                            rate_hz=getattr(args, "rate", None))
     except (KeyError, ValueError) as exc:
         raise CliError(str(exc).strip("'\"")) from None
