@@ -46,8 +46,8 @@ from hw_bridge.codec import (
     check_obs,
     decode,
     decode_array,
-    encode,
     message,
+    new_encoder,
     spec_from_wire,
 )
 from runtime.clock import MonotonicClock
@@ -57,6 +57,7 @@ log = logging.getLogger("hw_bridge")
 
 # plain ints: pyzmq's enum members cost microseconds per operation on the control path
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+_F8 = np.dtype("<f8")
 
 
 def _info_from_wire(info: dict[str, Any]) -> dict[str, Any]:
@@ -147,6 +148,7 @@ class RemotePlant:
         self.server_counters: dict[str, int] = {}
         self._ctx = zmq.Context()
         self._sock: zmq.Socket[bytes] | None = None
+        self._encode = new_encoder()  # this client's own packer (single-threaded, like the rest)
         self._seq = 0
         self._stream = 0
         self._connected = False
@@ -210,7 +212,7 @@ class RemotePlant:
         if self._sock is None:
             return False
         try:
-            self._sock.send(encode(msg), _NOBLOCK)
+            self._sock.send(self._encode(msg), _NOBLOCK)
         except zmq.Again:
             return False
         return True
@@ -256,10 +258,14 @@ class RemotePlant:
         if sock is None:
             return
         # EVENTS + select() on the socket's fd instead of zmq.Poller: sub-millisecond timeouts
-        # and a few microseconds less per call on the control path.
-        if wait_ns > 0 and not cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
-            select.select([self._fd], [], [], wait_ns * 1e-9)
-        while cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
+        # and a few microseconds less per call on the control path. The fd is edge-triggered:
+        # EVENTS (or a recv) re-arms it, so it is checked before sleeping; after select() fires
+        # a frame is almost always there and is read at once (a spurious wake costs one Again),
+        # and after each frame EVENTS says whether more are queued (cheaper than an Again).
+        ready = cast(int, sock.getsockopt(_EVENTS)) & _POLLIN
+        if not ready and wait_ns > 0:
+            ready = len(select.select([self._fd], [], [], wait_ns * 1e-9)[0])
+        while ready:
             try:
                 payload = sock.recv(_NOBLOCK)
             except zmq.Again:
@@ -267,6 +273,7 @@ class RemotePlant:
             self._on_message(payload)
             if self._sock is not sock:  # re-opened during handling
                 break
+            ready = cast(int, sock.getsockopt(_EVENTS)) & _POLLIN
         self._housekeeping()
 
     def _housekeeping(self) -> None:
@@ -304,6 +311,12 @@ class RemotePlant:
             self._log_bad(f"undecodable message from server: {exc}")
             return
         kind = msg["type"]
+        if kind == "state":  # the stream: first
+            if self._connected:  # states before our welcome belong to an older session
+                self._last_rx_ns = now
+                self._probe_ns = None
+                self._on_state(msg, now)
+            return
         if kind == "welcome":
             self._on_welcome(msg, now)
             return
@@ -314,9 +327,7 @@ class RemotePlant:
             return  # states before our welcome belong to an older session
         self._last_rx_ns = now
         self._probe_ns = None
-        if kind == "state":
-            self._on_state(msg)
-        elif kind == "heartbeat":
+        if kind == "heartbeat":
             t1 = self._hb_sent.pop(int(msg.get("echo_seq", -1)), None)
             if t1 is not None and "rx_t_ns" in msg:
                 self.sync.add(t1, msg["rx_t_ns"], msg["t_ns"], now)
@@ -406,23 +417,27 @@ class RemotePlant:
         elif code not in ("late", "rejected"):
             log.warning("hw_bridge: server error %s: %s", code, text)
 
-    def _on_state(self, msg: dict[str, Any]) -> None:
+    def _on_state(self, msg: dict[str, Any], now: int) -> None:
         spec = self._spec
         if spec is None:
             return
+        o = msg["obs"]
         try:
-            state, goal = check_obs(msg["obs"], state_dim=spec.state_dim, goal_dim=spec.goal_dim)
+            state, goal = check_obs(o, state_dim=spec.state_dim, goal_dim=spec.goal_dim)
         except ProtocolError as exc:
             self.counts["errors"] += 1
             self._log_bad(f"bad state message: {exc}")
             return
-        if msg["seq"] <= self._latest_state_seq and self._latest is not None:
+        latest = self._latest
+        seq: int = msg["seq"]
+        if seq <= self._latest_state_seq and latest is not None:
             return  # out of order (cannot happen on one connection; cheap to guard)
-        o = msg["obs"]
-        self.counts["states"] += 1
-        if self._latest is not None and self._latest_state_seq > self._returned_state_seq:
-            self.counts["superseded"] += 1
+        counts = self.counts
+        counts["states"] += 1
+        if latest is not None and self._latest_state_seq > self._returned_state_seq:
+            counts["superseded"] += 1
         t_ns = o["t_ns"] - self.sync.offset_ns if self.mode == "realtime" else o["t_ns"]
+        info = o.get("info")
         self._latest = Observation(
             seq=o["seq"],
             t_ns=t_ns,
@@ -432,11 +447,11 @@ class RemotePlant:
             terminated=o["terminated"],
             truncated=o["truncated"],
             stale=o.get("stale", False),  # the plant itself had nothing new
-            info=_info_from_wire(o.get("info", {})),
+            info=_info_from_wire(info) if info else {},
         )
         self._latest_wire = o  # validated; the source of stale copies (bytes are immutable)
-        self._latest_state_seq = msg["seq"]
-        self.last_state_rx_ns = self.clock.now_ns()
+        self._latest_state_seq = seq
+        self.last_state_rx_ns = now  # when its frame was received
         self._ack_seq = msg["ack_seq"]
         self._reset_seq = msg["reset_seq"]
         self._safe = msg["safe"]
@@ -535,9 +550,13 @@ class RemotePlant:
 
     def next_observation(self, timeout_s: float) -> Observation:
         """Wait up to `timeout_s` for a state newer than the last one returned."""
-        self._wait_for(
-            lambda: self._latest_state_seq > self._returned_state_seq, round(timeout_s * 1e9)
-        )
+        # `_wait_for` written out: this is the realtime control loop's wait, once per tick
+        end = self.clock.now_ns() + round(timeout_s * 1e9)
+        while self._latest_state_seq <= self._returned_state_seq:
+            left = end - self.clock.now_ns()
+            if left <= 0 or self._fatal is not None:
+                break
+            self._pump(min(left, 20_000_000))
         return self._take()
 
     def _wait_step(self) -> None:
@@ -554,6 +573,10 @@ class RemotePlant:
         stepped (or refused), at most `timeout_s`. The action must be (Da,) finite; the plant
         enforces its limits and counts what it clamps or rejects. Realtime: does not read the
         socket (the `observe` before it just did), so the command leaves at once."""
+        if self.mode == "realtime":  # the per-tick path: send, or count the drop
+            if not (self._connected and self.role == "control" and self._send_command(cmd) >= 0):
+                self.counts["dropped"] += 1
+            return
         lockstep = self.mode == "lockstep"
         for attempt in range(2 if lockstep else 1):
             if lockstep and not self._connected:
@@ -578,28 +601,34 @@ class RemotePlant:
 
     def _send_command(self, cmd: Command) -> int:
         """Returns the message seq, or -1 when it could not be queued."""
-        seq = self._next_seq()
-        deadline = cmd.deadline_ns + self.sync.offset_ns if cmd.deadline_ns > 0 else None
-        if self.mode == "lockstep":
-            deadline = None  # the plant waits for us: deadlines are the controller's to count
+        sock = self._sock
+        if sock is None:
+            return -1
+        self._seq = seq = self._seq + 1
+        dl = cmd.deadline_ns
+        # lockstep: the plant waits for us, so deadlines are the controller's to count
+        deadline = dl + self.sync.offset_ns if dl > 0 and self.mode != "lockstep" else None
         a = cmd.action
-        if not (type(a) is np.ndarray and a.dtype.str == "<f8"):
-            a = np.ascontiguousarray(
-                a, dtype="<f8"
-            )  # (Da,); a wrong shape is the plant's to refuse
-        msg = {  # a literal, not message(**fields): this runs every tick
-            "v": PROTOCOL_VERSION,
-            "type": "command",
-            "seq": seq,
-            "t_ns": self.clock.now_ns(),
-            "stream": self._stream,
-            "tick": cmd.seq,
-            "obs_seq": self._latest.seq if self._latest is not None else -1,
-            "action": {"dtype": "<f8", "shape": list(a.shape), "data": a.tobytes()},
-            "deadline_ns": deadline,
-            "fallback": cmd.fallback,
-        }
-        if not self._send(msg):
+        if not (type(a) is np.ndarray and a.dtype is _F8):
+            a = np.ascontiguousarray(a, dtype="<f8")  # (Da,); a wrong shape: the plant refuses
+        latest = self._latest
+        payload = self._encode(
+            {  # a literal, not message(**fields): this runs every tick
+                "v": PROTOCOL_VERSION,
+                "type": "command",
+                "seq": seq,
+                "t_ns": self.clock.now_ns(),
+                "stream": self._stream,
+                "tick": cmd.seq,
+                "obs_seq": latest.seq if latest is not None else -1,
+                "action": {"dtype": "<f8", "shape": list(a.shape), "data": a.tobytes()},
+                "deadline_ns": deadline,
+                "fallback": cmd.fallback,
+            }
+        )
+        try:
+            sock.send(payload, _NOBLOCK)
+        except zmq.Again:
             return -1
         self.counts["sent"] += 1
         return seq

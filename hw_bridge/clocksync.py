@@ -6,6 +6,13 @@ NTP, the offset (server - client) exactly when the two one-way delays are equal,
 case to within half the round trip. Queueing only ever lengthens a round trip, so among recent
 samples the one with the smallest round trip is the most trustworthy; `ClockSync` keeps the
 last `window` samples and uses that one.
+
+The window is long on purpose (256 samples: about 25 s at the client's 100 ms heartbeat).
+Every switch of the chosen sample moves the mapping between the two clocks, and with it every
+deadline the controller sends, by up to half a round trip; on a loaded machine round trips of
+several milliseconds come and go, and a 16-sample window switched every second or two, enough
+to turn commands sent 2 ms early into "late" ones at the plant. Two monotonic clocks drift by
+parts per million, microseconds over such a window.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ class ClockSync:
     offset = ((t2 - t1) + (t3 - t4)) / 2, round trip = (t4 - t1) - (t3 - t2).
     """
 
-    def __init__(self, window: int = 16) -> None:
+    def __init__(self, window: int = 256) -> None:
         self.samples: deque[tuple[int, int]] = deque(maxlen=window)  # (rtt_ns, offset_ns)
         self.offset_ns = 0
         self.rtt_ns = 0

@@ -13,7 +13,7 @@ command is decoded and checked in a few microseconds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgpack
@@ -26,6 +26,7 @@ SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
 MAX_MSG_BYTES = 65_536  # larger payloads are rejected before unpacking
 MAX_ARRAY_ELEMS = 4_096  # per array; a state or action is far smaller
 ALLOWED_DTYPES = ("<f8", "<f4")  # little-endian IEEE floats only
+_F8 = np.dtype("<f8")  # numpy's float64 on little-endian hosts: `a.dtype is _F8` is a cheap test
 
 MESSAGE_TYPES = ("hello", "welcome", "state", "command", "heartbeat", "reset", "error", "goodbye")
 ROLES = ("control", "observe")
@@ -45,7 +46,8 @@ class ProtocolError(ValueError):
 
 def encode_array(a: np.ndarray[Any, Any]) -> dict[str, Any]:
     """(any shape) float array -> {"dtype": "<f8", "shape": [...], "data": bytes}."""
-    arr = np.ascontiguousarray(a, dtype="<f8")
+    # `tobytes` writes C order whatever the layout, so a float64 ndarray needs no conversion
+    arr = a if type(a) is np.ndarray and a.dtype is _F8 else np.ascontiguousarray(a, dtype="<f8")
     return {"dtype": "<f8", "shape": list(arr.shape), "data": arr.tobytes()}
 
 
@@ -60,11 +62,12 @@ def decode_array(obj: Any, *, field: str, shape: tuple[int, ...] | None = None) 
         and dtype == "<f8"
         and type(shp) is list
         and len(shp) == 1
+        and type(shp[0]) is int  # not a bool or a float that compares equal
         and shp[0] == shape[0]
         and type(data) is bytes
         and len(data) == 8 * shape[0]
     ):
-        return np.frombuffer(data, dtype=np.float64).copy()
+        return _frombuffer(data, _float64).copy()
     if dtype not in ALLOWED_DTYPES:
         raise ProtocolError("bad_message", f"{field}.dtype: expected one of {ALLOWED_DTYPES}")
     if not isinstance(shp, list) or not all(_is_int(d) and 0 <= d for d in shp) or len(shp) > 4:
@@ -84,6 +87,27 @@ def decode_array(obj: Any, *, field: str, shape: tuple[int, ...] | None = None) 
     if shape is not None and tuple(shp) != shape:
         raise ProtocolError("bad_shape", f"{field}: expected shape {list(shape)}, got {shp}")
     return np.frombuffer(data, dtype=dtype).astype(np.float64).reshape(shp)
+
+
+_frombuffer, _float64 = np.frombuffer, np.float64
+
+
+def _vec_data(obj: Any, n: int) -> Any:
+    """The `data` bytes of an array map that is exactly a (n,) `<f8` array, else None (the
+    caller then runs `decode_array`, which says what is wrong)."""
+    if type(obj) is dict:
+        shp, data = obj.get("shape"), obj.get("data")
+        if (
+            obj.get("dtype") == "<f8"
+            and type(shp) is list
+            and len(shp) == 1
+            and type(shp[0]) is int
+            and shp[0] == n
+            and type(data) is bytes
+            and len(data) == 8 * n
+        ):
+            return data
+    return None
 
 
 # --- field checks -------------------------------------------------------------------------------
@@ -219,19 +243,20 @@ def decode(payload: bytes, *, max_bytes: int = MAX_MSG_BYTES) -> dict[str, Any]:
         raise
     except Exception as exc:  # any unpacker failure on untrusted bytes is a bad message
         raise ProtocolError("bad_message", f"not a msgpack message: {type(exc).__name__}") from None
-    if not isinstance(msg, dict):
+    if type(msg) is not dict:  # the unpacker makes plain dicts
         raise ProtocolError("bad_message", f"expected a map, got {_tname(msg)}")
     v = msg.get("v")
-    if not _is_int(v):
+    if type(v) is not int:
         raise ProtocolError("bad_message", "field v: expected the protocol version (int)")
     kind = msg.get("type")
     if v not in SUPPORTED_VERSIONS and kind != "hello":
         raise ProtocolError("bad_version", f"protocol v{v} is not spoken here {SUPPORTED_VERSIONS}")
     if not isinstance(kind, str) or kind not in SCHEMA:
         raise ProtocolError("bad_message", f"field type: expected one of {MESSAGE_TYPES}")
-    if not _k_int(msg.get("seq")) or msg["seq"] < 0:
+    seq, t_ns = msg.get("seq"), msg.get("t_ns")
+    if not (type(seq) is int and 0 <= seq < _I64_END):
         raise ProtocolError("bad_message", "field seq: expected an int >= 0")
-    if not _k_int(msg.get("t_ns")):
+    if not (type(t_ns) is int and _I64_MIN <= t_ns < _I64_END):
         raise ProtocolError("bad_message", "field t_ns: expected an int64")
     fast = _FAST.get(kind)
     if fast is not None and fast(msg):
@@ -304,6 +329,17 @@ def encode(msg: Mapping[str, Any]) -> bytes:
     """A message map -> one frame. numpy arrays become array maps, numpy scalars plain values."""
     out: bytes = msgpack.packb(msg, use_bin_type=True, default=_default)
     return out
+
+
+def new_encoder() -> Callable[[Mapping[str, Any]], bytes]:
+    """`encode` as a reusable packer for one thread's hot path (`packb` builds and frees a
+    packer, with its 256 KiB buffer, per call). Not thread-safe: one per sender (the server
+    core, each client). Same bytes as `encode`; a packer that raises is reset, not left half
+    full."""
+    pack: Callable[[Mapping[str, Any]], bytes] = msgpack.Packer(
+        use_bin_type=True, default=_default
+    ).pack
+    return pack
 
 
 def message(kind: str, seq: int, t_ns: int, **fields: Any) -> dict[str, Any]:
@@ -419,11 +455,10 @@ def check_obs(d: Any, *, state_dim: int, goal_dim: int) -> tuple[FloatArray, Flo
         and (tr is True or tr is False)
         and type(d.get("info", _EMPTY)) is dict
         and ((st := d.get("stale", False)) is True or st is False)
+        and (sd := _vec_data(d.get("state"), state_dim)) is not None
+        and (gd := _vec_data(d.get("goal"), goal_dim)) is not None
     ):
-        return (
-            decode_array(d.get("state"), field="state.obs.state", shape=(state_dim,)),
-            decode_array(d.get("goal"), field="state.obs.goal", shape=(goal_dim,)),
-        )
+        return _frombuffer(sd, _float64).copy(), _frombuffer(gd, _float64).copy()
     if not (_k_int(d.get("seq")) and _k_int(d.get("t_ns"))):
         raise ProtocolError("bad_message", "state.obs.seq/t_ns: expected ints")
     if not (_is_num(d.get("reward")) and _k_bool(d.get("terminated"))):

@@ -33,8 +33,8 @@ from hw_bridge.codec import (
     ProtocolError,
     decode,
     decode_array,
-    encode,
     message,
+    new_encoder,
     obs_to_wire,
     spec_to_wire,
 )
@@ -166,6 +166,8 @@ class ServerCore:
         self._lease_ns = round(config.lease_ms * 1e6)
         self._peer_timeout_ns = round(config.peer_timeout_ms * 1e6)
         self._realtime = config.mode == "realtime"
+        self._encode = new_encoder()  # this core's own packer: one thread drives a core
+        self._action_shape = (self.spec.action_dim,)
 
     # -- start -----------------------------------------------------------------------------------
 
@@ -176,7 +178,7 @@ class ServerCore:
     # -- outgoing ----------------------------------------------------------------------------------
 
     def _send(self, ident: bytes, kind: str, **fields: Any) -> None:
-        self.outbox.append((ident, encode(message(kind, 0, self.clock.now_ns(), **fields))))
+        self.outbox.append((ident, self._encode(message(kind, 0, self.clock.now_ns(), **fields))))
 
     def _error(
         self, ident: bytes, code: str, text: str, ref_seq: int | None, *, fatal: bool
@@ -188,17 +190,20 @@ class ServerCore:
         if obs is None:
             obs = self.plant.observe()
         self.last_obs = obs
-        self.last_publish_ns = self.clock.now_ns()
-        self._published_ns[obs.seq] = self.last_publish_ns
-        if len(self._published_ns) > 16:
-            del self._published_ns[next(iter(self._published_ns))]
+        # one clock read: the state's send time (`t_ns`) and the start of its round trip
+        self.last_publish_ns = now = self.clock.now_ns()
+        published = self._published_ns
+        published[obs.seq] = now
+        if len(published) > 16:
+            del published[next(iter(published))]
         self.state_seq += 1
-        payload = encode(
-            message(
-                "state",
-                self.state_seq,
-                self.clock.now_ns(),
-                obs=obs_to_wire(
+        payload = self._encode(
+            {  # a literal, not message(**fields): this runs every tick
+                "v": PROTOCOL_VERSION,
+                "type": "state",
+                "seq": self.state_seq,
+                "t_ns": now,
+                "obs": obs_to_wire(
                     obs.seq,
                     obs.t_ns,
                     obs.state,
@@ -207,15 +212,16 @@ class ServerCore:
                     obs.terminated,
                     obs.truncated,
                     obs.info,
-                    stale=obs.stale,
+                    obs.stale,
                 ),
-                ack_seq=self.ack_seq,
-                reset_seq=self.reset_seq,
-                safe=self.safe,
-            )
+                "ack_seq": self.ack_seq,
+                "reset_seq": self.reset_seq,
+                "safe": self.safe,
+            }
         )
+        outbox = self.outbox
         for ident in self.peers:
-            self.outbox.append((ident, payload))
+            outbox.append((ident, payload))
         self.counters["states_sent"] += len(self.peers)
 
     def all_counters(self) -> dict[str, int]:
@@ -400,9 +406,7 @@ class ServerCore:
             )
             return
         try:
-            action = decode_array(
-                msg["action"], field="command.action", shape=(self.spec.action_dim,)
-            )
+            action = decode_array(msg["action"], field="command.action", shape=self._action_shape)
             if self._realtime and self.last_apply_ns is not None:
                 dt_s = (now - self.last_apply_ns) * 1e-9
             else:
@@ -412,8 +416,10 @@ class ServerCore:
             self.counters["rejected"] += 1
             self._error(ident, "rejected", str(exc), seq, fatal=False)
             return
-        self.counters["clamped"] += int(res.clamped)
-        self.counters["rate_limited"] += int(res.rate_limited)
+        if res.clamped:
+            self.counters["clamped"] += 1
+        if res.rate_limited:
+            self.counters["rate_limited"] += 1
         self.plant_seq += 1
         cmd = Command(
             seq=self.plant_seq,  # the server's order, so a restarted controller is not "stale"

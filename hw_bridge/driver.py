@@ -196,9 +196,9 @@ class FirstOrderMotor(Driver):
         self._t_ns = self.clock.now_ns() if self.mode == "realtime" else 0
 
     def _advance(self, dt_s: float) -> None:
-        u = float(self.last_action[0])
+        u = self.last_action.item(0)
         v_inf = self.gain_rad_s * u
-        p0, v0 = float(self._x[0]), float(self._x[1])
+        p0, v0 = self._x.tolist()
         decay = math.exp(-dt_s / self.tau_s)
         v = v_inf + (v0 - v_inf) * decay
         p = p0 + v_inf * dt_s + (v0 - v_inf) * self.tau_s * (1.0 - decay)

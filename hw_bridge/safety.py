@@ -25,6 +25,8 @@ import numpy as np
 
 from runtime.protocols import FloatArray
 
+_isfinite, _minimum, _maximum = np.isfinite, np.minimum, np.maximum
+
 
 class ActionRejected(ValueError):
     """An action that must not be applied at all (wrong shape, NaN or inf)."""
@@ -67,17 +69,22 @@ class ActionLimiter:
 
     def limit(self, action: FloatArray, *, dt_s: float) -> LimitResult:
         """(Da,) requested -> what may be applied; records it as the last applied action."""
-        if action.shape != self.low.shape:
-            raise ActionRejected(f"action shape {action.shape}, expected {self.low.shape}")
-        if not np.all(np.isfinite(action)):
+        # ufuncs and array methods called directly (np.clip, np.all and np.any add Python-level
+        # dispatch that costs more than the arithmetic for a (Da,) action); clip(x, lo, hi) is
+        # minimum(maximum(x, lo), hi), exactly as numpy defines it
+        low = self.low
+        if action.shape != low.shape:
+            raise ActionRejected(f"action shape {action.shape}, expected {low.shape}")
+        if not _isfinite(action).all():
             raise ActionRejected("action holds NaN or inf")
-        out = np.clip(action, self.low, self.high)
-        clamped = bool(np.any(out != action))
+        out = _minimum(_maximum(action, low), self.high)
+        clamped = bool((out != action).any())
         rate_limited = False
-        if self.max_rate_per_s is not None and self.last is not None:
-            step = self.max_rate_per_s * max(dt_s, 0.0)
-            limited = np.clip(out, self.last - step, self.last + step)
-            rate_limited = bool(np.any(limited != out))
+        rate, last = self.max_rate_per_s, self.last
+        if rate is not None and last is not None:
+            step = rate * max(dt_s, 0.0)
+            limited = _minimum(_maximum(out, last - step), last + step)
+            rate_limited = bool((limited != out).any())
             out = limited
         self.last = out
         return LimitResult(out, clamped, rate_limited)

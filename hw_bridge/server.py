@@ -45,6 +45,7 @@ __all__ = [
 
 # plain ints: pyzmq's enum members cost microseconds per operation on the control path
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+_RCVMORE, _SNDMORE = int(zmq.RCVMORE), int(zmq.SNDMORE)
 _ALIGN_NS = 150_000  # tick this long after a self-paced plant's own tick
 _RECHECK_NS = 100_000  # then look again this often until its new state is there
 
@@ -111,37 +112,52 @@ class PlantServer:
         return self.core.events
 
     def _drain(self) -> None:
+        """Handle every queued frame. Called when one is most likely there (EVENTS said so or
+        the fd fired): reads at once, and after each message asks EVENTS whether more wait
+        (cheaper than ending on an Again). recv/getsockopt with plain-int flags, not
+        recv_multipart (whose RCVMORE enum costs microseconds per frame)."""
         sock, core = self.sock, self.core
         while True:
             try:
-                frames = sock.recv_multipart(_NOBLOCK)
+                ident = sock.recv(_NOBLOCK)
             except zmq.Again:
                 return
-            if len(frames) != 2:  # a DEALER sends exactly one frame; extra frames are malformed
+            # the rest of a multipart message is there once its first frame is
+            payload = sock.recv(_NOBLOCK) if sock.getsockopt(_RCVMORE) else None
+            if payload is None or sock.getsockopt(_RCVMORE):
+                # a DEALER sends exactly one frame; an empty or extra-framed one is malformed
+                while sock.getsockopt(_RCVMORE):
+                    sock.recv(_NOBLOCK)
                 core.counters["received"] += 1
                 core.counters["bad_message"] += 1
-                continue
-            core.handle(frames[0], frames[1])
-            if core.outbox:
-                self._flush()
+            else:
+                core.handle(ident, payload)
+                if core.outbox:
+                    self._flush()
+            if not cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
+                return
 
     def _flush(self) -> None:
-        sock = self.sock
+        sock, more = self.sock, _NOBLOCK | _SNDMORE
         for ident, payload in self.core.outbox:
-            try:
-                sock.send_multipart((ident, payload), _NOBLOCK)
+            try:  # two plain sends: send_multipart's per-call type checks and enum flags cost
+                sock.send(ident, more)
+                sock.send(payload, _NOBLOCK)
             except zmq.Again:
                 self.core.counters["send_dropped"] += 1
             except zmq.ZMQError:  # host unreachable etc.: the frame is lost, the loop goes on
                 self.core.counters["send_dropped"] += 1
         self.core.outbox.clear()
 
-    def _wait(self, timeout_s: float) -> None:
-        # zmq's poll timeout is whole milliseconds, too coarse for a 1 kHz tick; select() on the
-        # socket's (edge-triggered) fd takes seconds as a float, after a check of EVENTS.
+    def _wait(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for a frame; False when none came (nothing to drain).
+
+        zmq's poll timeout is whole milliseconds, too coarse for a 1 kHz tick; select() on the
+        socket's (edge-triggered) fd takes seconds as a float, after a check of EVENTS (which
+        also re-arms the fd: a frame arriving after it wakes the select)."""
         if cast(int, self.sock.getsockopt(_EVENTS)) & _POLLIN:
-            return
-        select.select([self._fd], [], [], max(timeout_s, 0.0))
+            return True
+        return bool(select.select([self._fd], [], [], max(timeout_s, 0.0))[0])
 
     def serve_forever(self) -> None:
         core, clock = self.core, self.clock
@@ -153,7 +169,6 @@ class PlantServer:
         last_house = clock.now_ns()
         try:
             while not self._stop.is_set():
-                self._drain()
                 now = clock.now_ns()
                 if realtime:
                     if now >= next_tick:
@@ -161,12 +176,14 @@ class PlantServer:
                         self._flush()
                         next_tick = self._next_tick(now, next_tick, published)
                         continue
-                    self._wait((next_tick - now) * 1e-9)
+                    if self._wait((next_tick - now) * 1e-9):
+                        self._drain()
                 else:
                     if now - last_house > 50_000_000:
                         core.housekeeping(now)
                         last_house = now
-                    self._wait(0.05)
+                    if self._wait(0.05):
+                        self._drain()
         finally:
             self._goodbye()
             self.serving.clear()
