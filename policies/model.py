@@ -17,6 +17,12 @@ context, plan tokens attend to context and plan. So the context representation n
 the noisy plan, in any layer. `aligned_attention=False` lets every token see every token, for
 the ablation.
 
+With `global_cond=True` the whole context, flattened (states and goal), also goes through one
+linear layer into every plan token's input embedding (Diffusion Policy's global conditioning):
+each plan token's first MLP then sees the joint state-goal input directly instead of having to
+gather it through attention first. It reads only the clean context, so the aligned-attention
+property is untouched.
+
 The noise level enters as a per-token embedding (sinusoidal features of `tau` through a small
 MLP) added to the plan token's input embedding: every token knows how noisy it is.
 """
@@ -43,6 +49,7 @@ class DenoiserConfig:
     n_head: int = 4  # attention heads per block
     n_embd: int = 64  # d: embedding width (divisible by n_head)
     aligned_attention: bool = True  # context attends to context only (False: full attention)
+    global_cond: bool = False  # also add Linear(all context, flattened) to every plan token
 
     def __post_init__(self) -> None:
         for name in ("state_dim", "action_dim", "horizon", "n_layer", "n_head", "n_embd"):
@@ -149,6 +156,8 @@ class Denoiser(nn.Module):
         self.goal_in = nn.Linear(cfg.goal_dim, d) if cfg.goal_dim > 0 else None
         self.goal_pos = nn.Parameter(torch.zeros(1, d)) if cfg.goal_dim > 0 else None
         self.plan_in = nn.Linear(cfg.token_dim, d)
+        n_flat = (cfg.n_past + 1) * cfg.state_dim + cfg.goal_dim
+        self.cond_in = nn.Linear(n_flat, d) if cfg.global_cond else None
         self.plan_pos = nn.Parameter(torch.zeros(cfg.horizon, d))
         self.level = LevelEmbedding(d)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
@@ -186,7 +195,13 @@ class Denoiser(nn.Module):
             if goal is None:
                 raise ValueError(f"this model needs a goal of size {self.cfg.goal_dim}")
             parts.append(self.goal_in(goal).unsqueeze(1) + self.goal_pos)  # (B, 1, d)
-        parts.append(self.plan_in(x) + self.plan_pos + self.level(tau))  # (B, H, d)
+        plan = self.plan_in(x) + self.plan_pos + self.level(tau)  # (B, H, d)
+        if self.cond_in is not None:
+            flat = ctx_states.flatten(1)  # (B, (n_past+1)*Ds)
+            if goal is not None and self.cfg.goal_dim > 0:
+                flat = torch.cat([flat, goal], dim=1)  # (B, (n_past+1)*Ds + Dg)
+            plan = plan + self.cond_in(flat).unsqueeze(1)  # (B, H, d)
+        parts.append(plan)
         h = torch.cat(parts, dim=1)  # (B, N, d)
         mask = self.mask if self.cfg.aligned_attention else None
         for block in self.blocks:

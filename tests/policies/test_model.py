@@ -18,8 +18,11 @@ def _inputs(cfg: DenoiserConfig, B: int = 3, seed: int = 0):
 
 
 @pytest.mark.parametrize("goal_dim", [0, 2])
-def test_denoiser_maps_noisy_plan_to_clean_plan_of_same_shape(goal_dim: int) -> None:
-    net = small_model(goal_dim)
+@pytest.mark.parametrize("global_cond", [False, True])
+def test_denoiser_maps_noisy_plan_to_clean_plan_of_same_shape(
+    goal_dim: int, global_cond: bool
+) -> None:
+    net = small_model(goal_dim, global_cond=global_cond)
     x, tau, ctx, goal = _inputs(net.cfg)
     assert net(x, tau, ctx, goal).shape == (3, net.cfg.horizon, DS + DA)
     assert net.encode(x, tau, ctx, goal).shape == (
@@ -35,8 +38,11 @@ def test_role_mask_lets_context_see_context_only_and_plan_see_all() -> None:
 
 
 @pytest.mark.parametrize("goal_dim", [0, 2])
-def test_aligned_attention_keeps_context_blind_to_plan_perturbations(goal_dim: int) -> None:
-    net = small_model(goal_dim, n_layer=2)
+@pytest.mark.parametrize("global_cond", [False, True])
+def test_aligned_attention_keeps_context_blind_to_plan_perturbations(
+    goal_dim: int, global_cond: bool
+) -> None:
+    net = small_model(goal_dim, n_layer=2, global_cond=global_cond)
     x, tau, ctx, goal = _inputs(net.cfg)
     nc = net.cfg.n_context
     with torch.no_grad():
