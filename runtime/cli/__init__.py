@@ -221,9 +221,9 @@ def _add_report(sp: argparse._SubParsersAction[_Parser]) -> None:
 
 def _add_demo(sp: argparse._SubParsersAction[_Parser]) -> None:
     p = sp.add_parser("demo", help="the main job end to end (what `make demo` runs)")
-    p.add_argument("--seconds", type=positive_float, default=10.0, help="per realtime run")
+    p.add_argument("--episodes", type=positive_int, default=2, help="per planner (10 s each)")
     p.add_argument("--bench-seconds", type=positive_float, default=2.0, help="per variant")
-    p.add_argument("--out", default="runs/demo", help="where the run JSON goes")
+    p.add_argument("--out", default="runs/demo", help="where runs and the report go")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     _target(p, "runtime.cli.demo:cli_demo")
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.cli import CliError
-from runtime.cli.demo import _free_port, _run_args, _wait_for_server
+from runtime.cli.served import plant_server, run_args
 
 # planner name -> (policy argument with {task}, planner config overrides)
 PLANNERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -43,27 +42,6 @@ MISS_TARGET = 0.001
 
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
-
-
-@contextlib.contextmanager
-def plant_server(task: str, rate_hz: float, seed: int) -> Iterator[str]:
-    """A realtime `rtdiff serve` process on a free loopback port; yields its address."""
-    address = f"tcp://127.0.0.1:{_free_port()}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "runtime.cli", "serve", "--task", task, "--realtime",
-         "--rate", f"{rate_hz:g}", "--bind", address, "--seed", str(seed)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        _wait_for_server(server)
-        yield address
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 @contextlib.contextmanager
@@ -85,9 +63,9 @@ def run_cell(*, planner: str, task: str, address: str, rate_hz: float, seconds: 
 
     policy, overrides = PLANNERS[planner]
     name = f"{task}_{planner}_{rate_hz:g}hz_s{seed}{tag}"
-    args = _run_args(policy.format(task=task), address, seconds, seed)
+    args = run_args(policy.format(task=task), address, seed=seed, seconds=seconds,
+                    trace=str(out_dir / "traces" / name))
     args.rate = rate_hz
-    args.trace = str(out_dir / "traces" / name)
     args.overrides = overrides
     try:
         _, out = execute(args)
@@ -115,7 +93,7 @@ def cli_bench_deadline(args: argparse.Namespace) -> int:
     cells: list[dict[str, Any]] = []
     for task in _csv(args.tasks):
         for rate in rates:
-            with plant_server(task, rate, args.seed) as address:
+            with plant_server(task, seed=args.seed, rate_hz=rate) as address:
                 for planner in planners:
                     for seed in range(args.seed, args.seed + args.seeds):
                         sys.stderr.write(f"bench deadline: {task} {planner} {rate:g} Hz "

@@ -1,138 +1,98 @@
-"""`rtdiff demo` (`make demo`): the most complete real path that exists, end to end.
+"""`rtdiff demo` (`make demo`): the rolling planner against the chunked baseline, in real time.
 
-1. `rtdiff bench tick` for a few seconds per variant: how precisely this machine keeps 1 kHz.
-2. The double-pendulum on a real MuJoCo plant in realtime mode, in-process, at 100 Hz.
-3. The same over the ZeroMQ bridge: `rtdiff serve --realtime` in its own process on loopback,
-   the controller in this one; the plant's own late-command count beside the controller's.
-4. Every shipped learned planner for the double-pendulum (`policies/checkpoints/`), the same way.
+1. A short `rtdiff bench tick`: how precisely this machine keeps a 1 kHz schedule in Python.
+2. A realtime MuJoCo double-pendulum served behind the ZeroMQ bridge in its own process, on
+   loopback, with seeded random pushes on the pole.
+3. The same episodes (same seeds, so the same pushes) driven by the expert (the ceiling), the
+   shipped rolling diffusion planner, the shipped chunked diffusion baseline and the MLP, each
+   recorded with a trace.
+4. The side-by-side table (miss rate, lateness p99, compute p99, success) and `rtdiff report`'s
+   plots, written to `--out` (default `runs/demo/`).
 
-Each row is a real run; the table is printed and the JSON of every run is written to
-`--out` (default `runs/demo/`).
+Why the double-pendulum: it is unstable and fast (100 Hz), so a command that arrives late, or a
+plan executed blind for a few ticks, shows up as a fall within a second. That is the point the
+demo makes; `bimodal` makes the other one (plan quality) in `rtdiff bench deadline`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
-from runtime.cli import CliError
+from runtime.cli import build_parser
 
 TASK = "double-pendulum"
+PLANNERS = ("expert", f"rolling:{TASK}", f"chunked:{TASK}", f"mlp:{TASK}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _shipped() -> set[str]:
+    from policies import shipped_policies
 
-
-def _run_args(policy: str, plant: str, seconds: float, seed: int) -> argparse.Namespace:
-    """`rtdiff run` arguments, parsed by the real parser so that defaults stay in one place."""
-    from runtime.cli import build_parser
-
-    return build_parser().parse_args(
-        ["run", "--policy", policy, "--plant", plant, "--mode", "realtime",
-         "--seconds", f"{seconds:g}", "--seed", str(seed), "--json"]
-    )
-
-
-def _shipped_policies() -> list[str]:
-    try:
-        from policies import shipped_policies
-    except ImportError:
-        return []
-    return [name for name in shipped_policies() if name.endswith(f":{TASK}")]
+    return set(shipped_policies())
 
 
 def _row(name: str, out: dict[str, Any]) -> str:
     lat, comp = out["lateness_ms"], out["compute_ms"]
-    plant = out.get("plant_misses", "-")
-    return (f"{name:<34}{out['ticks']:>7}{out['misses']:>8}{plant:>8}{100 * out['miss_rate']:>9.3f}"
-            f"{lat['p99']:>10.3f}{comp['p99']:>10.3f}{out['episodes']:>6}"
-            + (f"{100 * out['success_rate']:>9.1f}" if out["episodes"] else f"{'-':>9}"))
+    success = f"{100 * out['success_rate']:>9.1f}" if out["episodes"] else f"{'-':>9}"
+    return (f"{name:<26}{out['ticks']:>7}{out['misses']:>8}{out.get('plant_misses', '-'):>8}"
+            f"{100 * out['miss_rate']:>9.3f}{lat['p99']:>10.3f}{comp['p99']:>10.3f}"
+            f"{out['steps_per_tick']['mean']:>7.2f}{out['episodes']:>6}{success}")
+
+
+def table(rows: dict[str, dict[str, Any]]) -> str:
+    lines = [
+        f"{'planner':<26}{'ticks':>7}{'misses':>8}{'plant':>8}{'miss %':>9}{'late p99':>10}"
+        f"{'cmp p99':>10}{'steps':>7}{'eps':>6}{'success':>9}",
+        f"{'(realtime, 100 Hz, bridge)':<26}{'':>7}{'':>8}{'late':>8}{'':>9}{'ms':>10}"
+        f"{'ms':>10}{'/tick':>7}{'':>6}{'%':>9}",
+    ]
+    lines += [_row(name, out) for name, out in rows.items()]
+    return "\n".join(lines)
 
 
 def cli_demo(args: argparse.Namespace) -> int:
     from runtime.cli.bench_tick import cli_bench_tick
+    from runtime.cli.report import make_report
     from runtime.cli.run import execute
+    from runtime.cli.served import plant_server, run_args
 
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    print("== 1/4  tick-loop jitter at 1 kHz (rtdiff bench tick) ==", flush=True)
-    from runtime.cli import build_parser
-
-    bench = build_parser().parse_args(
+    (out_dir / "runs").mkdir(parents=True, exist_ok=True)
+    print("== 1/3  tick-loop jitter at 1 kHz (rtdiff bench tick) ==", flush=True)
+    cli_bench_tick(build_parser().parse_args(
         ["bench", "tick", "--rate", "1000", "--seconds", f"{args.bench_seconds:g}",
          "--variants", "sleep+gc,spin+frozen", "--heap-objects", "500000",
          "--seed", str(args.seed)]
-    )
-    cli_bench_tick(bench)
+    ))
 
+    shipped = _shipped()
+    planners = [p for p in PLANNERS if p == "expert" or p in shipped]
+    missing = [p for p in PLANNERS if p not in planners]
     rows: dict[str, dict[str, Any]] = {}
-    print(f"\n== 2/4  expert on an in-process MuJoCo {TASK}, realtime ==", flush=True)
-    _, rows["expert  sim (in-process)"] = execute(
-        _run_args("expert", f"sim:{TASK}", args.seconds, args.seed)
-    )
+    with plant_server(TASK, seed=args.seed) as address:
+        print(f"\n== 2/3  {TASK} served in realtime at {address}; {args.episodes} seeded "
+              f"episode(s) per planner ==", flush=True)
+        if missing:
+            print(f"   (not shipped in this build, skipped: {', '.join(missing)})")
+        for policy in planners:
+            name = policy.split(":")[0]
+            print(f"   {name} ...", flush=True)
+            trace = out_dir / "traces" / name
+            if trace.exists():
+                import shutil
 
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    print(f"\n== 3/4  the same over the ZeroMQ bridge ({address}, plant in its own process) ==",
-          flush=True)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "runtime.cli", "serve", "--task", TASK, "--realtime",
-         "--bind", address, "--seed", str(args.seed)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        _wait_for_server(server)
-        _, rows["expert  bridge (tcp loopback)"] = execute(
-            _run_args("expert", address, args.seconds, args.seed)
-        )
-        policies = _shipped_policies()
-        print(f"\n== 4/4  shipped learned planners over the bridge: {policies or 'none yet'} ==",
-              flush=True)
-        for policy in policies:
-            _, rows[f"{policy}  bridge"] = execute(
-                _run_args(policy, address, args.seconds, args.seed)
-            )
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+                shutil.rmtree(trace)
+            _, out = execute(run_args(policy, address, seed=args.seed, episodes=args.episodes,
+                                      trace=str(trace)))
+            out["trace"] = f"traces/{name}"
+            (out_dir / "runs" / f"{name}.json").write_text(json.dumps(out))
+            rows[name] = out
 
-    print(f"\n{'run (realtime, 100 Hz)':<34}{'ticks':>7}{'misses':>8}{'plant':>8}{'miss %':>9}"
-          f"{'late p99':>10}{'cmp p99':>10}{'eps':>6}{'success':>9}")
-    print(f"{'':<34}{'':>7}{'':>8}{'late':>8}{'':>9}{'ms':>10}{'ms':>10}{'':>6}{'%':>9}")
-    for name, out in rows.items():
-        print(_row(name, out))
-    summary = out_dir / "summary.json"
-    summary.write_text(json.dumps(rows, indent=2))
-    print(f"\nrun JSON written to {summary}")
+    print("\n== 3/3  results ==")
+    print(table(rows))
+    made = make_report(out_dir, out_dir / "report")
+    print(f"\nruns in {out_dir / 'runs'}; report with {len(made) - 1} plots in "
+          f"{out_dir / 'report' / 'report.md'}")
     return 0
-
-
-def _wait_for_server(server: subprocess.Popen[str], timeout_s: float = 30.0) -> None:
-    """Wait for `rtdiff serve` to say it is serving (its first stderr line)."""
-    deadline = time.monotonic() + timeout_s
-    if server.stderr is None:
-        raise CliError("cannot read the plant server's output")
-    while time.monotonic() < deadline:
-        line = server.stderr.readline()
-        if not line and server.poll() is not None:
-            raise CliError(f"the plant server exited with code {server.returncode}")
-        if "rtdiff serve:" in line:
-            # Keep draining its log so a full pipe can never block the plant process.
-            threading.Thread(target=server.stderr.read, daemon=True).start()
-            return
-    raise CliError(f"the plant server did not come up within {timeout_s:g} s")
