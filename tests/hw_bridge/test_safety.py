@@ -150,3 +150,45 @@ def test_late_commands_are_counted_not_applied_in_realtime() -> None:
     core.handle(b"A", hello())
     core.handle(b"A", command(2, [0.5], deadline_ns=clock.now_ns() - 1))
     assert core.counters["late"] == 1 and motor.writes == 0
+
+
+def test_limiter_scalar_path_matches_the_numpy_path_exactly() -> None:
+    """Small actions are limited on Python floats; the result, the flags and what is recorded
+    as the last action must be exactly those of the numpy reference, ties and signed zeros
+    included, and NaN/inf still rejected."""
+    rng = np.random.default_rng(1)
+    for da in (1, 2, 5):
+        low, high = -rng.uniform(0.5, 2, da), rng.uniform(0.5, 2, da)
+        rate = rng.uniform(1, 50, da)
+        fast = ActionLimiter(low=low, high=high, max_rate_per_s=rate)
+        ref = ActionLimiter(low=low, high=high, max_rate_per_s=rate)
+        assert fast._scalar
+        for k in range(3000):
+            a = rng.uniform(-3, 3, da)
+            if k % 7 == 0:  # exactly on a bound, or on the rate limit's edge
+                a = np.where(rng.random(da) < 0.5, low, high)
+            if k % 11 == 0:
+                a = np.array([-0.0, 0.0] * da)[:da]
+            dt = float(rng.choice([0.0, -0.01, 0.001, float(rng.uniform(0, 0.1))]))
+            if k % 13 == 0:
+                a[rng.integers(da)] = rng.choice([np.nan, np.inf, -np.inf])
+                for lim in (fast, ref):
+                    with pytest.raises(ActionRejected, match="NaN or inf"):
+                        lim.limit(a, dt_s=dt)
+                continue
+            got, want = fast.limit(a.copy(), dt_s=dt), ref._limit_arrays(a.copy(), dt_s=dt)
+            np.testing.assert_array_equal(got.action, want.action)
+            assert got.action.dtype == np.float64 and got.action.shape == (da,)
+            assert (got.clamped, got.rate_limited) == (want.clamped, want.rate_limited)
+            np.testing.assert_array_equal(fast.last, ref.last)
+            if k % 97 == 0:  # the safe action re-bases both
+                fast.safe(np.zeros(da))
+                ref.safe(np.zeros(da))
+    # the numpy path serves what the scalar one does not take
+    assert not ActionLimiter(low=np.full(2, -np.inf), high=np.ones(2))._scalar
+    assert not ActionLimiter(low=-np.ones(32), high=np.ones(32))._scalar
+    lim = ActionLimiter(low=-np.ones(2), high=np.ones(2))
+    res = lim.limit(np.array([3.0, -0.5], dtype=np.float32), dt_s=0.01)
+    np.testing.assert_array_equal(res.action, [1.0, -0.5])
+    with pytest.raises(ActionRejected):
+        lim.limit(np.array([0.0, 0.0, 0.0]), dt_s=0.01)
