@@ -43,15 +43,17 @@ from hw_bridge.codec import (
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     ProtocolError,
+    check_message,
     check_obs,
-    decode,
     decode_array,
+    fast_state,
     message,
     new_encoder,
     spec_from_wire,
+    unpack,
 )
 from runtime.clock import MonotonicClock
-from runtime.protocols import Clock, Command, Observation, PlantSpec
+from runtime.protocols import Clock, Command, FloatArray, Observation, PlantSpec
 
 log = logging.getLogger("hw_bridge")
 
@@ -262,19 +264,36 @@ class RemotePlant:
         # EVENTS (or a recv) re-arms it, so it is checked before sleeping; after select() fires
         # a frame is almost always there and is read at once (a spurious wake costs one Again),
         # and after each frame EVENTS says whether more are queued (cheaper than an Again).
-        ready = cast(int, sock.getsockopt(_EVENTS)) & _POLLIN
-        if not ready and wait_ns > 0:
-            ready = len(select.select([self._fd], [], [], wait_ns * 1e-9)[0])
-        while ready:
+        if cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
+            # frames were already queued (the caller is behind): drain, then the periodic work
+            self._drain(sock)
+        else:
+            # Nothing queued: an idle moment, so the periodic work (heartbeat, hello, loss
+            # check) is done now rather than between a state's arrival and the command the
+            # caller computes from it, where a heartbeat would delay both ends' hot paths.
+            self._housekeeping()
+            if self._sock is not sock:  # the link was declared lost: a fresh socket
+                return
+            # EVENTS again: a send inside the housekeeping may have consumed the fd's edge
+            if cast(int, sock.getsockopt(_EVENTS)) & _POLLIN or (
+                wait_ns > 0 and select.select([self._fd], [], [], wait_ns * 1e-9)[0]
+            ):
+                self._drain(sock)
+            return
+        self._housekeeping()
+
+    def _drain(self, sock: zmq.Socket[bytes]) -> None:
+        """Handle frames until none is queued. Called when one most likely is (EVENTS said so,
+        or the fd fired: a spurious wake costs one Again); after each frame EVENTS says whether
+        more wait (cheaper than ending on an Again)."""
+        while True:
             try:
                 payload = sock.recv(_NOBLOCK)
             except zmq.Again:
-                break
+                return
             self._on_message(payload)
-            if self._sock is not sock:  # re-opened during handling
-                break
-            ready = cast(int, sock.getsockopt(_EVENTS)) & _POLLIN
-        self._housekeeping()
+            if self._sock is not sock or not cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
+                return  # re-opened during handling, or drained
 
     def _housekeeping(self) -> None:
         now = self.clock.now_ns()
@@ -304,14 +323,26 @@ class RemotePlant:
 
     def _on_message(self, payload: bytes) -> None:
         now = self.clock.now_ns()
+        spec = self._spec
+        arrays = None
         try:
-            msg = decode(payload)
+            msg = unpack(payload)
+            # the stream's common case (a well-formed state of our layout) in one pass
+            if self._connected and spec is not None:
+                arrays = fast_state(msg, state_dim=spec.state_dim, goal_dim=spec.goal_dim)
+            if arrays is None:
+                msg = check_message(msg)
         except ProtocolError as exc:
             self.counts["errors"] += 1
             self._log_bad(f"undecodable message from server: {exc}")
             return
+        if arrays is not None:
+            self._last_rx_ns = now
+            self._probe_ns = None
+            self._on_state(msg, now, arrays)
+            return
         kind = msg["type"]
-        if kind == "state":  # the stream: first
+        if kind == "state":
             if self._connected:  # states before our welcome belong to an older session
                 self._last_rx_ns = now
                 self._probe_ns = None
@@ -417,17 +448,23 @@ class RemotePlant:
         elif code not in ("late", "rejected"):
             log.warning("hw_bridge: server error %s: %s", code, text)
 
-    def _on_state(self, msg: dict[str, Any], now: int) -> None:
+    def _on_state(
+        self, msg: dict[str, Any], now: int, arrays: tuple[FloatArray, FloatArray] | None = None
+    ) -> None:
+        """A state message (header and fields valid); `arrays`: its obs already checked by
+        `fast_state`, else `check_obs` checks it here."""
         spec = self._spec
         if spec is None:
             return
         o = msg["obs"]
-        try:
-            state, goal = check_obs(o, state_dim=spec.state_dim, goal_dim=spec.goal_dim)
-        except ProtocolError as exc:
-            self.counts["errors"] += 1
-            self._log_bad(f"bad state message: {exc}")
-            return
+        if arrays is None:
+            try:
+                arrays = check_obs(o, state_dim=spec.state_dim, goal_dim=spec.goal_dim)
+            except ProtocolError as exc:
+                self.counts["errors"] += 1
+                self._log_bad(f"bad state message: {exc}")
+                return
+        state, goal = arrays
         latest = self._latest
         seq: int = msg["seq"]
         if seq <= self._latest_state_seq and latest is not None:

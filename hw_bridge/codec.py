@@ -223,6 +223,9 @@ SCHEMA: dict[str, dict[str, tuple[_Check, bool, bool]]] = {
 }
 
 
+_unpackb = msgpack.unpackb
+
+
 def _no_ext(code: int, data: bytes) -> Any:
     raise ProtocolError("bad_message", f"msgpack ext type {code} is not part of the protocol")
 
@@ -233,16 +236,24 @@ def decode(payload: bytes, *, max_bytes: int = MAX_MSG_BYTES) -> dict[str, Any]:
     Codes: `bad_message` (not msgpack, not a map, a missing or ill-typed field, trailing bytes,
     too large), `bad_version` (`v` is not a version this build speaks).
     """
+    return check_message(unpack(payload, max_bytes=max_bytes))
+
+
+def unpack(payload: bytes, *, max_bytes: int = MAX_MSG_BYTES) -> Any:
+    """The first half of `decode`: size and msgpack only (raises `ProtocolError`); the value
+    is untrusted until `check_message` (or `fast_state`) accepted it."""
     if len(payload) > max_bytes:
         raise ProtocolError("bad_message", f"{len(payload)} bytes is over the {max_bytes} limit")
     try:
-        msg = msgpack.unpackb(
-            payload, raw=False, strict_map_key=True, ext_hook=_no_ext, use_list=True
-        )
+        return _unpackb(payload, raw=False, strict_map_key=True, ext_hook=_no_ext, use_list=True)
     except ProtocolError:
         raise
     except Exception as exc:  # any unpacker failure on untrusted bytes is a bad message
         raise ProtocolError("bad_message", f"not a msgpack message: {type(exc).__name__}") from None
+
+
+def check_message(msg: Any) -> dict[str, Any]:
+    """The second half of `decode`: an unpacked value -> a validated message map."""
     if type(msg) is not dict:  # the unpacker makes plain dicts
         raise ProtocolError("bad_message", f"expected a map, got {_tname(msg)}")
     v = msg.get("v")
@@ -470,3 +481,52 @@ def check_obs(d: Any, *, state_dim: int, goal_dim: int) -> tuple[FloatArray, Flo
     state = decode_array(d.get("state"), field="state.obs.state", shape=(state_dim,))
     goal = decode_array(d.get("goal"), field="state.obs.goal", shape=(goal_dim,))
     return state, goal
+
+
+def fast_state(msg: Any, *, state_dim: int, goal_dim: int) -> tuple[FloatArray, FloatArray] | None:
+    """The client's per-tick path: an unpacked value that is a well-formed v1 `state` whose
+    `obs` has this layout -> its (state (Ds,), goal (Dg,)) arrays, checked in one pass; None
+    for anything else, which then goes through `check_message` and `check_obs` (they accept it
+    or say what is wrong). Accepts nothing those two would refuse (tests hold it to that)."""
+    if type(msg) is not dict:
+        return None
+    v, seq, t, o = msg.get("v"), msg.get("seq"), msg.get("t_ns"), msg.get("obs")
+    a, r, sf = msg.get("ack_seq"), msg.get("reset_seq"), msg.get("safe")
+    if not (
+        msg.get("type") == "state"
+        and type(v) is int
+        and v in SUPPORTED_VERSIONS
+        and type(seq) is int
+        and 0 <= seq < _I64_END
+        and type(t) is int
+        and _I64_MIN <= t < _I64_END
+        and type(a) is int
+        and _I64_MIN <= a < _I64_END
+        and type(r) is int
+        and _I64_MIN <= r < _I64_END
+        and (sf is True or sf is False)
+        and type(o) is dict
+    ):
+        return None
+    oseq, ot, rw, te, tr = (
+        o.get("seq"),
+        o.get("t_ns"),
+        o.get("reward"),
+        o.get("terminated"),
+        o.get("truncated"),
+    )
+    if (
+        type(oseq) is int
+        and _I64_MIN <= oseq < _I64_END
+        and type(ot) is int
+        and _I64_MIN <= ot < _I64_END
+        and (type(rw) is float or type(rw) is int)
+        and (te is True or te is False)
+        and (tr is True or tr is False)
+        and type(o.get("info", _EMPTY)) is dict
+        and ((st := o.get("stale", False)) is True or st is False)
+        and (sd := _vec_data(o.get("state"), state_dim)) is not None
+        and (gd := _vec_data(o.get("goal"), goal_dim)) is not None
+    ):
+        return _frombuffer(sd, _float64).copy(), _frombuffer(gd, _float64).copy()
+    return None

@@ -89,3 +89,67 @@ def test_client_survives_malformed_server_frames(client: RemotePlant) -> None:
     assert obs.stale and obs.seq == good.seq  # nothing malformed replaced the last good state
     np.testing.assert_array_equal(obs.state, good.state)
     assert client.counts["errors"] > 0
+
+
+def test_fast_state_accepts_only_what_the_reference_checks_accept() -> None:
+    """`fast_state` (the client's one-pass path) never accepts a frame that `check_message` +
+    `check_obs` refuse, returns the same arrays when it accepts, and accepts the states the
+    server's encoder makes."""
+    from hw_bridge.codec import ProtocolError, check_message, check_obs, fast_state
+
+    rng = np.random.default_rng(4)
+    frames = list(malformed_frames(seed=5, n=3000, first_seq=2))
+    bad_values = [None, "x", 1.5, True, -1, [1], [True], [2.0], {"a": 1}, 2**63, 2**64 - 1, b"x"]
+    for i in range(6000):
+        m = _state(1 + i)
+        o = m["obs"]
+        where = int(rng.integers(4))
+        if where == 0:  # a header or state field
+            key = ["v", "seq", "t_ns", "type", "ack_seq", "reset_seq", "safe", "obs"][i % 8]
+            m[key] = bad_values[int(rng.integers(len(bad_values)))]
+        elif where == 1:  # an obs field
+            key = ["seq", "t_ns", "reward", "terminated", "truncated", "info", "stale"][i % 7]
+            o[key] = bad_values[int(rng.integers(len(bad_values)))]
+        elif where == 2:  # an array map
+            arr = dict(o["state" if i % 2 else "goal"])
+            key = ["dtype", "shape", "data"][i % 3]
+            arr[key] = [
+                "<f4",
+                ">f8",
+                "<i8",
+                [2],
+                [1],
+                [0],
+                [True],
+                [2.0],
+                [1, 2],
+                b"\0" * 8,
+                b"",
+                None,
+            ][int(rng.integers(12))]
+            o["state" if i % 2 else "goal"] = arr
+        # where == 3: left well-formed
+        frames.append(encode(m))
+    accepted = 0
+    for frame in frames:
+        try:
+            msg = msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
+        except Exception:
+            continue
+        fast = fast_state(msg, state_dim=2, goal_dim=0)
+        try:
+            ref = check_message(msg)
+            ok = ref["type"] == "state"
+            if ok:
+                ref_arrays = check_obs(ref["obs"], state_dim=2, goal_dim=0)
+        except ProtocolError:
+            ok = False
+        if fast is not None:
+            assert ok, msg  # fast never accepts more
+            assert all(a.dtype == np.float64 and a.flags.writeable for a in fast)
+            np.testing.assert_array_equal(fast[0], ref_arrays[0])
+            np.testing.assert_array_equal(fast[1], ref_arrays[1])
+            accepted += 1
+        elif ok and ref["obs"]["state"]["dtype"] == "<f8" and ref["obs"]["goal"]["dtype"] == "<f8":
+            raise AssertionError(f"a well-formed <f8 state took the slow path: {msg}")
+    assert accepted > 1000
