@@ -528,5 +528,6 @@ def fast_state(msg: Any, *, state_dim: int, goal_dim: int) -> tuple[FloatArray, 
         and (sd := _vec_data(o.get("state"), state_dim)) is not None
         and (gd := _vec_data(o.get("goal"), goal_dim)) is not None
     ):
-        return _frombuffer(sd, _float64).copy(), _frombuffer(gd, _float64).copy()
+        # fresh, writable arrays, each over its own copy of the bytes: one numpy call apiece
+        return _frombuffer(bytearray(sd), _float64), _frombuffer(bytearray(gd), _float64)
     return None

@@ -102,6 +102,7 @@ class PlantServer:
         self.address: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._fd = int(self.sock.getsockopt(zmq.FD))
         self.serving = threading.Event()
+        self._paced = False
 
     @property
     def counters(self) -> dict[str, int]:
@@ -162,6 +163,9 @@ class PlantServer:
     def serve_forever(self) -> None:
         core, clock = self.core, self.clock
         core.start()
+        # whether the plant paces itself (says when it steps next), asked once rather than by a
+        # failing attribute lookup every tick
+        self._paced = hasattr(core.plant, "next_tick_ns")
         self.serving.set()
         period = core.spec.period_ns
         next_tick = clock.now_ns() + period
@@ -193,7 +197,7 @@ class PlantServer:
         # A plant that paces itself (MujocoPlant in realtime) says when it steps next: tick just
         # after it, so a new state goes out within ~`_ALIGN_NS` of being computed; if it was not
         # there yet, look again shortly (for at most two periods, then wait for the next one).
-        aligned = getattr(self.core.plant, "next_tick_ns", None)
+        aligned = getattr(self.core.plant, "next_tick_ns", None) if self._paced else None
         if isinstance(aligned, int):
             if not published and now - self.core.last_publish_ns < 2 * period:
                 return now + _RECHECK_NS
