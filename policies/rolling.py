@@ -67,6 +67,8 @@ class RollingPlanner(TorchPlannerBase):
         mc = model.cfg
         check_dims(spec, (mc.state_dim, mc.action_dim, mc.goal_dim), "this model")
         super().__init__(normalizer, spec, n_past=mc.n_past, device=device, seed=seed)
+        if mc.horizon < 2:
+            raise ValueError(f"the rolling buffer needs H >= 2 tokens, got {mc.horizon=}")
         if cfg.clean_ticks > max(1, mc.horizon - 1):
             raise ValueError(f"{cfg.clean_ticks=} must be <= H - 1 = {mc.horizon - 1}")
         self.cfg = cfg
@@ -101,7 +103,6 @@ class RollingPlanner(TorchPlannerBase):
             self.z_hat[:, 1:],
             self.z_hat[:, -1],
         )
-        self._noise_last = self._noise[:, -1]
         self._t_head, self._t_tail, self._t_last = (
             self.tau[:, :-1],
             self.tau[:, 1:],
