@@ -188,7 +188,7 @@ def plot_heatmap(runs: list[dict[str, Any]], out: Path, *, max_ticks: int = 600)
 
 def plot_trajectories(runs: list[dict[str, Any]], out: Path, *, max_ticks: int = 500,
                       dims: int = 3) -> Path | None:
-    """The first learned planner's states and action beside the expert's on the same seed."""
+    """States and first action over time, every planner against the expert, on one seed."""
     import matplotlib.pyplot as plt
 
     traced: list[tuple[dict[str, Any], np.ndarray, dict[str, Any]]] = []
@@ -198,12 +198,14 @@ def plot_trajectories(runs: list[dict[str, Any]], out: Path, *, max_ticks: int =
             traced.append((r, rec, side))
     if not traced:
         return None
-    learned = [t for t in traced if t[0].get("policy") != "expert"]
+    learned = sorted((t for t in traced if t[0].get("policy") != "expert"),
+                     key=lambda t: not str(t[0].get("policy", "")).startswith("roll"))
     first = learned[0] if learned else traced[0]
     key = (first[0].get("task"), first[0].get("seed"))
-    series = [first]
-    series += [t for t in traced if t[0].get("policy") == "expert" and t is not first
-               and (t[0].get("task"), t[0].get("seed")) == key][:1]
+    same = [t for t in traced if (t[0].get("task"), t[0].get("seed")) == key
+            and float(t[0].get("rate_hz", 0)) == float(first[0].get("rate_hz", 0))]
+    # every planner of that task, seed and rate, one line each (the expert last, the reference)
+    series = sorted(same, key=lambda t: (t[0].get("policy") == "expert", _label(t[0])))[:5]
     rate = float(first[0].get("rate_hz", 1.0))
     n_state = min(dims, first[2]["state"].shape[1])
     fig, axes = plt.subplots(n_state + 1, 1, figsize=(12, 2.2 * (n_state + 1)), sharex=True)
