@@ -143,8 +143,12 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
                 lateness_p99_ms=max(r["lateness_ms"]["p99"] for r in ok),
                 compute_p99_ms=max(r["compute_ms"]["p99"] for r in ok),
                 steps_per_tick=sum(r["steps_per_tick"]["mean"] for r in ok) / n,
-                success_rate=sum(r["success_rate"] for r in ok) / n,
-                episodes=sum(r["episodes"] for r in ok),
+                # a run that finished no episode says nothing about success: left out
+                success_rate=(
+                    sum(r["success_rate"] * r["episodes"] for r in ok) / eps
+                    if (eps := sum(r["episodes"] for r in ok)) else None
+                ),
+                episodes=eps,
                 mean_return=sum(r["mean_return"] for r in ok) / n,
             )
         rows.append(row)
@@ -159,15 +163,16 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
 
 def summary_table(summary: dict[str, Any]) -> str:
     lines = [f"{'task':<16}{'planner':<15}{'Hz':>6}{'hog':>5}{'miss %':>9}{'late p99':>10}"
-             f"{'cmp p99':>9}{'steps':>7}{'success %':>11}"]
+             f"{'cmp p99':>9}{'steps':>7}{'success %':>11}{'eps':>6}"]
     for r in summary["cells"]:
         head = f"{r['task']:<16}{r['planner']:<15}{r['rate_hz']:>6g}{'yes' if r['hog'] else '':>5}"
         if "error" in r:
             lines.append(f"{head}   {r['error']}")
             continue
+        success = "-" if r["success_rate"] is None else f"{100 * r['success_rate']:.1f}"
         lines.append(f"{head}{100 * r['miss_rate']:>9.3f}{r['lateness_p99_ms']:>10.3f}"
-                     f"{r['compute_p99_ms']:>9.3f}{r['steps_per_tick']:>7.2f}"
-                     f"{100 * r['success_rate']:>11.1f}")
+                     f"{r['compute_p99_ms']:>9.3f}{r['steps_per_tick']:>7.2f}{success:>11}"
+                     f"{r['episodes']:>6}")
     for task, best in summary["rolling_max_rate_hz_misses_le_0.1pct"].items():
         lines.append(f"rolling on {task}: highest rate with misses <= 0.1 %: "
                      f"{best['quiet']} Hz quiet, {best['with_hog']} Hz with a CPU hog")
