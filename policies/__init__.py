@@ -47,6 +47,7 @@ __all__ = [
     "RollingPlanner",
     "load_checkpoint",
     "load_planner",
+    "planner_from_checkpoint",
     "resolve_policy",
     "save_checkpoint",
     "shipped_policies",
@@ -109,8 +110,24 @@ def load_planner(
         torch.set_num_threads(cpu_threads)
     directory, kind = resolve_policy(policy)
     ckpt = load_checkpoint(directory, device=device)
+    return planner_from_checkpoint(
+        ckpt, spec=spec, kind=kind, device=device, seed=seed, overrides=overrides
+    )
+
+
+def planner_from_checkpoint(
+    ckpt: Checkpoint,
+    *,
+    spec: PlantSpec,
+    kind: str | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    overrides: Mapping[str, Any] | None = None,
+) -> Planner:
+    """The planner of `kind` (default: the checkpoint's own) around an in-memory checkpoint."""
     kind = kind or ckpt.kind
     model, norm, cfg = ckpt.model, ckpt.normalizer, ckpt.planner
+    where = f"checkpoint for {ckpt.kind}:{ckpt.task}"
     if overrides:
         known = {f.name for f in dataclasses.fields(cfg)}
         bad = sorted(set(overrides) - known)
@@ -119,10 +136,10 @@ def load_planner(
         cfg = dataclasses.replace(cfg, **overrides)
     if kind == "mlp":
         if not isinstance(model, MLPPolicy):
-            raise ValueError(f"checkpoint {directory} holds a denoiser, not an mlp policy")
+            raise ValueError(f"{where} holds a denoiser, not an mlp policy")
         return MLPPlanner(model, norm, spec, cfg, device=device, seed=seed)
     if not isinstance(model, Denoiser):
-        raise ValueError(f"checkpoint {directory} holds an mlp policy, not a denoiser")
+        raise ValueError(f"{where} holds an mlp policy, not a denoiser")
     if kind == "rolling":
         return RollingPlanner(model, norm, spec, cfg, device=device, seed=seed)
     if kind == "chunked":

@@ -118,8 +118,16 @@ def train(
     model_cfg: DenoiserConfig | MLPConfig | None = None,
     planner_cfg: PlannerConfig | None = None,
     log: Callable[[str], None] | None = None,
+    evaluate: Callable[[Checkpoint], str] | None = None,
+    eval_every: int = 0,
 ) -> TrainResult:
-    """Train a policy of `cfg.kind` on `episodes`; the checkpoint holds the EMA weights."""
+    """Train a policy of `cfg.kind` on `episodes`; the checkpoint holds the EMA weights.
+
+    With `evaluate` and `eval_every > 0`, every `eval_every` steps a snapshot of the EMA weights
+    (surprise-calibrated like the final one) is handed to `evaluate` and its one-line answer
+    logged. It draws no randomness from the training generator, so it does not change the
+    weights.
+    """
     t_start = time.perf_counter()
     dev = torch.device(cfg.device)
     norm = fit_normalizer(episodes)
@@ -197,6 +205,16 @@ def train(
             if log is not None:
                 el = time.perf_counter() - t_start
                 log(f"step {step + 1}/{cfg.steps}  loss {mean:.4f}  {el:.0f} s")
+        if evaluate is not None and eval_every > 0 and (step + 1) % eval_every == 0 and not last:
+            snap = copy.deepcopy(ema).cpu()
+            snap_cfg = (
+                calibrate_surprise(snap, win, pcfg, seed=cfg.seed)
+                if isinstance(snap, Denoiser)
+                else pcfg
+            )
+            line = evaluate(Checkpoint(cfg.kind, task, snap, norm, snap_cfg))
+            if log is not None:
+                log(f"step {step + 1}/{cfg.steps}  {line}")
     if isinstance(ema, Denoiser):
         pcfg = calibrate_surprise(ema, win, pcfg, seed=cfg.seed)
     ema.cpu()
@@ -294,8 +312,15 @@ def cli_train(args: Any) -> int:
         device=args.device,
     )
     _progress(f"{len(episodes)} episodes of {args.task}; {cfg.kind} for {cfg.steps} steps")
+    eval_every = int(getattr(args, "eval_every", 0) or 0)
+    eval_episodes = int(getattr(args, "eval_episodes", 5) or 0)
+    evaluate = _sim_evaluator(args.task, episodes=eval_episodes, seed=10_000 + args.seed)
+    if evaluate is None:
+        _progress("no simulated plant available: no lockstep evaluation")
     try:
-        res = train(episodes, cfg, task=args.task, log=_progress)
+        res = train(
+            episodes, cfg, task=args.task, log=_progress, evaluate=evaluate, eval_every=eval_every
+        )
     except ValueError as exc:
         raise CliError(str(exc)) from None
     ckpt = res.checkpoint
@@ -311,24 +336,35 @@ def cli_train(args: Any) -> int:
     out = save_checkpoint(ckpt, args.out)
     summary = f"saved {out}  loss {res.first_loss:.4f} -> {res.final_loss:.4f}  {res.seconds:.0f} s"
     _progress(summary)
+    if evaluate is not None:
+        _progress(f"final: {evaluate(ckpt)}")
+    return 0
+
+
+def _sim_evaluator(task: str, *, episodes: int, seed: int) -> Callable[[Checkpoint], str] | None:
+    """A lockstep evaluation on `sims.make_plant(task)`, or None without a simulator."""
+    if episodes <= 0:
+        return None
     try:
         from sims import make_plant
     except ImportError:
-        _progress("no simulated plant available; skipping the lockstep evaluation")
-        return 0
-    from policies import load_planner
+        return None
+    from policies import planner_from_checkpoint
 
-    plant = make_plant(args.task)
-    try:
-        planner = load_planner(str(out), spec=plant.spec(), seed=args.seed)
-        ev = lockstep_eval(planner, plant, episodes=5, seed=10_000 + args.seed)
-    finally:
-        plant.close()
-        close = getattr(locals().get("planner"), "close", None)
-        if close is not None:
-            close()
-    _progress(
-        f"lockstep eval, 5 episodes, 1 step/tick: success {ev['success_rate']:.0%}, "
-        f"mean return {ev['mean_return']:.1f}"
-    )
-    return 0
+    def evaluate(ckpt: Checkpoint) -> str:
+        plant = make_plant(task)
+        planner: Any = None
+        try:
+            planner = planner_from_checkpoint(ckpt, spec=plant.spec(), seed=seed)
+            ev = lockstep_eval(planner, plant, episodes=episodes, seed=seed)
+        finally:
+            plant.close()
+            close = getattr(planner, "close", None)
+            if close is not None:
+                close()
+        return (
+            f"lockstep eval, {episodes} episodes, 1 step/tick: "
+            f"success {ev['success_rate']:.0%}, mean return {ev['mean_return']:.1f}"
+        )
+
+    return evaluate

@@ -103,6 +103,13 @@ def _add_train(sp: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--steps", type=positive_int, default=None, help="optimizer steps")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument(
+        "--eval-every", type=nonnegative_int, default=0,
+        help="lockstep evaluation every N steps (0: only at the end; needs a simulated task)",
+    )
+    p.add_argument(
+        "--eval-episodes", type=nonnegative_int, default=5, help="episodes per evaluation (0: none)"
+    )
     _target(p, "policies.train:cli_train")
 
 

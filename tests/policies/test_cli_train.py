@@ -48,7 +48,7 @@ def test_train_cli_writes_a_checkpoint_with_its_command(
     assert cfg["kind"] == "rolling" and cfg["task"] == "toy"
     assert cfg["train"]["command"].startswith("rtdiff ")
     err = capsys.readouterr().err
-    assert "step 3/3" in err and "skipping the lockstep evaluation" in err
+    assert "step 3/3" in err and "no lockstep evaluation" in err
 
 
 def test_train_cli_reports_user_errors_in_one_line(fake_sims: None, tmp_path: Path) -> None:

@@ -167,3 +167,18 @@ def test_mismatched_plant_and_unknown_policies_are_refused(saved: Path) -> None:
         load_planner("rolling:no-such-task", spec=toy_spec())
     with pytest.raises(ValueError, match="neither KIND:TASK nor a checkpoint directory"):
         load_planner("/no/such/dir", spec=toy_spec())
+
+
+def test_periodic_evaluation_sees_snapshots_and_leaves_the_weights_alone() -> None:
+    eps = toy_episodes(n=2, T=16)
+    cfg = TrainConfig(steps=12, batch_size=8, log_every=0)
+    seen: list[str] = []
+
+    def evaluate(ckpt) -> str:  # type: ignore[no-untyped-def]
+        seen.append(ckpt.kind)
+        return "ok"
+
+    plain = train(eps, cfg, task="toy", model_cfg=TINY)
+    evald = train(eps, cfg, task="toy", model_cfg=TINY, evaluate=evaluate, eval_every=5)
+    assert seen == ["rolling", "rolling"]  # steps 5 and 10 (not the last)
+    assert state_dict_equal(plain.checkpoint.model, evald.checkpoint.model)
