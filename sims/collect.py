@@ -161,7 +161,7 @@ def _check_out(out: Path) -> None:
 
 def collect(cfg: CollectConfig, *, progress: bool = True) -> dict[str, Any]:
     """Collect and write a dataset atomically to `cfg.out`; returns a summary."""
-    out = cfg.out
+    out = cfg.out.absolute()  # minari joins the dataset path onto itself when it is relative
     _check_out(out)
     require_hdf5()  # before the collection, not after it
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -121,3 +121,10 @@ def test_rtdiff_tasks_prints_a_table_and_json(capsys):
     names = [t["name"] for t in data["tasks"]]
     assert names[:2] == ["double-pendulum", "reacher-moving"]
     assert data["tasks"][0]["rate_hz"] == 100.0
+
+
+def test_cli_collect_accepts_a_relative_out(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["collect", "--task", "bimodal", "--episodes", "1", "--out", "ds_rel"]) == 0
+    assert load_episodes(tmp_path / "ds_rel")[0].task == "bimodal"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds_rel"]
