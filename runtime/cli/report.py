@@ -49,8 +49,8 @@ def load_runs(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _label(run: dict[str, Any]) -> str:
-    policy = str(run.get("policy", "?"))
-    return policy.split(":")[0] + (f" K={run['k_steps']}" if run.get("k_steps") else "")
+    """`bench deadline`'s planner name (e.g. chunked-k50) if given, else the policy's kind."""
+    return str(run.get("planner") or str(run.get("policy", "?")).split(":")[0])
 
 
 def _table(runs: list[dict[str, Any]]) -> str:
@@ -82,24 +82,25 @@ def _trace_data(run: dict[str, Any]) -> tuple[np.ndarray | None, dict[str, Any] 
 def plot_latency(runs: list[dict[str, Any]], out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
-    by_label: dict[str, list[np.ndarray]] = defaultdict(list)
+    # Only the timing columns are pooled: runs of different tasks have different action sizes.
+    late: dict[str, list[np.ndarray]] = defaultdict(list)  # label -> [(N,) ms]
+    comp: dict[str, list[np.ndarray]] = defaultdict(list)
     for run in runs:
         rec, _ = _trace_data(run)
         if rec is not None and len(rec):
-            by_label[_label(run)].append(rec)
-    if not by_label:
+            late[_label(run)].append(rec["lateness_ns"] / 1e6)
+            comp[_label(run)].append((rec["emit_ns"] - rec["start_ns"]) / 1e6)
+    if not late:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    merged = {label: np.concatenate(recs) for label, recs in by_label.items()}
-    every = np.concatenate(list(merged.values()))
+    lat = {k: np.concatenate(v) for k, v in late.items()}
+    cmp_ = {k: np.concatenate(v) for k, v in comp.items()}
     # Shared bin edges, so that the planners' histograms can be compared bar for bar.
-    late_bins = np.histogram_bin_edges(every["lateness_ns"] / 1e6, bins=60)
-    comp_bins = np.histogram_bin_edges((every["emit_ns"] - every["start_ns"]) / 1e6, bins=60)
-    for label, r in merged.items():
-        lateness_ms = r["lateness_ns"] / 1e6
-        compute_ms = (r["emit_ns"] - r["start_ns"]) / 1e6
-        axes[0].hist(lateness_ms, bins=late_bins, histtype="step", label=label, log=True)
-        axes[1].hist(compute_ms, bins=comp_bins, histtype="step", label=label, log=True)
+    late_bins = np.histogram_bin_edges(np.concatenate(list(lat.values())), bins=60)
+    comp_bins = np.histogram_bin_edges(np.concatenate(list(cmp_.values())), bins=60)
+    for label in lat:
+        axes[0].hist(lat[label], bins=late_bins, histtype="step", label=label, log=True)
+        axes[1].hist(cmp_[label], bins=comp_bins, histtype="step", label=label, log=True)
     axes[0].set(xlabel="lateness: actual - scheduled tick start (ms)", ylabel="ticks (log)",
                 title="Tick start lateness")
     axes[1].set(xlabel="compute: tick start to command sent (ms)", ylabel="ticks (log)",
