@@ -133,12 +133,17 @@ def plot_rate_sweep(runs: list[dict[str, Any]], out: Path) -> Path | None:
                 continue
             rates = sorted(by_rate)
             miss = [100 * np.mean([r["miss_rate"] for r in by_rate[x]]) for x in rates]
-            succ = [100 * np.mean([r.get("success_rate", 0.0) for r in by_rate[x]])
-                    for x in rates]
             axes[row, 0].plot(rates, miss, marker="o", label=label)
-            axes[row, 1].plot(rates, succ, marker="o", label=label)
-        axes[row, 0].set(xscale="log", yscale="symlog", xlabel="control rate (Hz)",
-                         ylabel="deadline misses (%)", title=f"{task}: miss rate")
+            # success only where some episode finished (a run shorter than an episode says
+            # nothing about success)
+            done = [(x, [r for r in by_rate[x] if r.get("episodes", 0)]) for x in rates]
+            xs = [x for x, rs in done if rs]
+            succ = [100 * sum(r["success_rate"] * r["episodes"] for r in rs)
+                    / sum(r["episodes"] for r in rs) for _, rs in done if rs]
+            axes[row, 1].plot(xs, succ, marker="o", label=label)
+        axes[row, 0].set_yscale("symlog", linthresh=0.1)
+        axes[row, 0].set(xscale="log", xlabel="control rate (Hz)", ylim=(0, 100),
+                         ylabel="deadline misses (%, symlog)", title=f"{task}: miss rate")
         axes[row, 1].set(xscale="log", xlabel="control rate (Hz)", ylabel="success (%)",
                          ylim=(-5, 105), title=f"{task}: task success")
         for ax in axes[row]:
