@@ -67,3 +67,25 @@ def test_report_on_a_directory_without_runs_is_a_one_line_error(tmp_path: Path) 
     with pytest.raises(CliError, match="holds no run JSON"):
         make_report(tmp_path, tmp_path / "out")
     assert main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_report_pools_runs_of_tasks_with_different_action_sizes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "runs").mkdir(parents=True)
+    for name, da in (("a", 1), ("b", 2)):
+        ring = TraceRing(da, chunk_ticks=8, path=run_dir / "traces" / name)
+        for k in range(20):
+            i = ring.next_slot()
+            ring.cols.tick[i], ring.cols.start_ns[i] = k, k * 1_000_000
+            ring.cols.scheduled_ns[i], ring.cols.emit_ns[i] = k * 1_000_000, k * 1_000_000 + 500
+            ring.commit()
+        ring.close()
+        stats = {"ticks": 20, "misses": 0, "miss_rate": 0.0, "episodes": 0,
+                 "lateness_ms": {"p50": 0.0, "p99": 0.0, "max": 0.0},
+                 "compute_ms": {"p50": 0.0005, "p99": 0.0005},
+                 "steps_per_tick": {"mean": 0.0}}
+        (run_dir / "runs" / f"{name}.json").write_text(json.dumps(
+            {**stats, "task": f"task-{name}", "planner": "rolling", "policy": "rolling:x",
+             "rate_hz": 1000, "trace": f"traces/{name}"}))
+    files = {p.name for p in make_report(run_dir, tmp_path / "out")}
+    assert "latency_hist.png" in files and "report.md" in files
