@@ -42,9 +42,6 @@ class Fallback:
     name = "hold"
     code = CODE_HOLD
 
-    def reset(self) -> None:
-        """Called when a fresh planner action went out (ends a run of fallback ticks)."""
-
     def fill(self, out: FloatArray, last: FloatArray, state: FloatArray) -> None:
         np.copyto(out, last)
 

@@ -192,12 +192,12 @@ class ControlLoop:
         self.progress = progress
         self.progress_every = progress_every
         self.sidecar = sidecar
+        self._last_records: np.ndarray | None = None
         da = self.spec.action_dim
         self._low = self.spec.action_low.copy()
         self._high = self.spec.action_high.copy()
         self._out = np.zeros(da)  # the action going out this tick (Da,)
         self._last = np.clip(np.zeros(da), self._low, self._high)  # last action sent (Da,)
-        self._fallbacks: dict[str, int] = {}
         self._stop = False
 
     def stop(self) -> None:
@@ -273,7 +273,6 @@ class ControlLoop:
             1 if not realtime else 1 << 30
         )
         fallback = self.fallback
-        fb_name = fallback.name
         out, last, low, high = self._out, self._last, self._low, self._high
         episode_results: list[EpisodeResult] = []
         ep_index, ep_ticks, ep_return, ep_seed = 0, 0, 0.0, seed
@@ -297,10 +296,9 @@ class ControlLoop:
                 obs = plant.reset(seed=ep_seed)
                 planner.reset(obs)
             worker: RefineWorker | None = None
-            latest: LatestAction | None = None
             steps_seen = 0
             if cfg.refine == "async":
-                latest = LatestAction(self.spec.action_dim)
+                latest = LatestAction(self.spec.action_dim)  # the worker's hand-over slot
                 latest.publish(planner.action(), obs.seq, 0)
                 worker = RefineWorker(planner, latest, step_budget_ns=period)
                 worker.mailbox.post(obs, reset=True)
@@ -402,8 +400,8 @@ class ControlLoop:
                     worker.check()
                 t_ref = now_ns()
                 # 4. emit
-                if latest is not None and worker is not None:
-                    _, total = latest.read(out)
+                if worker is not None:  # async: the worker's newest published action
+                    _, total = worker.latest.read(out)
                     steps, steps_seen = total - steps_seen, total
                     surprise = worker.surprise
                     action_ok = isfinite(out @ out)
@@ -421,20 +419,14 @@ class ControlLoop:
                 elif not action_ok:
                     code = CODE_NONFINITE
                     fallback.fill(out, last, obs.state)
-                else:
-                    fallback.reset()
                 maximum(out, low, out=out)  # np.clip costs 2 us here, this pair 0.8 us
                 minimum(out, high, out=out)
                 np.copyto(last, out)
                 t_emit0 = now_ns()
-                plant.apply(Command(k, t_emit0, out.copy(), deadline,
-                                    "" if code == CODE_NONE else FALLBACK_NAMES.get(code, fb_name)))
+                plant.apply(Command(k, t_emit0, out.copy(), deadline, FALLBACK_NAMES[code]))
                 t_emit = now_ns()
                 missed = t_emit > emit_by
                 misses += missed
-                if code != CODE_NONE:
-                    name = FALLBACK_NAMES.get(code, fb_name)
-                    self._fallbacks[name] = self._fallbacks.get(name, 0) + 1
                 # 5. record
                 i = trace.next_slot()
                 c.tick[i] = k
@@ -474,6 +466,7 @@ class ControlLoop:
             if self.sidecar is not None and trace.path is not None:
                 self.sidecar.save(trace.path)
         records = trace.records() if trace.path is None else read_trace(trace.path).records
+        self._last_records = records
         return RunResult(
             records=records,
             episodes=episode_results,
@@ -496,4 +489,9 @@ class ControlLoop:
 
     @property
     def fallback_counts(self) -> dict[str, int]:
-        return dict(self._fallbacks)
+        """Fallbacks used in the last run, by name (only those used), from its records."""
+        if self._last_records is None:
+            return {}
+        codes = self._last_records["fallback"].astype(np.int64)
+        used = np.bincount(codes, minlength=len(FALLBACK_NAMES))
+        return {FALLBACK_NAMES[c]: int(n) for c, n in enumerate(used) if c != CODE_NONE and n}

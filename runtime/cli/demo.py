@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,6 @@ def cli_demo(args: argparse.Namespace) -> int:
             print(f"   {name} ...", flush=True)
             trace = out_dir / "traces" / name
             if trace.exists():
-                import shutil
-
                 shutil.rmtree(trace)
             _, out = execute(run_args(policy, address, seed=args.seed, episodes=args.episodes,
                                       trace=str(trace)))
