@@ -29,7 +29,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -120,13 +120,16 @@ def train(
     log: Callable[[str], None] | None = None,
     evaluate: Callable[[Checkpoint], str] | None = None,
     eval_every: int = 0,
+    model_overrides: dict[str, Any] | None = None,
+    planner_overrides: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train a policy of `cfg.kind` on `episodes`; the checkpoint holds the EMA weights.
 
     With `evaluate` and `eval_every > 0`, every `eval_every` steps a snapshot of the EMA weights
     (surprise-calibrated like the final one) is handed to `evaluate` and its one-line answer
     logged. It draws no randomness from the training generator, so it does not change the
-    weights.
+    weights. `model_overrides` / `planner_overrides` replace fields of the default model and
+    planner configs (the dims always come from the data).
     """
     t_start = time.perf_counter()
     dev = torch.device(cfg.device)
@@ -139,12 +142,16 @@ def train(
             if is_mlp
             else DenoiserConfig(state_dim=Ds, action_dim=Da, goal_dim=Dg)
         )
+    if model_overrides:
+        model_cfg = replace(model_cfg, **model_overrides)
     if (model_cfg.state_dim, model_cfg.action_dim, model_cfg.goal_dim) != (Ds, Da, Dg):
         raise ValueError(f"model dims differ from the data's {(Ds, Da, Dg)}")
     if is_mlp != isinstance(model_cfg, MLPConfig):
         raise ValueError(f"kind {cfg.kind!r} does not go with {type(model_cfg).__name__}")
     horizon = 1 if isinstance(model_cfg, MLPConfig) else model_cfg.horizon
     pcfg = planner_cfg or PlannerConfig(clean_ticks=max(1, min(7, horizon - 1)))
+    if planner_overrides:
+        pcfg = replace(pcfg, **planner_overrides)
     win = make_windows(episodes, horizon=horizon, n_past=model_cfg.n_past).normalized(norm)
 
     torch.manual_seed(cfg.seed)
@@ -280,6 +287,50 @@ def _progress(line: str) -> None:
     sys.stderr.flush()
 
 
+def _parse_value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_settings(
+    settings: Sequence[str], kind: str
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """`["n_embd=128", "train.p_ramp=0.3"]` -> (model, train, planner) overrides.
+
+    A bare key goes to whichever of the model config (`MLPConfig` for `mlp`, else
+    `DenoiserConfig`), `TrainConfig` or `PlannerConfig` has that field, in that order; a
+    `model.`, `train.` or `planner.` prefix picks one. The dims and the kind are not settable.
+    Raises ValueError naming the bad setting.
+    """
+    model_fields = {f.name for f in fields(MLPConfig if kind == "mlp" else DenoiserConfig)}
+    groups: dict[str, set[str]] = {
+        "model": model_fields - {"state_dim", "action_dim", "goal_dim"},
+        "train": {f.name for f in fields(TrainConfig)} - {"kind", "device", "seed", "steps"},
+        "planner": {f.name for f in fields(PlannerConfig)},
+    }
+    out: dict[str, dict[str, Any]] = {"model": {}, "train": {}, "planner": {}}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        group, dot, name = key.rpartition(".")
+        if dot and group not in groups:
+            raise ValueError(f"--set {item!r}: prefix must be model., train. or planner.")
+        candidates = [group] if dot else [g for g in groups if name in groups[g]]
+        if not candidates or name not in groups[candidates[0]]:
+            known = ", ".join(sorted(set().union(*groups.values())))
+            raise ValueError(f"--set {item!r}: unknown setting for {kind} (known: {known})")
+        out[candidates[0]][name] = _parse_value(value)
+    return out["model"], out["train"], out["planner"]
+
+
 def cli_train(args: Any) -> int:
     """`rtdiff train --task T --policy KIND --data DIR --out DIR [--steps N] [--device D]`."""
     from runtime.cli import CliError
@@ -305,12 +356,19 @@ def cli_train(args: Any) -> int:
         # One thread: on a small shared VM a second thread mostly fights the other processes
         # (measured: 49 ms/step on 1 thread vs 800 ms/step on 2 under load).
         torch.set_num_threads(1)
-    cfg = TrainConfig(
-        kind=args.policy,
-        steps=args.steps or DEFAULT_STEPS[args.policy],
-        seed=args.seed,
-        device=args.device,
-    )
+    try:
+        model_set, train_set, planner_set = parse_settings(
+            getattr(args, "settings", None) or [], args.policy
+        )
+        cfg = TrainConfig(
+            kind=args.policy,
+            steps=args.steps or DEFAULT_STEPS[args.policy],
+            seed=args.seed,
+            device=args.device,
+            **train_set,
+        )
+    except (TypeError, ValueError) as exc:
+        raise CliError(str(exc)) from None
     _progress(f"{len(episodes)} episodes of {args.task}; {cfg.kind} for {cfg.steps} steps")
     eval_every = int(getattr(args, "eval_every", 0) or 0)
     eval_episodes = int(getattr(args, "eval_episodes", 5) or 0)
@@ -319,9 +377,10 @@ def cli_train(args: Any) -> int:
         _progress("no simulated plant available: no lockstep evaluation")
     try:
         res = train(
-            episodes, cfg, task=args.task, log=_progress, evaluate=evaluate, eval_every=eval_every
+            episodes, cfg, task=args.task, log=_progress, evaluate=evaluate, eval_every=eval_every,
+            model_overrides=model_set, planner_overrides=planner_set,
         )
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         raise CliError(str(exc)) from None
     ckpt = res.checkpoint
     ckpt.train = {

@@ -110,6 +110,11 @@ def _add_train(sp: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument(
         "--eval-episodes", type=nonnegative_int, default=5, help="episodes per evaluation (0: none)"
     )
+    p.add_argument(
+        "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+        help="a model, training or planner setting, e.g. n_embd=128, model.n_past=0, "
+        "train.p_ramp=0.3, planner.clean_ticks=4 (repeatable; recorded in the checkpoint)",
+    )
     _target(p, "policies.train:cli_train")
 
 

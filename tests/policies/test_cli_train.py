@@ -56,3 +56,32 @@ def test_train_cli_reports_user_errors_in_one_line(fake_sims: None, tmp_path: Pa
         cli_train(_args(data="nope", out=str(tmp_path / "a")))
     with pytest.raises(CliError, match=r"holds task\(s\) \['toy'\], not 'bimodal'"):
         cli_train(_args(task="bimodal", out=str(tmp_path / "b")))
+
+
+def test_train_cli_set_reaches_the_model_train_and_planner_configs(
+    fake_sims: None, tmp_path: Path
+) -> None:
+    out = tmp_path / "ck"
+    settings = ["n_embd=32", "model.n_past=0", "train.p_ramp=0.25", "clean_ticks=3"]
+    assert cli_train(_args(out=str(out), settings=settings)) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["n_embd"] == 32 and cfg["model"]["n_past"] == 0
+    assert cfg["train"]["config"]["p_ramp"] == 0.25
+    assert cfg["planner"]["clean_ticks"] == 3
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("n_embd", "expected KEY=VALUE"),
+        ("bogus=1", "unknown setting"),
+        ("state_dim=3", "unknown setting"),
+        ("optim.lr=1", "prefix must be"),
+        ("n_embd=30", "divisible"),
+    ],
+)
+def test_train_cli_rejects_bad_settings(
+    fake_sims: None, tmp_path: Path, setting: str, message: str
+) -> None:
+    with pytest.raises(CliError, match=message):
+        cli_train(_args(out=str(tmp_path / "ck"), settings=[setting]))
