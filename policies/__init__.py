@@ -21,6 +21,7 @@ from policies.config import KINDS, PlannerConfig
 from policies.model import Denoiser, DenoiserConfig, MLPConfig, MLPPolicy
 from policies.normalize import Normalizer
 from policies.rolling import RollingPlanner
+from policies.tokenrate import TokenRate
 from runtime.protocols import Planner, PlantSpec
 
 CHECKPOINT_ROOT = Path(__file__).resolve().parent / "checkpoints"
@@ -45,8 +46,10 @@ __all__ = [
     "PerTickPlanner",
     "PlannerConfig",
     "RollingPlanner",
+    "TokenRate",
     "load_checkpoint",
     "load_planner",
+    "model_rate_hz",
     "planner_from_checkpoint",
     "resolve_policy",
     "save_checkpoint",
@@ -115,6 +118,26 @@ def load_planner(
     )
 
 
+def model_rate_hz(ckpt: Checkpoint) -> float | None:
+    """The control rate the checkpoint's demonstrations were recorded at (one plan token).
+
+    `rate_hz` in its training record when there is one; otherwise the rate of its task in the
+    simulated-task registry (`rtdiff collect` records at the task's own rate); None when
+    neither is known (then the planner runs at whatever rate the plant has, unwrapped).
+    """
+    recorded = (ckpt.train or {}).get("rate_hz")
+    if isinstance(recorded, (int, float)) and recorded > 0:
+        return float(recorded)
+    try:
+        from sims.registry import get_task
+    except ImportError:
+        return None
+    try:
+        return float(get_task(ckpt.task).rate_hz)
+    except (KeyError, ValueError):
+        return None
+
+
 def planner_from_checkpoint(
     ckpt: Checkpoint,
     *,
@@ -124,7 +147,35 @@ def planner_from_checkpoint(
     seed: int = 0,
     overrides: Mapping[str, Any] | None = None,
 ) -> Planner:
-    """The planner of `kind` (default: the checkpoint's own) around an in-memory checkpoint."""
+    """The planner of `kind` (default: the checkpoint's own) around an in-memory checkpoint.
+
+    When `spec`'s plant runs faster than the model's rate (`model_rate_hz`), the planner comes
+    wrapped in `TokenRate`, which keeps the plan on the model's time base; a slower plant is a
+    ValueError.
+    """
+    planner = _build_planner(ckpt, spec=spec, kind=kind, device=device, seed=seed,
+                             overrides=overrides)
+    rate = model_rate_hz(ckpt)
+    if rate is None or abs(spec.rate_hz - rate) <= 1e-6 * rate:
+        return planner
+    try:
+        return TokenRate(planner, spec.rate_hz, rate)
+    except ValueError:
+        close = getattr(planner, "close", None)
+        if close is not None:
+            close()
+        raise
+
+
+def _build_planner(
+    ckpt: Checkpoint,
+    *,
+    spec: PlantSpec,
+    kind: str | None,
+    device: str,
+    seed: int,
+    overrides: Mapping[str, Any] | None,
+) -> Planner:
     kind = kind or ckpt.kind
     model, norm, cfg = ckpt.model, ckpt.normalizer, ckpt.planner
     where = f"checkpoint for {ckpt.kind}:{ckpt.task}"

@@ -76,6 +76,9 @@ class TorchPlannerBase:
         self._ctx_tmp = torch.zeros(1, n_past, Ds, device=dev)
         self._ctx_old, self._ctx_new = self.ctx[:, 1:], self.ctx[:, :-1]
         self._ctx_last = self.ctx[0, -1]
+        # the current state as of the last token boundary: `refresh` may overwrite the context's
+        # current slot with newer states, but the history must keep one token between states
+        self._ctx_token = torch.zeros(Ds, device=dev)
         # Action output.
         self._act_n = torch.zeros(Da, device=dev)  # normalized action the output is read from
         self._act_cpu = torch.zeros(Da)
@@ -110,12 +113,24 @@ class TorchPlannerBase:
 
     def _fill_context(self) -> None:
         self.ctx.copy_(self.obs_n.expand_as(self.ctx))
+        self._ctx_token.copy_(self.obs_n)
 
     def _push_context(self) -> None:
         if self.n_past > 0:
+            self._ctx_last.copy_(self._ctx_token)  # undo any `refresh` before it becomes history
             self._ctx_tmp.copy_(self._ctx_old)
             self._ctx_new.copy_(self._ctx_tmp)
         self._ctx_last.copy_(self.obs_n)
+        self._ctx_token.copy_(self.obs_n)
+
+    def refresh(self, obs: Observation) -> bool:
+        """A sub-token tick (`policies.tokenrate`): put the fresh state in the context's
+        current slot without moving the history. False (nothing changed) when `obs` is stale or
+        unusable. Subclasses add what their plan needs."""
+        if obs.stale or not self._stage(obs):
+            return False
+        self._ctx_last.copy_(self.obs_n)
+        return True
 
     def _goal_changed(self) -> bool:
         if self.Dg == 0:

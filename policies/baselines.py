@@ -153,6 +153,13 @@ class PerTickPlanner(ChunkedPlanner):
     ) -> None:
         super().__init__(model, normalizer, spec, cfg, device=device, seed=seed, exec_ticks=1)
 
+    def refresh(self, obs: Observation) -> bool:
+        """A sub-token tick: per-tick sampling means a fresh chunk from this tick's state."""
+        if not super().refresh(obs):
+            return False
+        self._due = True
+        return True
+
 
 class ChunkedAsyncPlanner(ChunkedPlanner):
     """The next chunk is sampled by a worker thread while the current one executes.
@@ -288,6 +295,13 @@ class MLPPlanner(TorchPlannerBase):
         else:
             self.stale_observations += 1
         self._done = False
+
+    def refresh(self, obs: Observation) -> bool:
+        """A sub-token tick: the next `refine` computes the action from this tick's state."""
+        if not super().refresh(obs):
+            return False
+        self._done = False
+        return True
 
     def refine(self, budget_ns: int) -> int:
         if self._done:

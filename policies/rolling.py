@@ -243,6 +243,17 @@ class RollingPlanner(TorchPlannerBase):
         self._action_dirty = True
         self.ticks += 1
 
+    def refresh(self, obs: Observation) -> bool:
+        """A sub-token tick: the plan stays where it is, token 0's state becomes the fresh
+        observation (as in `observe`'s inpainting), so the next refine step's clean estimate of
+        token 0's action is computed from it. The tick's steps count towards the token's
+        `max_steps_per_tick`."""
+        if not super().refresh(obs):
+            return False
+        self._x0_state.copy_(self.obs_n)
+        self._z0_state.copy_(self.obs_n)
+        return True
+
     def refine(self, budget_ns: int) -> int:
         if self._steps_this_tick >= self.cfg.max_steps_per_tick:
             return 0

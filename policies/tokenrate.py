@@ -1,0 +1,102 @@
+"""Running a learned planner at a control rate above the one its model was trained at.
+
+A plan token is one step of the demonstrations: 10 ms for a model trained on 100 Hz
+double-pendulum data. Run that planner at 500 Hz and, if every tick shifted the plan by a
+token, the plan would run five times too fast, and a context of "the last two states" would
+hold states 2 ms apart instead of 10 ms: out of distribution, and the learned planners fall
+(measured: docs/benchmarks.md, the rate grid before this wrapper).
+
+`TokenRate` keeps the plan on the model's time base and lets the loop tick faster:
+
+- A tick that reaches the next token boundary is a *token tick*: the inner planner's
+  `observe` runs (shift, inpaint, surprise and re-noise, history push), exactly as at the
+  model's own rate.
+- Any other tick is a *sub-tick*: the plan does not move; the fresh observation goes in
+  through the inner planner's `refresh` (the current-state slot of the context and token 0's
+  inpainted state for the rolling planner; a new forward pass for the MLP; a fresh chunk for
+  the per-tick sampler; nothing for the open-loop chunked baselines, which have none), and
+  `refine` keeps working on the same token. So at 500 Hz the rolling planner spends five ticks
+  of compute on each token and every tick's action is computed from that tick's state.
+
+Token boundaries are counted in plant ticks, from the observations' `seq` (a plant numbers
+its ticks; ticks the loop skipped advance it by more than one), not in wall time: lockstep
+plants stamp observations with wall time that says nothing of simulated time. With `r` plant
+ticks per token (`r` = plant rate / model rate, not necessarily an integer: 2.5 at 250 Hz for
+a 100 Hz model), a boundary falls on the first tick at or after each multiple of `r`.
+
+Rates below the model's would need several shifts per tick and are refused at load time.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy.typing as npt
+
+from runtime.protocols import Observation, Planner
+
+
+class TokenRate:
+    """Wraps `inner` (trained at `model_rate_hz`) to run at `plant_rate_hz` >= that rate.
+
+    Example:
+        planner = TokenRate(load_planner("rolling:double-pendulum", spec=spec500), 500, 100)
+        # or simply load_planner(...) with a 500 Hz spec, which wraps it itself
+
+    Every attribute the wrapper does not define (`noise_levels`, `surprise`, `close`, ...) is
+    the inner planner's.
+    """
+
+    def __init__(self, inner: Planner, plant_rate_hz: float, model_rate_hz: float) -> None:
+        if not (model_rate_hz > 0 and plant_rate_hz > 0):
+            raise ValueError(f"rates must be > 0: {plant_rate_hz=}, {model_rate_hz=}")
+        ratio = plant_rate_hz / model_rate_hz
+        if ratio < 1.0 - 1e-9:
+            raise ValueError(
+                f"this model was trained at {model_rate_hz:g} Hz and cannot run at "
+                f"{plant_rate_hz:g} Hz: run it at {model_rate_hz:g} Hz or faster"
+            )
+        self.inner = inner
+        self.ticks_per_token = ratio
+        self.plant_rate_hz = float(plant_rate_hz)
+        self.model_rate_hz = float(model_rate_hz)
+        self._refresh = getattr(inner, "refresh", None)
+        self._phase = 0.0  # plant ticks since the last token boundary
+        self._last_seq: int | None = None
+        self.token_ticks = 0  # ticks that moved the plan a token
+        self.sub_ticks = 0  # ticks that only refreshed it
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for names this class does not define
+        return getattr(self.__dict__["inner"], name)
+
+    def reset(self, obs: Observation) -> None:
+        self.inner.reset(obs)
+        self._phase = 0.0
+        self._last_seq = obs.seq
+
+    def observe(self, obs: Observation) -> None:
+        last = self._last_seq
+        ticks = obs.seq - last if last is not None and obs.seq > last else 1
+        self._last_seq = obs.seq
+        self._phase += ticks
+        # a boundary on the first tick at or after it (a half-tick tolerance absorbs the
+        # rounding of a non-integer ratio)
+        if self._phase >= self.ticks_per_token - 1e-6:
+            # skipped ticks may have crossed several boundaries: keep the remainder in [0, r)
+            self._phase -= self.ticks_per_token * math.floor(
+                (self._phase + 1e-6) / self.ticks_per_token
+            )
+            self.token_ticks += 1
+            self.inner.observe(obs)
+            return
+        self.sub_ticks += 1
+        if self._refresh is not None:
+            self._refresh(obs)
+
+    def refine(self, budget_ns: int) -> int:
+        return self.inner.refine(budget_ns)
+
+    def action(self) -> npt.NDArray[Any]:
+        return self.inner.action()
