@@ -3,7 +3,12 @@
 The choice is made once per episode (at `reset`), uniformly between two equally good
 options, from the expert's own generator seeded by `seed`, independent of the state. So the
 demonstrations are genuinely bimodal, and `mode` (-1 left, +1 right) is the label a dataset
-records per episode to measure dithering later.
+records per tick to measure dithering later.
+
+The expert is a privileged teacher: the task's state (|x|, y) does not say on which side of
+the block's axis the disc is, so the expert reads the true signed position from the
+observation's `info["xy"]` (the env reports it every tick; `MujocoPlant` and the bridge pass
+it on). An observation without it is refused with a ValueError.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import numpy as np
 
 from runtime import Observation, PlantSpec
 from sims.experts.base import FeedbackExpert
-from sims.tasks.bimodal import BLOCK_HALF_M, BLOCK_Y_M, GOAL_XY_M
+from sims.tasks.bimodal import BLOCK_HALF_M, BLOCK_Y_M, FINISH_Y_M
 
 SIDE_X_M = BLOCK_HALF_M[0] + 0.15  # waypoint x beside the block
 
@@ -38,65 +43,35 @@ class BimodalExpert(FeedbackExpert):
         self.mode = -1 if self._rng.random() < 0.5 else 1
         self._wp = 0
 
+    def observe(self, obs: Observation) -> None:
+        xy = obs.info.get("xy")
+        if xy is None:
+            raise ValueError(
+                "the bimodal expert needs the true position in obs.info['xy'] "
+                "(the state (|x|, y) does not say the side)"
+            )
+        u = np.asarray(self._law(np.asarray(xy, dtype=np.float64), obs.goal), dtype=np.float64)
+        if u.shape != self._u.shape or not np.all(np.isfinite(u)):
+            self.nonfinite += 1
+            u = self.env.neutral_action()
+        self._u = np.clip(u, self._low, self._high)
+
     def waypoints(self) -> np.ndarray:
-        """(3, 2): beside the block's near edge, beside its far edge, the goal."""
+        """(3, 2): beside the block's near edge, beside its far edge, past the finish line."""
         x = self.mode * SIDE_X_M
         return np.array(
             [
                 [x, BLOCK_Y_M - BLOCK_HALF_M[1] - 0.05],
                 [x, BLOCK_Y_M + BLOCK_HALF_M[1] + 0.05],
-                GOAL_XY_M,
+                [x, FINISH_Y_M + 0.3],
             ]
         )
 
-    def _law(self, state: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    def _law(self, xy: np.ndarray, goal: np.ndarray) -> np.ndarray:
+        """Constant speed towards the current waypoint; `xy` is the true signed position."""
         wps = self.waypoints()
-        while self._wp < 2 and state[1] >= wps[self._wp][1] - 0.02:
+        while self._wp < 2 and xy[1] >= wps[self._wp][1] - 0.02:
             self._wp += 1
-        e = wps[self._wp] - state[:2]
-        dist = float(np.linalg.norm(e))
-        speed = min(self.speed_m_s, 4.0 * dist)  # slow down on the goal
-        v: np.ndarray = speed * e / max(dist, 1e-9)
+        e = wps[self._wp] - xy[:2]
+        v: np.ndarray = self.speed_m_s * e / max(float(np.linalg.norm(e)), 1e-9)
         return v
-
-
-def ambiguity_ticks(n_starts: int = 60, *, tol_m: float = 0.01) -> np.ndarray:
-    """How long the side stays hidden: per expert trajectory, the ticks (before the block)
-    at which its position lies inside the band of the *other* mode's trajectories at the same
-    height (within `tol_m`). Both modes are run from the same `n_starts` seeded starts,
-    disturbances off. Returns (2 * n_starts,) tick counts.
-
-        python -c "from sims.experts.bimodal import ambiguity_ticks as a; print(a(60))"
-    """
-    from runtime import Command
-    from sims.plant import MujocoPlant
-
-    plant = MujocoPlant("bimodal", disturbances=False)
-    trajs: dict[int, list[np.ndarray]] = {-1: [], 1: []}
-    for mode in (-1, 1):
-        ex = BimodalExpert()
-        for seed in range(n_starts):
-            obs = plant.reset(seed=seed)
-            ex.reset(obs)
-            ex.mode, ex._wp = mode, 0
-            ex.observe(obs)
-            xy, k = [obs.state.copy()], 0
-            while not obs.done:
-                plant.apply(Command(k, 0, ex.action(), 0))
-                k += 1
-                obs = plant.observe()
-                ex.observe(obs)
-                xy.append(obs.state.copy())
-            trajs[mode].append(np.array(xy))  # (T+1, 2)
-    plant.close()
-    counts = []
-    for mode in (-1, 1):
-        for t in trajs[mode]:
-            n = 0
-            for x, y in t:
-                if y > BLOCK_Y_M - BLOCK_HALF_M[1]:
-                    break
-                others = [np.interp(y, o[:, 1], o[:, 0]) for o in trajs[-mode]]
-                n += min(others) - tol_m <= x <= max(others) + tol_m
-            counts.append(n)
-    return np.array(counts)

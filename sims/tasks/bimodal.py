@@ -1,22 +1,26 @@
-"""`bimodal`: pass a block on a side the expert picks at random; the side stays hidden.
+"""`bimodal`: pass a block on a side the expert picks at random; the side is never observed.
 
-Design (the reasoning is in docs/tasks.md): a velocity-controlled disc (the action is the
-velocity command, m/s) starts at y = 0 with x0 drawn uniformly in [-0.3, 0.3] m, in front of a
-block 0.6 m wide at y = 1; the goal is at (0, 2). Touching the block ends the episode as a
-failure. The expert picks left or right with probability 1/2 and heads diagonally for a point
-beside the block, so its actions are bimodal from the first tick.
+Design (the reasoning and every design tried, with measurements, are in docs/tasks.md): a
+velocity-controlled disc (the action is the velocity command, m/s) starts at y = 0 with x0
+drawn uniformly in [-0.3, 0.3] m, in front of a block 0.6 m wide at y = 1, and must cross the
+finish line y = 2 within 5 s. Touching the block ends the episode as a failure. The expert
+picks left or right with probability 1/2 and heads diagonally for a point beside the block, so
+its actions are bimodal from the first tick.
 
-What keeps the mode hidden: the state is the position (x, y) only. With velocity control the
-measured velocity equals the last command and would reveal the side at once (the failure of a
-momentum-based prototype), so it is left out; and because x0 is spread over the block's
-width, the left paths from the right half and the right paths from the left half cover the
-same positions for y < 0.34 m (a median 17 ticks per trajectory, measured by
-`sims.experts.bimodal.ambiguity_ticks`): over that stretch
-the current observation does not tell the side. The expectation, to be measured on trained
-policies: an averaging policy (regressing E[a | s]) gets a lateral command near zero there
-and meets the block head on (the mean of the expert's two modes does, in every tested
-episode); a per-tick sampler picks a side afresh each tick and dithers; a planner that
-commits passes.
+What keeps the mode hidden: the disc senses its *unsigned* lateral offset from the block's
+axis and its progress, state = (|x|, y) (a symmetric sensor, e.g. ranges to two beacons
+placed symmetrically about the axis). The task is mirror-symmetric about x = 0, so a run on
+the left from x0 and the mirrored run on the right from -x0 produce the same observations
+tick for tick (tested): no function of the observations, however much history it sees, can
+tell the side; only a controller's memory of what it already commanded can. The expert is a
+privileged teacher: it reads the true signed position from `info["xy"]`, which the env reports
+every tick (for the expert and for analysis; learned policies see only the state).
+
+Why not the signed position (x, y), the first design: position-only designs let an averaging
+policy succeed anyway (measured, docs/tasks.md): where the two modes' paths overlap, the
+regressor's mean action keeps it between them until the paths separate, and from there the
+data show a feasible path to the nearer side. With the mirror-symmetric state the mean of
+the two modes has a zero lateral command everywhere, which meets the block head on.
 """
 
 from __future__ import annotations
@@ -31,8 +35,7 @@ from sims.tasks.base import TaskEnv, TaskInfo
 
 BLOCK_Y_M = 1.0
 BLOCK_HALF_M = (0.3, 0.1)  # half width (x), half depth (y)
-GOAL_XY_M = (0.0, 2.0)
-GOAL_TOL_M = 0.1
+FINISH_Y_M = 2.0  # success: cross this line (any x) without touching the block
 X0_RANGE_M = 0.3
 AGENT_RADIUS_M = 0.05
 
@@ -60,15 +63,15 @@ MJCF = f"""
 INFO = TaskInfo(
     name="bimodal",
     description="velocity-controlled disc passing a block on a side the expert picks at "
-    "random; the side is hidden from the state for a median 17 ticks",
+    "random; the state (|x|, y) is mirror-symmetric, so the side is never observed",
     rate_hz=50.0,
     episode_ticks=250,
     action_low=(-1.0, -1.0),
     action_high=(1.0, 1.0),
     state_dim=2,
     goal_dim=0,
-    success_metric=f"reach within {GOAL_TOL_M} m of the goal (0, 2) in 5 s without touching "
-    "the block",
+    success_metric=f"cross the finish line y = {FINISH_Y_M} m within 5 s without touching the "
+    "block",
     expert="picks left/right at random (p = 1/2), then waypoint following at 0.8 m/s",
     disturbances=DisturbanceConfig(
         push_rate_hz=0.2,
@@ -77,7 +80,7 @@ INFO = TaskInfo(
         push_axes=(0,),
         sensor_noise_std=0.002,
     ),
-    state_names=("x", "y"),
+    state_names=("abs_x", "y"),
     action_names=("vx", "vy"),
 )
 
@@ -93,16 +96,38 @@ class BimodalEnv(TaskEnv):
         self.side = 0  # -1 / +1: the side the agent passed the block on; 0: not yet
         self._touched = False
 
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """`options={"x0": x}` starts at that x instead of a random one (tests, analysis)."""
+        obs, info = super().reset(seed=seed, options=options)
+        info["xy"] = self.xy()
+        return obs, info
+
+    def step(
+        self, action: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = super().step(action)
+        info["xy"] = self.xy()
+        return obs, reward, terminated, truncated, info
+
+    def xy(self) -> np.ndarray:
+        """(2,) the true signed position (x, y), m; privileged (the state drops x's sign)."""
+        return np.array(self.data.qpos[:2], dtype=np.float64)
+
     def _init_episode(self, rng: np.random.Generator, options: dict[str, Any]) -> None:
-        self.data.qpos[:] = [rng.uniform(-X0_RANGE_M, X0_RANGE_M), 0.0]
+        x0 = rng.uniform(-X0_RANGE_M, X0_RANGE_M)  # drawn always: same stream with or without
+        if "x0" in options:
+            x0 = float(options["x0"])
+        self.data.qpos[:] = [x0, 0.0]
         self.side = 0
         self._touched = False
 
     def _state(self) -> np.ndarray:
-        return np.array(self.data.qpos[:2], dtype=np.float64)
+        return np.array([abs(self.data.qpos[0]), self.data.qpos[1]], dtype=np.float64)
 
     def _goal_dist(self) -> float:
-        return float(np.linalg.norm(self.data.qpos[:2] - np.array(GOAL_XY_M)))
+        return float(max(0.0, FINISH_Y_M - self.data.qpos[1]))
 
     def _on_tick(self) -> None:
         for i in range(self.data.ncon):
@@ -118,7 +143,7 @@ class BimodalEnv(TaskEnv):
     def _terminal(self) -> str | None:
         if self._touched:
             return "fail"
-        if self._goal_dist() <= GOAL_TOL_M:
+        if self.data.qpos[1] >= FINISH_Y_M:
             return "goal"
         return None
 
@@ -131,6 +156,8 @@ class BimodalEnv(TaskEnv):
     def write_state(
         self, model: mujoco.MjModel, data: mujoco.MjData, state: np.ndarray, goal: np.ndarray
     ) -> None:
+        # The state does not say the side: this writes the mirror image on x >= 0, which is
+        # exact up to the mirror (the task is symmetric about x = 0).
         data.qpos[:2] = state[:2]
         data.qvel[:] = 0.0  # not observed; a velocity-controlled body is near its command
         mujoco.mj_forward(model, data)
@@ -143,7 +170,7 @@ class BimodalEnv(TaskEnv):
         sensordata: np.ndarray,
         goal: np.ndarray,
     ) -> np.ndarray:
-        to_goal = np.linalg.norm(qpos[..., :2] - np.array(GOAL_XY_M), axis=-1)  # (B, H)
+        to_goal = np.maximum(0.0, FINISH_Y_M - qpos[..., 1])  # (B, H)
         inside = (np.abs(qpos[..., 0]) < BLOCK_HALF_M[0] + AGENT_RADIUS_M) & (
             np.abs(qpos[..., 1] - BLOCK_Y_M) < BLOCK_HALF_M[1] + AGENT_RADIUS_M
         )

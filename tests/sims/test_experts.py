@@ -104,31 +104,3 @@ def test_unknown_expert_task_and_kind_are_refused():
         make_expert("nope")
     with pytest.raises(ValueError, match="kind='magic'"):
         make_expert("bimodal", kind="magic")
-
-
-@pytest.mark.parametrize("disturbances", [False, True])
-def test_averaging_the_bimodal_experts_two_modes_hits_the_block(disturbances):
-    """What an MSE regressor tends to on bimodal data: the mean of the two modes collides."""
-    plant = MujocoPlant("bimodal", disturbances=disturbances)
-    left, right = make_expert("bimodal"), make_expert("bimodal")
-    for seed in range(10):
-        obs = plant.reset(seed=seed)
-        left.reset(obs)
-        right.reset(obs)
-        left.mode, right.mode = -1, 1  # type: ignore[attr-defined]
-        k = 0
-        while not obs.done:
-            left.observe(obs)
-            right.observe(obs)
-            plant.apply(Command(k, 0, (left.action() + right.action()) / 2, 0))
-            k += 1
-            obs = plant.observe()
-        assert obs.info["collided"] and not obs.info["success"], (seed, obs.info)
-
-
-def test_bimodal_hides_the_side_for_a_stretch_of_ticks():
-    from sims.experts.bimodal import ambiguity_ticks
-
-    counts = ambiguity_ticks(12)
-    assert counts.shape == (24,)
-    assert np.median(counts) >= 10  # ~17 with 60 starts (docs/tasks.md)
