@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from policies.baselines import ChunkedAsyncPlanner, ChunkedPlanner, MLPPlanner, PerTickPlanner
 from policies.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from policies.config import KINDS, PlannerConfig
+from policies.frozen import freeze_for_cpu
 from policies.model import Denoiser, DenoiserConfig, MLPConfig, MLPPolicy
 from policies.normalize import Normalizer
 from policies.rolling import RollingPlanner
@@ -97,6 +98,7 @@ def load_planner(
     seed: int = 0,
     overrides: Mapping[str, Any] | None = None,
     cpu_threads: int | None = 1,
+    frozen: bool = True,
 ) -> Planner:
     """A ready `runtime.Planner` for `policy` (KIND:TASK or a checkpoint dir) on `spec`'s plant.
 
@@ -114,7 +116,7 @@ def load_planner(
     directory, kind = resolve_policy(policy)
     ckpt = load_checkpoint(directory, device=device)
     return planner_from_checkpoint(
-        ckpt, spec=spec, kind=kind, device=device, seed=seed, overrides=overrides
+        ckpt, spec=spec, kind=kind, device=device, seed=seed, overrides=overrides, frozen=frozen
     )
 
 
@@ -146,15 +148,19 @@ def planner_from_checkpoint(
     device: str = "cpu",
     seed: int = 0,
     overrides: Mapping[str, Any] | None = None,
+    frozen: bool = True,
 ) -> Planner:
     """The planner of `kind` (default: the checkpoint's own) around an in-memory checkpoint.
+
+    On CPU the model runs traced and frozen (`policies.frozen`, same outputs, less overhead)
+    unless `frozen=False`.
 
     When `spec`'s plant runs faster than the model's rate (`model_rate_hz`), the planner comes
     wrapped in `TokenRate`, which keeps the plan on the model's time base; a slower plant is a
     ValueError.
     """
     planner = _build_planner(ckpt, spec=spec, kind=kind, device=device, seed=seed,
-                             overrides=overrides)
+                             overrides=overrides, frozen=frozen)
     rate = model_rate_hz(ckpt)
     if rate is None or abs(spec.rate_hz - rate) <= 1e-6 * rate:
         return planner
@@ -175,6 +181,7 @@ def _build_planner(
     device: str,
     seed: int,
     overrides: Mapping[str, Any] | None,
+    frozen: bool,
 ) -> Planner:
     kind = kind or ckpt.kind
     model, norm, cfg = ckpt.model, ckpt.normalizer, ckpt.planner
@@ -188,9 +195,13 @@ def _build_planner(
     if kind == "mlp":
         if not isinstance(model, MLPPolicy):
             raise ValueError(f"{where} holds a denoiser, not an mlp policy")
+        if frozen and device == "cpu":
+            model = cast(MLPPolicy, freeze_for_cpu(model))  # same call signature and cfg
         return MLPPlanner(model, norm, spec, cfg, device=device, seed=seed)
     if not isinstance(model, Denoiser):
         raise ValueError(f"{where} holds an mlp policy, not a denoiser")
+    if frozen and device == "cpu":
+        model = cast(Denoiser, freeze_for_cpu(model))  # same call signature and cfg
     if kind == "rolling":
         return RollingPlanner(model, norm, spec, cfg, device=device, seed=seed)
     if kind == "chunked":

@@ -92,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--eager", action="store_true", help="run the model eagerly, not frozen")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from policies import load_checkpoint, load_planner, resolve_policy
+    from policies import load_checkpoint, load_planner, model_rate_hz, resolve_policy
     from runtime.protocols import PlantSpec
 
     directory, _ = resolve_policy(args.policy)
@@ -107,9 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         goal_dim=Dg,
         action_low=np.full(Da, -1e9),
         action_high=np.full(Da, 1e9),
-        rate_hz=100.0,
+        rate_hz=model_rate_hz(ckpt) or 100.0,  # the model's own rate: one token per tick
     )
-    planner = load_planner(args.policy, spec=spec, device=args.device, seed=args.seed)
+    planner = load_planner(
+        args.policy, spec=spec, device=args.device, seed=args.seed, frozen=not args.eager
+    )
     try:
         res = bench_planner(
             planner, ckpt.normalizer, ticks=args.ticks, steps=args.steps, seed=args.seed
@@ -122,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "policy": args.policy,
         "device": args.device,
         "threads": args.threads,
+        "frozen": not args.eager,
         "steps_per_tick": args.steps,
         "ticks": args.ticks,
         **res,
