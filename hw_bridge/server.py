@@ -33,6 +33,7 @@ from hw_bridge.core import (
 )
 from runtime.clock import MonotonicClock
 from runtime.protocols import Clock, Plant
+from runtime.rt import GcPolicy
 
 __all__ = [
     "COUNTER_NAMES",
@@ -74,6 +75,7 @@ class PlantServer:
         seed: int | None = None,
         clock: Clock | None = None,
         config: ServerConfig | None = None,
+        gc_mode: Literal["default", "frozen"] = "frozen",
     ) -> None:
         self.config = config or ServerConfig(
             mode=mode, watchdog_ms=watchdog_ms, lease_ms=lease_ms, seed=seed
@@ -103,6 +105,10 @@ class PlantServer:
         self._fd = int(self.sock.getsockopt(zmq.FD))
         self.serving = threading.Event()
         self._paced = False
+        # A full collection over a heap holding numpy, zmq (and MuJoCo when served) stalls the
+        # serving thread for milliseconds, a gap in the state stream: freeze the start-up heap
+        # and collect only in the slack before the next tick (`runtime.rt.GcPolicy`).
+        self.gc = GcPolicy(gc_mode)
 
     @property
     def counters(self) -> dict[str, int]:
@@ -166,6 +172,7 @@ class PlantServer:
         # whether the plant paces itself (says when it steps next), asked once rather than by a
         # failing attribute lookup every tick
         self._paced = hasattr(core.plant, "next_tick_ns")
+        self.gc.start()
         self.serving.set()
         period = core.spec.period_ns
         next_tick = clock.now_ns() + period
@@ -180,15 +187,20 @@ class PlantServer:
                         self._flush()
                         next_tick = self._next_tick(now, next_tick, published)
                         continue
-                    if self._wait((next_tick - now) * 1e-9):
+                    slack = next_tick - now
+                    if self.gc.collect_in_slack(slack):
+                        continue  # the collection took time: look at the clock again
+                    if self._wait(slack * 1e-9):
                         self._drain()
                 else:
                     if now - last_house > 50_000_000:
                         core.housekeeping(now)
                         last_house = now
+                        self.gc.collect_in_slack(self.gc.slack_min_ns)
                     if self._wait(0.05):
                         self._drain()
         finally:
+            self.gc.stop()
             self._goodbye()
             self.serving.clear()
 

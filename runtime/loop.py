@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -67,6 +68,12 @@ class LoopConfig:
     fresh_wait_s: realtime only, for plants that offer `next_observation(timeout_s)` (the
         bridge's `RemotePlant`): wait up to this long at the tick's start for a state newer
         than the last one, before taking the stale one. None picks min(1 ms, T/5); 0 never waits.
+    gil_switch_s: async only: the interpreter's thread switch interval while the run lasts.
+        A refining worker holds the GIL between torch kernels, and a woken tick thread waits up
+        to this long for it (CPython's default is 5 ms, half a 100 Hz period). None picks
+        min(100 us, T/20); the previous interval is restored when the run ends. The tick
+        stops waiting for the worker two intervals (or `emit_reserve_s`, if longer) before it
+        must emit.
     """
 
     rate_hz: float | None = None
@@ -81,6 +88,7 @@ class LoopConfig:
     align_to_plant: bool = True
     phase_offset_s: float | None = None
     fresh_wait_s: float | None = None
+    gil_switch_s: float | None = None
     budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     def __post_init__(self) -> None:
@@ -98,6 +106,8 @@ class LoopConfig:
             raise ValueError(f"{self.fresh_wait_s=} must be >= 0")
         if self.phase_offset_s is not None and self.phase_offset_s < 0:
             raise ValueError(f"{self.phase_offset_s=} must be >= 0")
+        if self.gil_switch_s is not None and not self.gil_switch_s > 0:
+            raise ValueError(f"{self.gil_switch_s=} must be > 0")
         if self.transport_margin_s < 0:
             raise ValueError(f"{self.transport_margin_s=} must be >= 0")
         if self.deadline_margin_s < 0 or self.emit_reserve_s < 0 or self.warmup_steps < 0:
@@ -267,7 +277,15 @@ class ControlLoop:
         # Aligned, tick k starts phase_ns after plant tick k: the plant applies at its tick k+1.
         deadline_off = period - phase_ns - round(cfg.deadline_margin_s * 1e9)
         emit_by_off = deadline_off - round(cfg.transport_margin_s * 1e9)  # must leave by then
-        refine_off = min(emit_by_off - round(cfg.emit_reserve_s * 1e9),
+        switch_s = 0.0
+        if cfg.refine == "async":
+            switch_s = cfg.gil_switch_s if cfg.gil_switch_s is not None else min(
+                100e-6, period / 20e9
+            )
+        # async: the tick thread wakes at refine_end and may wait up to one switch interval
+        # for the GIL the worker holds; it keeps two of them in reserve before emitting
+        reserve_s = max(cfg.emit_reserve_s, 2 * switch_s)
+        refine_off = min(emit_by_off - round(reserve_s * 1e9),
                          round(cfg.budget_fraction * period))
         cap = cfg.steps_per_tick if cfg.steps_per_tick is not None else (
             1 if not realtime else 1 << 30
@@ -285,6 +303,9 @@ class ControlLoop:
         gc_policy = self.gc_policy
         if gc_policy is not None:
             gc_policy.start()  # gc.collect() + freeze: tens of ms with torch loaded
+        switch_before = sys.getswitchinterval()
+        if switch_s > 0:
+            sys.setswitchinterval(switch_s)
         try:
             obs = plant.reset(seed=ep_seed)
             planner.reset(obs)
@@ -325,6 +346,7 @@ class ControlLoop:
         except BaseException:
             if gc_policy is not None:
                 gc_policy.stop()  # never leave the process with automatic GC off
+            sys.setswitchinterval(switch_before)
             raise
         try:
             # `ticks` counts scheduled ticks: a run of S seconds at R Hz ends at tick S*R even
@@ -460,6 +482,7 @@ class ControlLoop:
         finally:
             if worker is not None:
                 worker.stop()
+            sys.setswitchinterval(switch_before)
             if gc_policy is not None:
                 gc_policy.stop()
             trace.close()

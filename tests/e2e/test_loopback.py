@@ -43,7 +43,7 @@ def tiny_rolling(tmp_path_factory: pytest.TempPathFactory) -> Path:
                           rng.normal(size=(64, spec.action_dim)),
                           np.zeros((64, spec.goal_dim)))
     ckpt = Checkpoint("rolling", "double-pendulum", Denoiser(cfg).eval(), norm,
-                      PlannerConfig(clean_ticks=3))
+                      PlannerConfig(clean_ticks=3), train={"rate_hz": RATE_HZ})
     return save_checkpoint(ckpt, tmp_path_factory.mktemp("ckpt") / "rolling-tiny")
 
 

@@ -133,6 +133,28 @@ def test_async_refinement_publishes_planner_actions_to_the_tick() -> None:
     assert r["fallback"].sum() == 0
 
 
+def test_async_runs_with_a_short_gil_switch_interval_and_restores_it() -> None:
+    import sys
+
+    clock = FakeClock()
+    plant = IntegratorPlant(rate_hz=1000, episode_ticks=10_000, clock=clock)
+    seen: list[float] = []
+
+    class Watch(CostPlanner):
+        def refine(self, budget_ns: int) -> int:
+            seen.append(sys.getswitchinterval())
+            return 0
+
+    before = sys.getswitchinterval()
+    loop = ControlLoop(plant, Watch(clock), clock,
+                       LoopConfig(mode="realtime", refine="async", align_to_plant=False))
+    loop.run(ticks=20)
+    assert seen and max(seen) == pytest.approx(50e-6)  # min(100 us, T/20) at 1 kHz
+    assert sys.getswitchinterval() == before
+    with pytest.raises(ValueError, match="gil_switch_s"):
+        LoopConfig(gil_switch_s=0.0)
+
+
 def test_sidecar_records_state_levels_and_events_beside_the_trace(tmp_path: Path) -> None:
     clock = FakeClock()
     plant = IntegratorPlant(rate_hz=100, episode_ticks=5, clock=clock)
