@@ -221,18 +221,26 @@ class ControlLoop:
 
         The first half of the warm-up steps is run but not recorded: first calls pay for cold
         caches, lazy initialisation and (on a GPU) kernel selection, which the loop never sees.
+        A planner with nothing to refine (the MLP after its one forward pass, the chunked
+        baseline between chunks) is handed the observation again until it has work, so every
+        kind gets measured: with no sample the estimate stays at the (pessimistic) prior, which
+        at a high rate can block every step of the run.
         """
         n_steps = self.config.warmup_steps
-        for i in range(n_steps):
+        i = attempts = 0
+        while i < n_steps and attempts < 8 * n_steps:
+            attempts += 1
             if i < 2:  # observe and action have cold first calls too (torch: lazy kernels)
                 self.planner.observe(obs)
                 self.planner.action()
             t = self.clock.now_ns()
             n = self.planner.refine(self.period_ns)
             if n <= 0:
-                break
+                self.planner.observe(obs)
+                continue
             if i >= n_steps // 2:
                 self.budget.record((self.clock.now_ns() - t) // n)
+            i += 1
         self.planner.reset(obs)
 
     # -- the run --------------------------------------------------------------------------

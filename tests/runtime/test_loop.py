@@ -133,6 +133,29 @@ def test_async_refinement_publishes_planner_actions_to_the_tick() -> None:
     assert r["fallback"].sum() == 0
 
 
+def test_warmup_measures_a_planner_that_works_once_per_observation() -> None:
+    """Like the MLP (one forward pass per observation): without samples the estimate would
+    stay at the 1 ms prior, above a 500 Hz tick's budget, and no step would ever run."""
+    clock = FakeClock()
+
+    class OncePerObs(CostPlanner):
+        pending = True
+
+        def observe(self, obs: Observation) -> None:
+            super().observe(obs)
+            self.pending = True
+
+        def refine(self, budget_ns: int) -> int:
+            if not self.pending:
+                return 0
+            self.pending = False
+            return super().refine(budget_ns)
+
+    loop = realtime_loop(clock, OncePerObs(clock, step_ns=100_000), warmup_steps=6)
+    loop.warmup(Observation(seq=0, t_ns=0, state=np.ones(1)))
+    assert loop.budget.estimate_ns == 100_000  # p95 of the recorded 100 us steps, no margins
+
+
 def test_async_runs_with_a_short_gil_switch_interval_and_restores_it() -> None:
     import sys
 
