@@ -135,6 +135,11 @@ def _add_serve(sp: argparse._SubParsersAction[_Parser]) -> None:
         default=100.0,
         help="realtime: no valid command this long -> the safe action",
     )
+    p.add_argument(
+        "--rt-priority", type=positive_int, default=None, metavar="P",
+        help="run under SCHED_FIFO at priority P (1-99) when the OS allows it (Linux with "
+        "CAP_SYS_NICE or an rtprio limit); says what it got",
+    )
     _target(p, "runtime.cli.serve:cli_serve")
 
 
@@ -165,6 +170,11 @@ def _add_run(sp: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--rt-priority", type=positive_int, default=None, metavar="P",
+        help="run under SCHED_FIFO at priority P (1-99) when the OS allows it (Linux with "
+        "CAP_SYS_NICE or an rtprio limit); says what it got",
+    )
     _target(p, "runtime.cli.run:cli_run")
 
 
@@ -220,6 +230,10 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     d.add_argument("--seed", type=nonnegative_int, default=0, help="first seed")
     d.add_argument("--seconds", type=positive_float, default=5.0, help="per run")
     d.add_argument("--hog", action="store_true", help="repeat rolling with a CPU hog")
+    d.add_argument(
+        "--rt-priority", type=positive_int, default=None, metavar="P",
+        help="run plant and controller under SCHED_FIFO at priority P where allowed",
+    )
     d.add_argument("--json", action="store_true")
     _target(d, "runtime.cli.bench_deadline:cli_bench_deadline")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,14 +29,16 @@ from runtime.cli import CliError
 from runtime.cli.served import plant_server, run_args
 
 # planner name -> (policy argument with {task}, planner config overrides)
-PLANNERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "rolling": ("rolling:{task}", {}),
-    "chunked-k10": ("chunked:{task}", {"chunk_steps": 10}),
-    "chunked-k50": ("chunked:{task}", {"chunk_steps": 50}),
-    "chunked-async": ("chunked-async:{task}", {}),
-    "pertick": ("pertick:{task}", {}),
-    "mlp": ("mlp:{task}", {}),
-    "expert": ("expert", {}),
+# name -> (policy, planner-setting overrides, extra `rtdiff run` options)
+PLANNERS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "rolling": ("rolling:{task}", {}, {}),
+    "rolling-async": ("rolling:{task}", {}, {"refine": "async"}),
+    "chunked-k10": ("chunked:{task}", {"chunk_steps": 10}, {}),
+    "chunked-k50": ("chunked:{task}", {"chunk_steps": 50}, {}),
+    "chunked-async": ("chunked-async:{task}", {}, {}),
+    "pertick": ("pertick:{task}", {}, {}),
+    "mlp": ("mlp:{task}", {}, {}),
+    "expert": ("expert", {}, {}),
 }
 MISS_TARGET = 0.001
 
@@ -44,10 +47,17 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _ordinary() -> None:
+    """In a child: the default scheduling policy, whatever `--rt-priority` gave the parent."""
+    if hasattr(os, "sched_setscheduler"):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
 @contextlib.contextmanager
 def cpu_hog() -> Iterator[None]:
     """A busy Python process competing for the cores while the block runs."""
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=_ordinary)
     try:
         yield
     finally:
@@ -56,15 +66,18 @@ def cpu_hog() -> Iterator[None]:
 
 
 def run_cell(*, planner: str, task: str, address: str, rate_hz: float, seconds: float,
-             seed: int, out_dir: Path, tag: str = "") -> dict[str, Any]:
+             seed: int, out_dir: Path, tag: str = "",
+             rt_priority: int | None = None) -> dict[str, Any]:
     from runtime.cli.run import execute
 
-    policy, overrides = PLANNERS[planner]
+    policy, overrides, options = PLANNERS[planner]
     name = f"{task}_{planner}_{rate_hz:g}hz_s{seed}{tag}"
     args = run_args(policy.format(task=task), address, seed=seed, seconds=seconds,
-                    trace=str(out_dir / "traces" / name))
+                    trace=str(out_dir / "traces" / name), rt_priority=rt_priority)
     args.rate = rate_hz
     args.overrides = overrides
+    for key, value in options.items():
+        setattr(args, key, value)
     try:
         _, out = execute(args)
     except CliError as exc:
@@ -91,14 +104,15 @@ def cli_bench_deadline(args: argparse.Namespace) -> int:
     cells: list[dict[str, Any]] = []
     for task in _csv(args.tasks):
         for rate in rates:
-            with plant_server(task, seed=args.seed, rate_hz=rate) as address:
+            rt = getattr(args, "rt_priority", None)
+            with plant_server(task, seed=args.seed, rate_hz=rate, rt_priority=rt) as address:
                 for planner in planners:
                     for seed in range(args.seed, args.seed + args.seeds):
                         sys.stderr.write(f"bench deadline: {task} {planner} {rate:g} Hz "
                                          f"seed {seed} ...\n")
                         cells.append(run_cell(planner=planner, task=task, address=address,
                                               rate_hz=rate, seconds=args.seconds, seed=seed,
-                                              out_dir=out_dir))
+                                              out_dir=out_dir, rt_priority=rt))
                 if args.hog and "rolling" in planners:
                     with cpu_hog():
                         for seed in range(args.seed, args.seed + args.seeds):
@@ -107,7 +121,8 @@ def cli_bench_deadline(args: argparse.Namespace) -> int:
                             cells.append(run_cell(planner="rolling", task=task,
                                                   address=address, rate_hz=rate,
                                                   seconds=args.seconds, seed=seed,
-                                                  out_dir=out_dir, tag="_hog"))
+                                                  out_dir=out_dir, tag="_hog",
+                                                  rt_priority=rt))
     summary = summarize(cells)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if args.json:

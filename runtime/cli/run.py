@@ -19,7 +19,7 @@ from runtime.clock import MonotonicClock
 from runtime.fallback import make_fallback
 from runtime.loop import ControlLoop, EpisodeResult, LoopConfig, RunResult
 from runtime.protocols import Planner, Plant
-from runtime.rt import GcPolicy, cap_threads
+from runtime.rt import GcPolicy, cap_threads, try_realtime
 from runtime.sidecar import Sidecar
 from runtime.trace import TraceRing
 
@@ -126,6 +126,11 @@ def summary_table(out: dict[str, Any]) -> str:
 
 def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
     """Build plant, planner and loop from parsed `rtdiff run` arguments and run it."""
+    # First, so that every thread made below (the simulated plant's, ZeroMQ's I/O thread, an
+    # async refinement worker) inherits the policy.
+    rt_report = try_realtime(args.rt_priority) if getattr(args, "rt_priority", None) else []
+    for line in rt_report:
+        sys.stderr.write(f"rtdiff run: {line}\n")
     plant = make_plant(args.plant, mode=args.mode, seed=args.seed, rate_hz=args.rate)
     served_mode = getattr(plant, "mode", args.mode)  # a served plant has its own mode
     if served_mode != args.mode:
@@ -190,7 +195,7 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
         plant.close()
     out = result.to_json()
     out.update(policy=args.policy, plant=args.plant, task=task, refine=args.refine,
-               seed=args.seed, steps_cap=args.steps_per_tick)
+               seed=args.seed, steps_cap=args.steps_per_tick, rt=rt_report)
     return result, out
 
 

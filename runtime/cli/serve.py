@@ -23,6 +23,7 @@ from typing import Literal
 
 from runtime.cli import CliError
 from runtime.clock import MonotonicClock
+from runtime.rt import try_realtime
 
 
 def cli_serve(args: argparse.Namespace) -> int:
@@ -32,6 +33,10 @@ def cli_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
+    # First, so that the plant's pacing thread and ZeroMQ's I/O thread inherit the policy.
+    if getattr(args, "rt_priority", None):
+        for line in try_realtime(args.rt_priority):
+            sys.stderr.write(f"rtdiff serve: {line}\n")
     mode: Literal["lockstep", "realtime"] = "realtime" if args.realtime else "lockstep"
     if args.keys is not None and not Path(args.keys, "server.key_secret").exists():
         raise CliError(f"--keys {args.keys}: no server.key_secret there (run `rtdiff keys`)")

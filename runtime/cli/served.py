@@ -27,10 +27,12 @@ def free_port() -> int:
 
 
 def run_args(policy: str, plant: str, *, seed: int, seconds: float | None = None,
-             episodes: int | None = None, trace: str | None = None) -> argparse.Namespace:
+             episodes: int | None = None, trace: str | None = None,
+             rt_priority: int | None = None) -> argparse.Namespace:
     """`rtdiff run` arguments (realtime, JSON), parsed by the real parser: one set of defaults."""
     argv = ["run", "--policy", policy, "--plant", plant, "--mode", "realtime",
             "--seed", str(seed), "--json"]
+    argv += ["--rt-priority", str(rt_priority)] if rt_priority else []
     argv += ["--seconds", f"{seconds:g}"] if seconds is not None else []
     argv += ["--episodes", str(episodes)] if episodes is not None else []
     argv += ["--trace", trace] if trace is not None else []
@@ -54,11 +56,13 @@ def wait_for_server(server: subprocess.Popen[str], timeout_s: float = 30.0) -> N
 
 
 @contextlib.contextmanager
-def plant_server(task: str, *, seed: int, rate_hz: float | None = None) -> Iterator[str]:
+def plant_server(task: str, *, seed: int, rate_hz: float | None = None,
+                 rt_priority: int | None = None) -> Iterator[str]:
     """A realtime `rtdiff serve` process on a free loopback port; yields its address."""
     address = f"tcp://127.0.0.1:{free_port()}"
     argv = [sys.executable, "-m", "runtime.cli", "serve", "--task", task, "--realtime",
             "--bind", address, "--seed", str(seed)]
+    argv += ["--rt-priority", str(rt_priority)] if rt_priority else []
     if rate_hz is not None:
         argv += ["--rate", f"{rate_hz:g}"]
     server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

@@ -24,6 +24,8 @@ SUBCOMMANDS = [
         (["bench", "tick", "--rate", "0"], "--rate: must be a positive"),
         (["bench", "tick", "--seconds", "-2"], "--seconds: must be"),
         (["collect", "--task", "x", "--episodes", "0", "--out", "d"], "--episodes: must be"),
+        ([*RUN, "--rt-priority", "0"], "--rt-priority: must be a positive"),
+        (["serve", "--task", "x", "--rt-priority", "-1"], "--rt-priority: must be a positive"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["bench", "nope"], "invalid choice: 'nope'"),
     ],
@@ -63,3 +65,19 @@ def test_help_imports_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_run_reports_what_the_rt_priority_request_got() -> None:
+    """A child process (SCHED_FIFO must not stay on the test runner): granted or refused, the
+    run goes on and says which in its JSON."""
+    pytest.importorskip("sims")
+    code = (
+        "import json, sys; from runtime.cli.run import execute; from runtime.cli import "
+        "build_parser; a = build_parser().parse_args(['run', '--policy', 'expert', '--plant', "
+        "'sim:double-pendulum', '--episodes', '1', '--rt-priority', '1', '--json']); "
+        "_, out = execute(a); print(json.dumps(out['rt']))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    lines = __import__("json").loads(proc.stdout.strip().splitlines()[-1])
+    assert len(lines) == 1 and "SCHED_FIFO" in lines[0]
