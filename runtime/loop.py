@@ -151,6 +151,13 @@ class RunResult:
         out["rate_hz"] = 1e9 / self.period_ns
         out["plant_counters"] = dict(self.plant_counters)
         out["stale_observations"] = self.stale_observations
+        # re-plans: ticks on which the planner did refinement work whose action went out (not
+        # a fallback). A chunked baseline re-plans on chunk ticks only; a planner that computes
+        # inside action() (an expert) or in a thread of its own (chunked-async) shows 0 here.
+        r = self.records
+        n = len(r)
+        replans = int(np.count_nonzero((r["steps"] > 0) & (r["fallback"] == 0))) if n else 0
+        out["replans_per_s"] = replans / (n * self.period_ns * 1e-9) if n else 0.0
         if self.mode == "realtime":
             out["plant_misses"] = int(self.plant_counters.get("late", 0))
         if self.trace_path is not None:

@@ -33,6 +33,7 @@ from runtime.cli.served import plant_server, run_args
 PLANNERS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "rolling": ("rolling:{task}", {}, {}),
     "rolling-async": ("rolling:{task}", {}, {"refine": "async"}),
+    "chunked": ("chunked:{task}", {}, {}),
     "chunked-k10": ("chunked:{task}", {"chunk_steps": 10}, {}),
     "chunked-k50": ("chunked:{task}", {"chunk_steps": 50}, {}),
     "chunked-async": ("chunked-async:{task}", {}, {}),
@@ -156,6 +157,7 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
                 lateness_p99_ms=max(r["lateness_ms"]["p99"] for r in ok),
                 compute_p99_ms=max(r["compute_ms"]["p99"] for r in ok),
                 steps_per_tick=sum(r["steps_per_tick"]["mean"] for r in ok) / n,
+                replans_per_s=sum(r.get("replans_per_s", 0.0) for r in ok) / n,
                 # a run that finished no episode says nothing about success: left out
                 success_rate=(
                     sum(r["success_rate"] * r["episodes"] for r in ok) / eps
@@ -176,7 +178,7 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
 
 def summary_table(summary: dict[str, Any]) -> str:
     lines = [f"{'task':<16}{'planner':<15}{'Hz':>6}{'hog':>5}{'miss %':>9}{'late p99':>10}"
-             f"{'cmp p99':>9}{'steps':>7}{'success %':>11}{'eps':>6}"]
+             f"{'cmp p99':>9}{'steps':>7}{'replan/s':>9}{'success %':>11}{'eps':>6}"]
     for r in summary["cells"]:
         head = f"{r['task']:<16}{r['planner']:<15}{r['rate_hz']:>6g}{'yes' if r['hog'] else '':>5}"
         if "error" in r:
@@ -184,7 +186,8 @@ def summary_table(summary: dict[str, Any]) -> str:
             continue
         success = "-" if r["success_rate"] is None else f"{100 * r['success_rate']:.1f}"
         lines.append(f"{head}{100 * r['miss_rate']:>9.3f}{r['lateness_p99_ms']:>10.3f}"
-                     f"{r['compute_p99_ms']:>9.3f}{r['steps_per_tick']:>7.2f}{success:>11}"
+                     f"{r['compute_p99_ms']:>9.3f}{r['steps_per_tick']:>7.2f}"
+                     f"{r.get('replans_per_s', 0.0):>9.1f}{success:>11}"
                      f"{r['episodes']:>6}")
     for task, best in summary["rolling_max_rate_hz_misses_le_0.1pct"].items():
         lines.append(f"rolling on {task}: highest rate with misses <= 0.1 %: "

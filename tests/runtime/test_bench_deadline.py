@@ -12,7 +12,8 @@ def cell(planner: str, rate: float, miss_rate: float, seed: int = 0, hog: bool =
         "miss_rate": miss_rate, "misses": int(miss_rate * 1000), "ticks": 1000,
         "plant_misses": int(miss_rate * 1000), "lateness_ms": {"p99": 0.1},
         "compute_ms": {"p99": 1.0}, "steps_per_tick": {"mean": 2.0}, "success_rate": 1.0,
-        "episodes": 1, "mean_return": 10.0,
+        "episodes": 1, "mean_return": 10.0, "replans_per_s": rate / (4 if "chunked" in planner
+                                                                      else 1),
     }
 
 
@@ -30,6 +31,7 @@ def test_summary_averages_seeds_and_finds_the_highest_safe_rate() -> None:
     assert rows[("rolling", 250, False)]["miss_rate"] == pytest.approx(0.001)
     assert rows[("rolling", 250, False)]["seeds"] == 2
     assert rows[("mlp", 100, False)]["error"].startswith("no shipped checkpoint")
+    assert rows[("rolling", 500, False)]["replans_per_s"] == pytest.approx(500.0)
     best = s["rolling_max_rate_hz_misses_le_0.1pct"]["double-pendulum"]
     assert best == {"quiet": 250, "with_hog": 100}
 

@@ -41,6 +41,7 @@ def test_lockstep_runs_exact_steps_and_finishes_episodes() -> None:
     assert result.records["missed"].sum() == 0
     out = result.to_json()
     assert out["episodes"] == 3 and out["success_rate"] == 1.0 and out["ticks"] == 300
+    assert out["replans_per_s"] == pytest.approx(100.0)  # every tick refined, at 100 Hz
 
 
 def test_budget_never_schedules_a_step_past_the_refine_end() -> None:
