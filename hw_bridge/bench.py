@@ -44,6 +44,7 @@ from hw_bridge.driver import FirstOrderMotor
 from hw_bridge.server import PlantServer
 from runtime.clock import MonotonicClock
 from runtime.protocols import Command
+from runtime.rt import GcPolicy
 
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 RATE_HZ = 1000.0
@@ -168,6 +169,8 @@ def _bridge_client(address: str, seconds: float) -> dict[str, Any]:
     t0 = clock.now_ns()
     end = t0 + round((seconds + WARMUP_S) * 1e9)
     k = 0
+    gc_policy = GcPolicy("frozen")  # as `rtdiff run` does in realtime: collect in slack only
+    gc_policy.start()
     try:
         while clock.now_ns() < end:
             obs = plant.next_observation(0.2)
@@ -179,7 +182,9 @@ def _bridge_client(address: str, seconds: float) -> dict[str, Any]:
                 ages.append(rx - obs.t_ns)
             plant.apply(Command(seq=k, t_ns=rx, action=action, deadline_ns=rx + period))
             k += 1
+            gc_policy.collect_in_slack(rx + period - clock.now_ns())
     finally:
+        gc_policy.stop()
         superseded = plant.counts["superseded"]
         plant.close()
     return {
@@ -276,8 +281,15 @@ def cli_bench_bridge(args: argparse.Namespace) -> int:
     """`rtdiff bench bridge [--seconds S] [--json]`."""
     from runtime.cli import CliError
 
+    rt = getattr(args, "rt_priority", None)
+    if rt:  # before the server processes start: they inherit the policy
+        from runtime.rt import try_realtime
+
+        for line in try_realtime(rt):
+            sys.stderr.write(f"bench bridge: {line}\n")
     try:
         res = run_bench(float(args.seconds))
+        res["rt_priority"] = rt
     except (BridgeError, OSError, zmq.ZMQError) as exc:
         raise CliError(f"bridge benchmark failed: {exc}") from exc
     if args.json:

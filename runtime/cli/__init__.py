@@ -215,6 +215,10 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     b = bp.add_parser("bridge", help="bridge round trip vs bare pyzmq+msgpack")
     b.add_argument("--seconds", type=positive_float, default=5.0)
     b.add_argument("--json", action="store_true")
+    b.add_argument(
+        "--rt-priority", type=positive_int, default=None, metavar="P",
+        help="run both ends under SCHED_FIFO at priority P where allowed",
+    )
     _target(b, "hw_bridge.bench:cli_bench_bridge")
 
     d = bp.add_parser("deadline", help="planners x rates in realtime over the bridge")
