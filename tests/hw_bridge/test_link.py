@@ -170,3 +170,14 @@ def test_the_plants_own_stale_flag_reaches_the_controller(serve) -> None:
         obs = plant.next_observation(1.0)  # a new message, but not a new reading
         assert obs.stale
         assert plant.counters()["plant_stale_reads"] > 0
+
+
+def test_server_freezes_the_gc_while_serving_and_restores_it(serve) -> None:
+    import gc
+
+    assert gc.isenabled()
+    rs = serve(mode="realtime")
+    assert rs.server.gc.mode == "frozen"
+    assert not gc.isenabled() and gc.get_freeze_count() > 0  # serving: frozen, automatic off
+    rs.stop()
+    assert gc.isenabled() and gc.get_freeze_count() == 0
