@@ -29,8 +29,11 @@ from runtime.sidecar import EVENT_GOAL, EVENT_PUSH, load_sidecar
 from runtime.trace import read_trace
 
 
-def load_runs(run_dir: Path) -> list[dict[str, Any]]:
-    """Every run JSON under `run_dir/runs/` (or `run_dir` itself), sorted by name."""
+def load_runs(run_dir: Path, failed: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Every run JSON under `run_dir/runs/` (or `run_dir` itself), sorted by name.
+
+    Runs that could not run (`bench deadline` keeps them with an `error`) go to `failed`.
+    """
     src = run_dir / "runs" if (run_dir / "runs").is_dir() else run_dir
     runs = []
     for path in sorted(src.glob("*.json")):
@@ -38,6 +41,9 @@ def load_runs(run_dir: Path) -> list[dict[str, Any]]:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise CliError(f"{path} is not valid JSON: {exc}") from None
+        if isinstance(data, dict) and "error" in data and failed is not None:
+            failed.append({"name": data.get("name", path.stem), "error": data["error"]})
+            continue
         if not isinstance(data, dict) or "lateness_ms" not in data:
             continue  # summaries and other files
         data.setdefault("name", path.stem)
@@ -240,13 +246,17 @@ def make_report(run_dir: Path, out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    runs = load_runs(run_dir)
+    failed: list[dict[str, Any]] = []
+    runs = load_runs(run_dir, failed)
     if not runs:
         raise CliError(f"{run_dir} holds no run JSON (expected RUN_DIR/runs/*.json)")
     out.mkdir(parents=True, exist_ok=True)
     made = [p for p in (plot_latency(runs, out), plot_rate_sweep(runs, out),
                         plot_heatmap(runs, out), plot_trajectories(runs, out)) if p is not None]
     md = [f"# rtdiff report: {run_dir}", "", f"{len(runs)} runs.", "", _table(runs), ""]
+    if failed:
+        md += [f"{len(failed)} runs did not run:", ""]
+        md += [f"- `{f['name']}`: {f['error']}" for f in failed] + [""]
     for p in made:
         md += [f"![{p.stem}]({p.name})", ""]
     report = out / "report.md"

@@ -45,6 +45,9 @@ def test_report_makes_every_figure_and_a_correct_table(tmp_path: Path) -> None:
         for rate in (100.0, 200.0):
             name = f"{policy.split(':')[0]}-{rate:g}"
             made[name] = _record_run(run_dir, name, policy, rate, step_ns=300_000)
+    failed = {"error": "this model was trained at 100 Hz and cannot run at 50 Hz",
+              "name": "rolling-50", "planner": "rolling", "rate_hz": 50.0}
+    (run_dir / "runs" / "rolling-50.json").write_text(json.dumps(failed))
     files = make_report(run_dir, tmp_path / "out")
     names = {p.name for p in files}
     assert names == {"latency_hist.png", "rate_sweep.png", "plan_heatmap.png",
@@ -54,6 +57,7 @@ def test_report_makes_every_figure_and_a_correct_table(tmp_path: Path) -> None:
     md = (tmp_path / "out" / "report.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| integrator")]
     assert len(rows) == 4
+    assert "1 runs did not run:" in md and "`rolling-50`: this model was trained at 100" in md
     runs = {r["name"]: r for r in load_runs(run_dir)}
     for name, out in made.items():
         row = next(r for r in rows if f"| {out['rate_hz']:g} |" in r
