@@ -40,6 +40,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -255,6 +265,16 @@ def _add_demo(sp: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--bench-seconds", type=positive_float, default=2.0, help="per variant")
     p.add_argument("--out", default="runs/demo", help="where runs and the report go")
     p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument(
+        "--fast-rate", type=nonnegative_float, default=500.0,
+        help="also run the rolling planner with the plant served at this rate (0: skip)",
+    )
+    p.add_argument(
+        "--rt-priority", type=positive_int, default=10, metavar="P",
+        help="ask for SCHED_FIFO at priority P for plant and controller (reported; "
+        "refused where the OS does not allow it)",
+    )
+    p.add_argument("--no-rt", action="store_true", help="do not ask for SCHED_FIFO")
     _target(p, "runtime.cli.demo:cli_demo")
 
 
