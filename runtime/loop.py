@@ -350,7 +350,12 @@ class ControlLoop:
             ticker = Ticker(clock, period) if realtime else None
             if ticker is not None and phase_ns:
                 self._align(ticker, obs, phase_ns)
-            fresh = True  # the planner already holds `obs` from reset()
+            fresh = True  # `obs` starts an episode: the tick does not `observe` it
+            # Realtime: the planner already holds `obs` (reset above), so the first tick does
+            # not pay for a second reset (and its warm-up) inside its deadline. Lockstep keeps
+            # resetting in the tick, where time does not count, as it always did (the same
+            # random draws: lockstep results stay reproducible across versions).
+            planner_ready = realtime
             sidecar = self.sidecar
             levels_fn = getattr(planner, "noise_levels", None)
             last_seq = obs.seq
@@ -397,19 +402,43 @@ class ControlLoop:
                         ep_seed += 1
                         obs = plant.reset(seed=ep_seed)
                         last_seq = obs.seq
-                        if ticker is not None and phase_ns:
-                            self._align(ticker, obs, phase_ns)
                         ep_ticks, ep_return = 0, 0.0
                         fresh = True
+                        if realtime:
+                            # The plant restarted its schedule at the reset: this tick's
+                            # command is for the plant's first tick of the new episode, so
+                            # its deadline is that tick's. Reset the planner first (its
+                            # warm-up counts against that deadline), then move the ticks.
+                            if worker is not None:
+                                worker.mailbox.post(obs, reset=True)
+                            else:
+                                planner.reset(obs)
+                            planner_ready = True
+                            anchor = self._anchor(obs, phase_ns) if phase_ns else None
+                            if anchor is not None and ticker is not None:
+                                # plant ticks the resets already outlasted got no command:
+                                # skipped, and counted as misses like any skipped tick
+                                late_by = now_ns() - anchor - refine_off
+                                if late_by > 0:
+                                    gone = -(-late_by // period)  # ceil
+                                    anchor += gone * period
+                                    skipped += gone
+                                sched = anchor  # the tick counts from there (lateness >= 0)
+                                deadline = anchor + deadline_off
+                                emit_by = anchor + emit_by_off
+                                refine_end = anchor + refine_off
+                                ticker.realign(anchor + period)
                 t_obs = now_ns()
                 started = fresh
-                if worker is not None:
+                if fresh and planner_ready:
+                    pass  # reset already, above or before the loop
+                elif worker is not None:
                     worker.mailbox.post(obs, reset=fresh)
                 elif fresh:
                     planner.reset(obs)
                 else:
                     planner.observe(obs)
-                fresh = False
+                fresh = planner_ready = False
                 # 3. refine
                 steps = 0
                 refine_ns = 0
@@ -476,7 +505,7 @@ class ControlLoop:
                 c.refine_ns[i] = refine_ns
                 c.steps[i] = steps
                 c.missed[i] = missed
-                c.lateness_ns[i] = start - sched
+                c.lateness_ns[i] = max(0, start - sched)  # an episode's first tick may be early
                 c.skipped[i] = skipped
                 c.surprise[i] = surprise
                 c.fallback[i] = code
@@ -515,15 +544,20 @@ class ControlLoop:
             stale_observations=stale,
         )
 
-    def _align(self, ticker: Ticker, obs: Observation, phase_ns: int) -> None:
-        """Put the ticks `phase_ns` after the plant tick that produced `obs`, if it is plausible.
+    def _anchor(self, obs: Observation, phase_ns: int) -> int | None:
+        """`phase_ns` after the plant tick that produced `obs`, or None if implausible.
 
         A timestamp more than ten periods old or in the future is from another clock (or none
         was given): the schedule is left alone rather than aligned to garbage.
         """
         age = self.clock.now_ns() - obs.t_ns
-        if 0 <= age < 10 * self.period_ns:
-            ticker.realign(obs.t_ns + phase_ns)
+        return obs.t_ns + phase_ns if 0 <= age < 10 * self.period_ns else None
+
+    def _align(self, ticker: Ticker, obs: Observation, phase_ns: int) -> None:
+        """Put the ticks `phase_ns` after the plant tick that produced `obs`, if plausible."""
+        anchor = self._anchor(obs, phase_ns)
+        if anchor is not None:
+            ticker.realign(anchor)
 
     @property
     def fallback_counts(self) -> dict[str, int]:

@@ -209,7 +209,7 @@ def test_ticks_align_just_after_the_plant_tick_and_deadlines_fall_on_the_next_on
 
     def reset_at_phase(seed: int | None = None) -> Observation:
         obs = reset(seed)
-        obs.t_ns = plant_tick_ns + (clock.now_ns() - 10_000_000) // T * T
+        obs.t_ns = plant_tick_ns + (clock.now_ns() - plant_tick_ns) // T * T  # its last tick
         return obs
 
     plant.reset = reset_at_phase  # type: ignore[method-assign]
@@ -222,6 +222,55 @@ def test_ticks_align_just_after_the_plant_tick_and_deadlines_fall_on_the_next_on
     assert np.all((r["deadline_ns"] - plant_tick_ns) % T == 0)  # deadline = next plant tick
     assert np.all(r["deadline_ns"] - r["scheduled_ns"] == T - 100_000)
     assert r["missed"].sum() == 0
+
+
+def _episodes_with_costly_resets(reset_ns: int):  # type: ignore[no-untyped-def]
+    clock = FakeClock(start_ns=10_000_000)
+    plant = IntegratorPlant(rate_hz=1000, episode_ticks=20, clock=clock)
+    reset = plant.reset
+
+    def reset_now(seed: int | None = None) -> Observation:
+        obs = reset(seed)
+        obs.t_ns = clock.now_ns()  # a realtime plant restarts its schedule at the reset
+        return obs
+
+    plant.reset = reset_now  # type: ignore[method-assign]
+
+    class SlowReset(CostPlanner):
+        resets = 0
+
+        def reset(self, obs: Observation) -> None:
+            super().reset(obs)
+            self.resets += 1
+            clock.advance_ns(reset_ns)  # the rolling planner's warm-up steps
+
+    planner = SlowReset(clock, step_ns=50_000)
+    loop = ControlLoop(plant, planner, clock,
+                       LoopConfig(mode="realtime", phase_offset_s=100e-6, warmup_steps=0))
+    result = loop.run(episodes=3)
+    return result, planner
+
+
+def test_an_episode_start_counts_against_the_plants_first_tick_and_resets_once() -> None:
+    """The planner's reset (and warm-up) at an episode start is the first tick's work; its
+    command is for the plant's first tick after the reset, and the first tick of the run does
+    not reset the planner a second time."""
+    result, planner = _episodes_with_costly_resets(reset_ns=400_000)
+    r = result.records
+    assert planner.resets == 3  # the three episodes, nothing twice
+    assert r["missed"].sum() == 0 and r["skipped"].sum() == 0
+    assert np.all(r["deadline_ns"] - r["scheduled_ns"] == T - 100_000)
+    assert np.all(r["lateness_ns"] >= 0)
+
+
+def test_a_reset_that_outlasts_the_plants_first_tick_is_counted() -> None:
+    result, _ = _episodes_with_costly_resets(reset_ns=1_500_000)
+    r = result.records
+    # each of the two episode changes inside the run swallowed the plant's first tick (at
+    # reset + 1 ms; the planner was ready at reset + 1.5 ms): one skipped tick each, counted
+    assert list(np.flatnonzero(r["skipped"])) == [20, 40]
+    assert r["skipped"].sum() == 2 and result.stats().misses >= 2
+    assert r["missed"].sum() == 0  # the command went out in time for the tick after
 
 
 def test_transport_margin_counts_a_miss_but_sends_the_true_deadline() -> None:
