@@ -237,7 +237,7 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     d.add_argument("--rates", default="50,100,250,500", help="comma list of Hz")
     d.add_argument(
         "--planners",
-        default="rolling,chunked-k10,chunked-k50,chunked-async,pertick,mlp,expert",
+        default="rolling,chunked,chunked-k10,chunked-k50,chunked-async,pertick,mlp,expert",
         help="comma list",
     )
     d.add_argument("--seeds", type=positive_int, default=2, help="seeds per cell")
