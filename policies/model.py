@@ -23,6 +23,14 @@ each plan token's first MLP then sees the joint state-goal input directly instea
 gather it through attention first. It reads only the clean context, so the aligned-attention
 property is untouched.
 
+`angle_dims` names state dimensions that are angles in radians (a hinge that may wrap, like
+reacher-moving's unlimited base joint, whose angle drifts over several turns). Every state the
+model embeds (context states and the state half of each plan token) is then extended with
+`sin q` and `cos q` of those dims, computed from the denormalized angle (the model keeps the
+angles' normalization mean and std as buffers, which the trainer sets). The z-scored raw angle
+alone forces the network to learn a periodic function of an unbounded input; the features give
+it the geometry directly. The outputs are unchanged: the model still predicts normalized tokens.
+
 The noise level enters as a per-token embedding (sinusoidal features of `tau` through a small
 MLP) added to the plan token's input embedding: every token knows how noisy it is.
 """
@@ -50,6 +58,7 @@ class DenoiserConfig:
     n_embd: int = 64  # d: embedding width (divisible by n_head)
     aligned_attention: bool = True  # context attends to context only (False: full attention)
     global_cond: bool = False  # also add Linear(all context, flattened) to every plan token
+    angle_dims: tuple[int, ...] = ()  # state dims that are angles (rad): add sin/cos features
 
     def __post_init__(self) -> None:
         for name in ("state_dim", "action_dim", "horizon", "n_layer", "n_head", "n_embd"):
@@ -60,6 +69,7 @@ class DenoiserConfig:
             raise ValueError(f"{self.goal_dim=} and {self.n_past=} must be >= 0")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"{self.n_embd=} must be divisible by {self.n_head=}")
+        object.__setattr__(self, "angle_dims", _check_angle_dims(self.angle_dims, self.state_dim))
 
     @property
     def token_dim(self) -> int:
@@ -71,6 +81,55 @@ class DenoiserConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _check_angle_dims(dims: Any, state_dim: int) -> tuple[int, ...]:
+    """`angle_dims` as a sorted tuple of distinct ints in [0, state_dim) (JSON gives a list)."""
+    if isinstance(dims, int):
+        dims = (dims,)
+    out = tuple(dims)
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in out):
+        raise ValueError(f"angle_dims={dims!r} must be ints")
+    if len(set(out)) != len(out) or not all(0 <= i < state_dim for i in out):
+        raise ValueError(f"angle_dims={dims!r} must be distinct state dims in [0, {state_dim})")
+    return tuple(sorted(out))
+
+
+class AngleFeatures(nn.Module):
+    """(..., Ds) normalized states -> (..., Ds + 2 na): the states, then sin and cos of the
+    denormalized angle dims. With no angle dims it returns its input unchanged.
+
+    `angle_mean`/`angle_std` (na,) are persistent buffers (saved with the weights); the trainer
+    sets them from the normalizer. An empty `dims` adds no parameters and no buffers, so older
+    checkpoints load as before.
+    """
+
+    def __init__(self, dims: tuple[int, ...]) -> None:
+        super().__init__()
+        self.n = len(dims)
+        self.angle_idx: torch.Tensor
+        self.angle_mean: torch.Tensor
+        self.angle_std: torch.Tensor
+        if self.n:
+            idx = torch.tensor(dims, dtype=torch.long)
+            self.register_buffer("angle_idx", idx, persistent=False)
+            self.register_buffer("angle_mean", torch.zeros(self.n))
+            self.register_buffer("angle_std", torch.ones(self.n))
+
+    def set_stats(self, state_mean: Any, state_std: Any) -> None:
+        """Take the angles' normalization from the full (Ds,) state mean and std."""
+        if self.n:
+            idx = self.angle_idx.cpu()
+            mean = torch.as_tensor(state_mean, dtype=torch.float32)[idx]
+            std = torch.as_tensor(state_std, dtype=torch.float32)[idx]
+            self.angle_mean.copy_(mean)
+            self.angle_std.copy_(std)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        if not self.n:
+            return s
+        q = s.index_select(-1, self.angle_idx) * self.angle_std + self.angle_mean  # (..., na)
+        return torch.cat([s, q.sin(), q.cos()], dim=-1)  # (..., Ds + 2 na)
 
 
 def role_mask(n_context: int, horizon: int) -> torch.Tensor:
@@ -151,12 +210,14 @@ class Denoiser(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.n_embd
-        self.state_in = nn.Linear(cfg.state_dim, d)
+        na = 2 * len(cfg.angle_dims)  # extra input features per embedded state
+        self.angles = AngleFeatures(cfg.angle_dims)
+        self.state_in = nn.Linear(cfg.state_dim + na, d)
         self.ctx_pos = nn.Parameter(torch.zeros(cfg.n_past + 1, d))
         self.goal_in = nn.Linear(cfg.goal_dim, d) if cfg.goal_dim > 0 else None
         self.goal_pos = nn.Parameter(torch.zeros(1, d)) if cfg.goal_dim > 0 else None
-        self.plan_in = nn.Linear(cfg.token_dim, d)
-        n_flat = (cfg.n_past + 1) * cfg.state_dim + cfg.goal_dim
+        self.plan_in = nn.Linear(cfg.token_dim + na, d)
+        n_flat = (cfg.n_past + 1) * (cfg.state_dim + na) + cfg.goal_dim
         self.cond_in = nn.Linear(n_flat, d) if cfg.global_cond else None
         self.plan_pos = nn.Parameter(torch.zeros(cfg.horizon, d))
         self.level = LevelEmbedding(d)
@@ -190,14 +251,18 @@ class Denoiser(nn.Module):
         x (B, H, Dz) noisy plan, tau (B, H) levels, ctx_states (B, n_past + 1, Ds) oldest
         first with the current state last, goal (B, Dg) or None when Dg = 0.
         """
-        parts = [self.state_in(ctx_states) + self.ctx_pos]  # (B, n_past+1, d)
+        Ds = self.cfg.state_dim
+        ctx_feats = self.angles(ctx_states)  # (B, n_past+1, Ds + 2 na)
+        parts = [self.state_in(ctx_feats) + self.ctx_pos]  # (B, n_past+1, d)
         if self.goal_in is not None and self.goal_pos is not None:
             if goal is None:
                 raise ValueError(f"this model needs a goal of size {self.cfg.goal_dim}")
             parts.append(self.goal_in(goal).unsqueeze(1) + self.goal_pos)  # (B, 1, d)
+        if self.angles.n:
+            x = torch.cat([self.angles(x[..., :Ds]), x[..., Ds:]], dim=-1)  # (B, H, Dz + 2 na)
         plan = self.plan_in(x) + self.plan_pos + self.level(tau)  # (B, H, d)
         if self.cond_in is not None:
-            flat = ctx_states.flatten(1)  # (B, (n_past+1)*Ds)
+            flat = ctx_feats.flatten(1)  # (B, (n_past+1)*(Ds + 2 na))
             if goal is not None and self.cfg.goal_dim > 0:
                 flat = torch.cat([flat, goal], dim=1)  # (B, (n_past+1)*Ds + Dg)
             plan = plan + self.cond_in(flat).unsqueeze(1)  # (B, H, d)
@@ -229,6 +294,7 @@ class MLPConfig:
     n_past: int = 2  # past states in the input besides the current one
     hidden: int = 192  # width of each hidden layer (~ the transformer's parameter count)
     n_hidden: int = 3  # hidden layers
+    angle_dims: tuple[int, ...] = ()  # state dims that are angles (rad): add sin/cos features
 
     def __post_init__(self) -> None:
         for name in ("state_dim", "action_dim", "hidden", "n_hidden"):
@@ -237,6 +303,7 @@ class MLPConfig:
                 raise ValueError(f"MLPConfig.{name}={value!r} must be a positive int")
         if self.goal_dim < 0 or self.n_past < 0:
             raise ValueError(f"{self.goal_dim=} and {self.n_past=} must be >= 0")
+        object.__setattr__(self, "angle_dims", _check_angle_dims(self.angle_dims, self.state_dim))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -248,7 +315,8 @@ class MLPPolicy(nn.Module):
     def __init__(self, cfg: MLPConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        n_in = (cfg.n_past + 1) * cfg.state_dim + cfg.goal_dim
+        self.angles = AngleFeatures(cfg.angle_dims)
+        n_in = (cfg.n_past + 1) * (cfg.state_dim + 2 * len(cfg.angle_dims)) + cfg.goal_dim
         layers: list[nn.Module] = []
         for i in range(cfg.n_hidden):
             layers += [nn.Linear(n_in if i == 0 else cfg.hidden, cfg.hidden), nn.GELU()]
@@ -256,7 +324,7 @@ class MLPPolicy(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, ctx_states: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
-        inp = ctx_states.flatten(1)  # (B, (n_past+1)*Ds)
+        inp = self.angles(ctx_states).flatten(1)  # (B, (n_past+1)*(Ds + 2 na))
         if self.cfg.goal_dim > 0:
             if goal is None:
                 raise ValueError(f"this model needs a goal of size {self.cfg.goal_dim}")

@@ -58,6 +58,9 @@ class TrainConfig:
     p_ramp: float = 0.5  # forcing profile: share of ramp-shaped level profiles
     p_renoise: float = 0.3  # forcing profile: share of ramps lifted to a re-noise floor
     action_weight: float = 1.0  # weight of the action half of the loss (the state half has 1)
+    # plan token j's share of the loss is proportional to exp(-token_decay * j) (mean weight 1);
+    # 0 = every token counts the same. The planner only ever executes token 0's action.
+    token_decay: float = 0.0
     seed: int = 0
     device: str = "cpu"
     log_every: int = 250  # progress every N steps (0 = silent)
@@ -72,6 +75,8 @@ class TrainConfig:
             raise ValueError(f"need lr > 0 and 0 <= ema_decay < 1: {self.lr=}, {self.ema_decay=}")
         if not (0.0 <= self.p_ramp <= 1.0 and 0.0 <= self.p_renoise <= 1.0):
             raise ValueError(f"{self.p_ramp=} and {self.p_renoise=} must be in [0, 1]")
+        if not (self.token_decay >= 0.0 and math.isfinite(self.token_decay)):
+            raise ValueError(f"{self.token_decay=} must be finite and >= 0")
 
 
 @dataclass
@@ -99,15 +104,32 @@ def denoiser_loss(
     eps: torch.Tensor,
     *,
     action_weight: float = 1.0,
+    token_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """ctx (B, P+1, Ds), goal (B, Dg) | None, z/eps (B, H, Dz), tau (B, H) -> scalar loss."""
+    """ctx (B, P+1, Ds), goal (B, Dg) | None, z/eps (B, H, Dz), tau (B, H) -> scalar loss.
+
+    `token_weights` (H,) with mean 1 reweights the plan tokens (None: all weigh 1).
+    """
     Ds = model.cfg.state_dim
     t = tau.unsqueeze(-1)  # (B, H, 1)
     x = (1.0 - t) * z + t * eps  # (B, H, Dz)
     x[:, 0, :Ds] = z[:, 0, :Ds]  # inpainted: the current state is observed
     z_hat = model(x, tau, ctx, goal)  # (B, H, Dz)
-    state_loss = F.mse_loss(z_hat[..., :Ds], z[..., :Ds])
-    return state_loss + action_weight * F.mse_loss(z_hat[..., Ds:], z[..., Ds:])
+    if token_weights is None:
+        state_loss = F.mse_loss(z_hat[..., :Ds], z[..., :Ds])
+        return state_loss + action_weight * F.mse_loss(z_hat[..., Ds:], z[..., Ds:])
+    sq = (z_hat - z).square()  # (B, H, Dz)
+    per_token = sq[..., :Ds].mean(dim=(0, 2)) + action_weight * sq[..., Ds:].mean(dim=(0, 2))
+    loss: torch.Tensor = (per_token * token_weights).mean()
+    return loss
+
+
+def token_weights(horizon: int, decay: float) -> torch.Tensor | None:
+    """(H,) weights proportional to exp(-decay * j), mean 1; None for decay 0 (all equal)."""
+    if decay == 0.0:
+        return None
+    w = torch.exp(-decay * torch.arange(horizon, dtype=torch.float32))
+    return w * (horizon / w.sum())
 
 
 def train(
@@ -158,6 +180,7 @@ def train(
     model: Denoiser | MLPPolicy = (
         MLPPolicy(model_cfg) if isinstance(model_cfg, MLPConfig) else Denoiser(model_cfg)
     )
+    model.angles.set_stats(norm.state_mean, norm.state_std)  # no-op without angle dims
     model.to(dev).train()
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
@@ -168,6 +191,9 @@ def train(
     goal_all = torch.from_numpy(win.goal).to(dev)  # (N, Dg)
     plan_all = torch.from_numpy(win.plan).to(dev)  # (N, H, Dz)
     profile = "forcing" if cfg.kind == "rolling" else "uniform"
+    tok_w = token_weights(horizon, cfg.token_decay)
+    if tok_w is not None:
+        tok_w = tok_w.to(dev)
     losses: list[tuple[int, float]] = []
     first_loss = final_loss = float("nan")
     running, n_running = 0.0, 0
@@ -188,7 +214,10 @@ def train(
                 generator=gen,
             ).to(dev)
             eps = torch.randn(z.shape, generator=gen).to(dev)
-            loss = denoiser_loss(model, ctx, goal, z, tau, eps, action_weight=cfg.action_weight)
+            loss = denoiser_loss(
+                model, ctx, goal, z, tau, eps, action_weight=cfg.action_weight,
+                token_weights=tok_w,
+            )
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         opt.zero_grad(set_to_none=True)
@@ -287,7 +316,14 @@ def _progress(line: str) -> None:
     sys.stderr.flush()
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(text: str, default: Any = None) -> Any:
+    if isinstance(default, tuple):  # e.g. angle_dims=0,1 (empty: "none")
+        if text.lower() in ("none", "()", ""):
+            return ()
+        try:
+            return tuple(int(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise ValueError(f"{text!r} is not a comma-separated list of ints") from None
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"
@@ -309,7 +345,12 @@ def parse_settings(
     `model.`, `train.` or `planner.` prefix picks one. The dims and the kind are not settable.
     Raises ValueError naming the bad setting.
     """
-    model_fields = {f.name for f in fields(MLPConfig if kind == "mlp" else DenoiserConfig)}
+    model_cls = MLPConfig if kind == "mlp" else DenoiserConfig
+    model_fields = {f.name for f in fields(model_cls)}
+    defaults: dict[str, dict[str, Any]] = {
+        g: {f.name: f.default for f in fields(c)}
+        for g, c in (("model", model_cls), ("train", TrainConfig), ("planner", PlannerConfig))
+    }
     groups: dict[str, set[str]] = {
         "model": model_fields - {"state_dim", "action_dim", "goal_dim"},
         "train": {f.name for f in fields(TrainConfig)} - {"kind", "device", "seed", "steps"},
@@ -327,7 +368,7 @@ def parse_settings(
         if not candidates or name not in groups[candidates[0]]:
             known = ", ".join(sorted(set().union(*groups.values())))
             raise ValueError(f"--set {item!r}: unknown setting for {kind} (known: {known})")
-        out[candidates[0]][name] = _parse_value(value)
+        out[candidates[0]][name] = _parse_value(value, defaults[candidates[0]].get(name))
     return out["model"], out["train"], out["planner"]
 
 
