@@ -25,11 +25,13 @@ ordinary ticks and fires when the world departs from the plan.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -426,6 +428,8 @@ def cli_train(args: Any) -> int:
     ckpt = res.checkpoint
     ckpt.train = {
         "command": "rtdiff " + " ".join(sys.argv[1:]),
+        # one plan token = one step of the data: `policies.tokenrate` runs faster plants
+        "rate_hz": _dataset_rate_hz(args.data),
         "config": asdict(cfg),
         "episodes": len(episodes),
         "first_loss": res.first_loss,
@@ -439,6 +443,16 @@ def cli_train(args: Any) -> int:
     if evaluate is not None:
         _progress(f"final: {evaluate(ckpt)}")
     return 0
+
+
+def _dataset_rate_hz(path: str) -> float | None:
+    """The control rate the dataset was recorded at (`rtdiff collect`'s `rtdiff.json`)."""
+    try:
+        meta = json.loads((Path(path) / "rtdiff.json").read_text())
+        rate = float(meta["rate_hz"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return rate if rate > 0 else None
 
 
 def _sim_evaluator(task: str, *, episodes: int, seed: int) -> Callable[[Checkpoint], str] | None:

@@ -85,3 +85,13 @@ def test_train_cli_rejects_bad_settings(
 ) -> None:
     with pytest.raises(CliError, match=message):
         cli_train(_args(out=str(tmp_path / "ck"), settings=[setting]))
+
+
+def test_the_datasets_rate_is_recorded_for_token_rate(tmp_path: Path) -> None:
+    from policies.train import _dataset_rate_hz
+
+    (tmp_path / "rtdiff.json").write_text(json.dumps({"task": "toy", "rate_hz": 250.0}))
+    assert _dataset_rate_hz(str(tmp_path)) == 250.0
+    (tmp_path / "rtdiff.json").write_text("{not json")
+    assert _dataset_rate_hz(str(tmp_path)) is None
+    assert _dataset_rate_hz(str(tmp_path / "missing")) is None
