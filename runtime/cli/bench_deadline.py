@@ -106,7 +106,22 @@ def cli_bench_deadline(args: argparse.Namespace) -> int:
     for task in _csv(args.tasks):
         for rate in rates:
             rt = getattr(args, "rt_priority", None)
-            with plant_server(task, seed=args.seed, rate_hz=rate, rt_priority=rt) as address:
+            server = contextlib.ExitStack()
+            try:
+                address = server.enter_context(
+                    plant_server(task, seed=args.seed, rate_hz=rate, rt_priority=rt)
+                )
+            except CliError as exc:  # e.g. a rate the task refuses: every cell says so
+                sys.stderr.write(f"bench deadline: {task} at {rate:g} Hz: {exc}\n")
+                for planner in planners:
+                    for seed in range(args.seed, args.seed + args.seeds):
+                        cell = {"error": str(exc), "name": f"{task}_{planner}_{rate:g}hz_s{seed}",
+                                "planner": planner, "task": task, "rate_hz": rate,
+                                "seed": seed, "hog": False}
+                        (out_dir / "runs" / f"{cell['name']}.json").write_text(json.dumps(cell))
+                        cells.append(cell)
+                continue
+            with server:
                 for planner in planners:
                     for seed in range(args.seed, args.seed + args.seeds):
                         sys.stderr.write(f"bench deadline: {task} {planner} {rate:g} Hz "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -39,6 +40,9 @@ def run_args(policy: str, plant: str, *, seed: int, seconds: float | None = None
     return build_parser().parse_args(argv)
 
 
+_SERVING = re.compile(r"^rtdiff serve: \S+ \((lockstep|realtime), [0-9.e+]+ Hz\) on ")
+
+
 def wait_for_server(server: subprocess.Popen[str], timeout_s: float = 30.0) -> None:
     """Wait for `rtdiff serve` to say it is serving (its first stderr line)."""
     deadline = time.monotonic() + timeout_s
@@ -48,7 +52,10 @@ def wait_for_server(server: subprocess.Popen[str], timeout_s: float = 30.0) -> N
         line = server.stderr.readline()
         if not line and server.poll() is not None:
             raise CliError(f"the plant server exited with code {server.returncode}")
-        if "rtdiff serve:" in line:
+        if line.startswith("rtdiff serve: error:"):
+            reason = line.strip().removeprefix("rtdiff serve: error: ")
+            raise CliError(f"the plant server refused to start: {reason}")
+        if _SERVING.match(line):  # "rtdiff serve: TASK (MODE, RATE Hz) on ADDRESS"
             # Keep draining its log so a full pipe can never block the plant process.
             threading.Thread(target=server.stderr.read, daemon=True).start()
             return
