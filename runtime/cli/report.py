@@ -55,8 +55,10 @@ def load_runs(run_dir: Path, failed: list[dict[str, Any]] | None = None) -> list
 
 
 def _label(run: dict[str, Any]) -> str:
-    """`bench deadline`'s planner name (e.g. chunked-k50) if given, else the policy's kind."""
-    return str(run.get("planner") or str(run.get("policy", "?")).split(":")[0])
+    """`bench deadline`'s planner name (e.g. chunked-k50) if given, else the policy's kind;
+    runs with a CPU hog beside them are their own series (`rolling + hog`)."""
+    name = str(run.get("planner") or str(run.get("policy", "?")).split(":")[0])
+    return f"{name} + hog" if run.get("hog") else name
 
 
 def _table(runs: list[dict[str, Any]]) -> str:
@@ -139,14 +141,15 @@ def plot_rate_sweep(runs: list[dict[str, Any]], out: Path) -> Path | None:
                 continue
             rates = sorted(by_rate)
             miss = [100 * np.mean([r["miss_rate"] for r in by_rate[x]]) for x in rates]
-            axes[row, 0].plot(rates, miss, marker="o", label=label)
+            style = "--" if label.endswith("+ hog") else "-"
+            axes[row, 0].plot(rates, miss, style, marker="o", label=label)
             # success only where some episode finished (a run shorter than an episode says
             # nothing about success)
             done = [(x, [r for r in by_rate[x] if r.get("episodes", 0)]) for x in rates]
             xs = [x for x, rs in done if rs]
             succ = [100 * sum(r["success_rate"] * r["episodes"] for r in rs)
                     / sum(r["episodes"] for r in rs) for _, rs in done if rs]
-            axes[row, 1].plot(xs, succ, marker="o", label=label)
+            axes[row, 1].plot(xs, succ, style, marker="o", label=label)
         axes[row, 0].set_yscale("symlog", linthresh=0.1)
         axes[row, 0].set(xscale="log", xlabel="control rate (Hz)", ylim=(0, 100),
                          ylabel="deadline misses (%, symlog)", title=f"{task}: miss rate")

@@ -93,3 +93,11 @@ def test_report_pools_runs_of_tasks_with_different_action_sizes(tmp_path: Path) 
              "rate_hz": 1000, "trace": f"traces/{name}"}))
     files = {p.name for p in make_report(run_dir, tmp_path / "out")}
     assert "latency_hist.png" in files and "report.md" in files
+
+
+def test_runs_beside_a_cpu_hog_are_their_own_series() -> None:
+    from runtime.cli.report import _label
+
+    assert _label({"planner": "rolling", "hog": False}) == "rolling"
+    assert _label({"planner": "rolling", "hog": True}) == "rolling + hog"
+    assert _label({"policy": "chunked:double-pendulum"}) == "chunked"
