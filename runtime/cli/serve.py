@@ -49,6 +49,11 @@ def cli_serve(args: argparse.Namespace) -> int:
                            rate_hz=getattr(args, "rate", None))
     except (KeyError, ValueError) as exc:
         raise CliError(str(exc).strip("'\"")) from None
+    if mode == "realtime":
+        # The plant's thread and the server loop share one GIL: a command arriving while the
+        # plant thread runs Python waits up to the switch interval (CPython's default 5 ms,
+        # several 500 Hz periods) before the server can hand it over, and then counts as late.
+        sys.setswitchinterval(min(100e-6, plant.spec().period_s / 20))
     try:
         server = PlantServer(
             plant,

@@ -69,7 +69,10 @@ def plant_server(task: str, *, seed: int, rate_hz: float | None = None,
     address = f"tcp://127.0.0.1:{free_port()}"
     argv = [sys.executable, "-m", "runtime.cli", "serve", "--task", task, "--realtime",
             "--bind", address, "--seed", str(seed)]
-    argv += ["--rt-priority", str(rt_priority)] if rt_priority else []
+    # The plant is the ground truth and must keep its schedule: one priority level above the
+    # controller, so a controller thread computing under SCHED_FIFO (not time-sliced against
+    # equal priorities) never holds the plant's threads off a core.
+    argv += ["--rt-priority", str(min(99, rt_priority + 1))] if rt_priority else []
     if rate_hz is not None:
         argv += ["--rate", f"{rate_hz:g}"]
     server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
