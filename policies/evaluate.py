@@ -1,30 +1,58 @@
 """Push-recovery ablation of the rolling planner's re-noising, in lockstep on a simulated plant.
 
     python -m policies.evaluate --policy rolling:double-pendulum --episodes 12 --json
+    python -m policies.evaluate --policy rolling:reacher-moving --task reacher-moving \
+        --episodes 60 --seed 2000 --json
     python -m policies.evaluate dither --task bimodal --episodes 50 --json
 
-The second form runs several planners on `bimodal` and reports, beside success, how often per
+The last form runs several planners on `bimodal` and reports, beside success, how often per
 episode the executed lateral command switches sign before the block (dithering between modes).
 
-Variants of the same checkpoint (only the planner's re-noising differs):
+Variants of the same checkpoint (only the planner's surprise-driven re-noising differs; the
+re-noising on a goal change, `goal_renoise`, is the same in all three):
 - `renoise`: surprise-driven re-noising as calibrated in the checkpoint (the default planner);
-- `none`: never re-noise (threshold at infinity): the plan only ever shifts and refines;
+- `none`: never re-noise on surprise (threshold at infinity): the plan only ever shifts and
+  refines;
 - `blank`: any surprise above the threshold restarts the plan from pure noise (level 1 for every
   token), the blank-slate alternative.
 
 Push recovery: the task reports a push in `info["push"]` on every tick it acts. For each push
 (a run of push ticks) we count the ticks from the push's first tick until the state is back
-within tolerance: every angle in `--angle-idx` within `--tol-rad` of upright (0). A push that
-has not recovered before the next push or the episode's end counts as not recovered (its ticks
-are reported as censored, not averaged in). Needs `sims` (imported only here, at the CLI
-boundary), one torch thread.
+within the task's tolerance, judged on the first tick after the push has stopped acting
+(so a push that never moved the state out of tolerance counts its own length). The tolerance is
+a per-task predicate on the observed (state, goal), chosen by `--task` (`RECOVERY`):
+- `angles` (double-pendulum, and any task not listed): every angle in `--angle-idx` within
+  `--tol-rad` of upright (0);
+- `fingertip` (reacher-moving): the fingertip, by the arm's forward kinematics, within the
+  task's success tolerance (`sims.tasks.reacher_moving.TOL_M`, 0.02 m; `--tol-m`) of the
+  current target.
+A push that has not recovered before the next push or the episode's end counts as not
+recovered (its ticks are reported as censored, not averaged in).
+
+Target jumps (tasks with a goal): a push that overlaps a jump is excluded from the recovery
+figures and counted apart (`pushes_excluded_jump`), because its "recovery" would time the reach
+to a new target, not the push. A push overlaps a jump when the target jumps between the push's
+first tick and its recovery (`jump_during_recovery`), or when the push begins before the arm
+has once been within tolerance of the target it is reaching for since that target last jumped
+(`jump_before_settled`; the target set at reset counts as a jump). Tasks without a goal never
+exclude a push, so their figures are those of the angle-only version of this file.
+
+`vs_renoise` in the output pairs the variants push by push (the same seeds put the same pushes
+at the same ticks): the other variant's recovery ticks minus re-noising's, with a seeded
+bootstrap 95% interval. `--push-force LOW,HIGH` replaces the task's push force range, a stress
+test off the task defaults (reacher-moving's own pushes never move the fingertip out of
+tolerance).
+
+Needs `sims` (imported only here, at the CLI boundary), one torch thread.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -38,6 +66,55 @@ from runtime.protocols import Command
 
 VARIANTS = ("renoise", "none", "blank")
 
+# (state, goal) -> whether the task is back within its tolerance
+RecoveryPredicate = Callable[[np.ndarray, np.ndarray], bool]
+
+# recovery rule per task; a task not listed uses "angles"
+RECOVERY = {"double-pendulum": "angles", "reacher-moving": "fingertip"}
+
+# gymnasium's reacher.xml: body1 sits 0.1 m along link0, the fingertip 0.11 m along link1
+REACHER_LINKS_M = (0.1, 0.11)
+
+
+def angles_within(angle_idx: Sequence[int], tol_rad: float) -> RecoveryPredicate:
+    """Every angle `state[i]`, i in `angle_idx`, strictly within `tol_rad` of 0 (upright)."""
+    idx = [int(i) for i in angle_idx]
+
+    def recovered(state: np.ndarray, goal: np.ndarray) -> bool:
+        return bool(np.all(np.abs(np.asarray(state)[idx]) < tol_rad))
+
+    return recovered
+
+
+def reacher_fingertip_xy(q0: float, q1: float) -> np.ndarray:
+    """The reacher's fingertip (x, y) in m for joint angles `q0`, `q1` (rad)."""
+    l0, l1 = REACHER_LINKS_M
+    return np.array(
+        [l0 * math.cos(q0) + l1 * math.cos(q0 + q1), l0 * math.sin(q0) + l1 * math.sin(q0 + q1)]
+    )
+
+
+def fingertip_on_target(tol_m: float) -> RecoveryPredicate:
+    """The fingertip (state[0:2] = joint angles) within `tol_m` of the target `goal` (x, y),
+    as the task counts it (distance <= tol)."""
+
+    def recovered(state: np.ndarray, goal: np.ndarray) -> bool:
+        s = np.asarray(state, dtype=np.float64)
+        tip = reacher_fingertip_xy(float(s[0]), float(s[1]))
+        return bool(np.linalg.norm(tip - np.asarray(goal, dtype=np.float64)[:2]) <= tol_m)
+
+    return recovered
+
+
+def recovery_predicate(
+    task: str, *, angle_idx: Sequence[int], tol_rad: float, tol_m: float
+) -> tuple[str, RecoveryPredicate]:
+    """The recovery rule `--task` chooses: its name and its predicate."""
+    rule = RECOVERY.get(task, "angles")
+    if rule == "fingertip":
+        return rule, fingertip_on_target(tol_m)
+    return rule, angles_within(angle_idx, tol_rad)
+
 
 def variant_config(cfg: PlannerConfig, variant: str) -> PlannerConfig:
     if variant == "renoise":
@@ -49,6 +126,124 @@ def variant_config(cfg: PlannerConfig, variant: str) -> PlannerConfig:
     raise ValueError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
 
 
+def _stats(ticks: list[int]) -> dict[str, float | None]:
+    rec = np.asarray(ticks, dtype=np.float64)
+    return {
+        "mean": round(float(rec.mean()), 1) if rec.size else None,
+        "p50": float(np.percentile(rec, 50)) if rec.size else None,
+        "p90": float(np.percentile(rec, 90)) if rec.size else None,
+    }
+
+
+class PushTracker:
+    """Turns a stream of (state, goal, info) per tick into push-recovery counts.
+
+    Call `start(state, goal)` after reset, `tick(k, state, goal, info)` after every plant step
+    (k = ticks stepped so far, info the step's `Observation.info`), `end()` when the episode is
+    over. See the module docstring for what counts.
+    """
+
+    def __init__(self, recovered: RecoveryPredicate) -> None:
+        self.recovered = recovered
+        self.recover: list[int] = []  # ticks to recover, counted pushes that recovered
+        self.censored = 0  # counted pushes that did not recover before the next push or the end
+        self.left_tolerance = 0  # counted pushes that put the state out of tolerance
+        self.jump_before_settled = 0
+        self.jump_during_recovery = 0
+        self._in_push = False
+        self._start: int | None = None  # first tick of the push being timed, until recovered
+        self._left = False
+        self._settled = True
+        self._episode = -1
+        # (episode, first tick) of every counted push -> its recovery ticks (None: censored)
+        self.log: dict[tuple[int, int], int | None] = {}
+
+    def start(self, state: np.ndarray, goal: np.ndarray) -> None:
+        self._episode += 1
+        self._in_push, self._start, self._left = False, None, False
+        # the target set at reset counts as a jump: settled once the arm has got there
+        self._settled = np.asarray(goal).size == 0 or self.recovered(state, goal)
+
+    def tick(self, k: int, state: np.ndarray, goal: np.ndarray, info: dict[str, Any]) -> None:
+        ok = self.recovered(state, goal)
+        jumped = "goal_switch" in info
+        if jumped:
+            self._settled = False
+            if self._start is not None:
+                self.jump_during_recovery += 1
+                self._start = None
+        pushed = "push" in info and bool(np.any(np.asarray(info["push"]) != 0))
+        if pushed and not self._in_push:
+            if self._start is not None:
+                self._close_censored()  # a new push before recovering from the last one
+            if self._settled and not jumped:
+                self._start, self._left = k, False
+            else:
+                self.jump_before_settled += 1
+        self._in_push = pushed
+        if self._start is not None:
+            self._left |= not ok
+            if not self._in_push and ok:
+                self.recover.append(k - self._start)
+                self.log[(self._episode, self._start)] = k - self._start
+                self.left_tolerance += self._left
+                self._start = None
+        if ok:
+            self._settled = True
+
+    def end(self) -> None:
+        if self._start is not None:
+            self._close_censored()
+
+    def _close_censored(self) -> None:
+        assert self._start is not None
+        self.log[(self._episode, self._start)] = None
+        self.censored += 1
+        self.left_tolerance += self._left
+        self._start = None
+
+    def summary(self) -> dict[str, Any]:
+        excluded = self.jump_before_settled + self.jump_during_recovery
+        return {
+            "pushes": len(self.recover) + self.censored,
+            "recovered": len(self.recover),
+            "recover_ticks": _stats(self.recover),
+            "pushes_left_tolerance": self.left_tolerance,
+            "pushes_excluded_jump": excluded,
+            "jump_before_settled": self.jump_before_settled,
+            "jump_during_recovery": self.jump_during_recovery,
+            "pushes_total": len(self.recover) + self.censored + excluded,
+        }
+
+
+def paired_difference(
+    base: dict[tuple[int, int], int | None],
+    other: dict[tuple[int, int], int | None],
+    *,
+    resamples: int = 10_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Recovery ticks of `other` minus `base` over the pushes both counted and both recovered
+    from (the same seeds put the same pushes at the same ticks), with a seeded bootstrap 95%
+    interval of the mean difference. A positive mean: `other` recovers more slowly."""
+    keys = sorted(
+        k for k in base.keys() & other.keys() if base[k] is not None and other[k] is not None
+    )
+    d = np.asarray([float(other[k]) - float(base[k]) for k in keys])  # type: ignore[arg-type]
+    if d.size == 0:
+        return {"pairs": 0, "mean": None, "ci95": None, "slower": 0, "faster": 0}
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(resamples, d.size))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {
+        "pairs": int(d.size),
+        "mean": round(float(d.mean()), 2),
+        "ci95": [round(float(lo), 2), round(float(hi), 2)],
+        "slower": int((d > 0).sum()),  # pushes where `other` took more ticks than `base`
+        "faster": int((d < 0).sum()),
+    }
+
+
 def run_episodes(
     planner: Any,
     plant: Any,
@@ -56,59 +251,44 @@ def run_episodes(
     episodes: int,
     seed: int,
     steps_per_tick: int,
-    angle_idx: tuple[int, ...],
-    tol_rad: float,
+    recovered: RecoveryPredicate,
 ) -> dict[str, Any]:
     successes = 0
-    recover: list[int] = []
-    censored = 0
-    renoise_ticks = ticks = 0
+    renoise_ticks = renoise_goal_ticks = ticks = 0
+    pushes = PushTracker(recovered)
     for ep in range(episodes):
         obs = plant.reset(seed=seed + ep)
         planner.reset(obs)
+        pushes.start(obs.state, obs.goal)
         k = 0
-        push_start: int | None = None  # tick the current push began, while not yet recovered
-        in_push = False
         while True:
             if k > 0:
                 planner.observe(obs)
                 ticks += 1
-                renoise_ticks += getattr(planner, "renoise_level", 0.0) > 0.0
+                renoised = getattr(planner, "renoise_level", 0.0) > 0.0
+                renoise_ticks += renoised
+                renoise_goal_ticks += renoised and "goal_switch" in obs.info
             for _ in range(steps_per_tick):
                 if planner.refine(0) <= 0:
                     break
             plant.apply(Command(seq=k, t_ns=0, action=planner.action().copy(), deadline_ns=0))
             obs = plant.observe()
             k += 1
-            pushed = "push" in obs.info and np.any(np.asarray(obs.info["push"]) != 0)
-            if pushed and not in_push:
-                if push_start is not None:
-                    censored += 1  # a new push before recovering from the last one
-                push_start = k
-            in_push = bool(pushed)
-            if push_start is not None and not in_push:
-                ang = np.abs(np.asarray(obs.state)[list(angle_idx)])
-                if np.all(ang < tol_rad):
-                    recover.append(k - push_start)
-                    push_start = None
+            pushes.tick(k, obs.state, obs.goal, obs.info)
             if obs.done:
-                if push_start is not None:
-                    censored += 1
+                pushes.end()
                 break
         successes += bool(obs.info.get("success", False))
-    rec = np.asarray(recover, dtype=np.float64)
-    pushes = len(recover) + censored
     return {
         "episodes": episodes,
         "success_rate": successes / episodes,
-        "pushes": pushes,
-        "recovered": len(recover),
-        "recover_ticks": {
-            "mean": round(float(rec.mean()), 1) if rec.size else None,
-            "p50": float(np.percentile(rec, 50)) if rec.size else None,
-            "p90": float(np.percentile(rec, 90)) if rec.size else None,
-        },
+        **pushes.summary(),
+        "_log": pushes.log,
         "renoise_tick_fraction": round(renoise_ticks / max(1, ticks), 3),
+        # re-noised ticks that were not a goal change (surprise alone)
+        "surprise_renoise_tick_fraction": round(
+            (renoise_ticks - renoise_goal_ticks) / max(1, ticks), 3
+        ),
     }
 
 
@@ -223,10 +403,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1000)
     p.add_argument("--steps-per-tick", type=int, default=1)
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--angle-idx", default="1,2", help="state indices of the angles to watch")
-    p.add_argument("--tol-rad", type=float, default=0.05)
+    p.add_argument(
+        "--angle-idx", default="1,2", help="state indices of the angles to watch (rule angles)"
+    )
+    p.add_argument("--tol-rad", type=float, default=0.05, help="angle tolerance (rule angles)")
+    p.add_argument(
+        "--tol-m",
+        type=float,
+        default=None,
+        help="fingertip-to-target tolerance (rule fingertip; default: the task's success one)",
+    )
+    p.add_argument(
+        "--push-force",
+        default=None,
+        metavar="LOW,HIGH",
+        help="push force range in N instead of the task's (a stress test off the task defaults)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    plant_kw: dict[str, Any] = {}
+    if args.push_force is not None:
+        try:
+            lo, hi = (float(f) for f in args.push_force.split(","))
+        except ValueError:
+            p.error(f"--push-force must be LOW,HIGH in N, got {args.push_force!r}")
+        plant_kw["disturbances"] = {"push_force_n": (lo, hi)}
     torch.set_num_threads(1)
     from policies import load_checkpoint, resolve_policy
     from sims import make_plant
@@ -236,16 +437,27 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(ckpt.model, Denoiser):
         raise SystemExit("the push ablation needs a denoiser checkpoint")
     angle_idx = tuple(int(i) for i in args.angle_idx.split(","))
+    tol_m = args.tol_m
+    if tol_m is None:
+        from sims.tasks.reacher_moving import TOL_M
+
+        tol_m = TOL_M
+    rule, recovered = recovery_predicate(
+        args.task, angle_idx=angle_idx, tol_rad=args.tol_rad, tol_m=tol_m
+    )
     out: dict[str, Any] = {
         "policy": args.policy,
         "task": args.task,
         "steps_per_tick": args.steps_per_tick,
         "seed": args.seed,
-        "tol_rad": args.tol_rad,
+        "recovery": rule,
+        "push_force_n": [lo, hi] if args.push_force is not None else "task default",
+        **({"tol_m": tol_m} if rule == "fingertip" else {"tol_rad": args.tol_rad}),
         "variants": {},
     }
+    logs: dict[str, dict[tuple[int, int], int | None]] = {}
     for variant in args.variants.split(","):
-        plant = make_plant(args.task)
+        plant = make_plant(args.task, **plant_kw)
         try:
             planner = RollingPlanner(
                 ckpt.model,
@@ -260,16 +472,25 @@ def main(argv: list[str] | None = None) -> int:
                 episodes=args.episodes,
                 seed=args.seed,
                 steps_per_tick=args.steps_per_tick,
-                angle_idx=angle_idx,
-                tol_rad=args.tol_rad,
+                recovered=recovered,
             )
         finally:
             plant.close()
+        logs[variant] = res.pop("_log")
         out["variants"][variant] = res
         if not args.json:
             print(variant, res, flush=True)
         else:
             sys.stderr.write(f"{variant}: {res}\n")
+    if "renoise" in logs:
+        # paired by push: (other variant) - renoise; positive = renoise recovers faster
+        out["vs_renoise"] = {
+            v: paired_difference(logs["renoise"], log, seed=args.seed)
+            for v, log in logs.items()
+            if v != "renoise"
+        }
+        if not args.json:
+            print("vs_renoise", out["vs_renoise"])
     if args.json:
         print(json.dumps(out))
     return 0
