@@ -139,6 +139,8 @@ class RunResult:
     mode: str
     trace_path: str | None = None
     stale_observations: int = 0  # ticks whose observation the plant flagged as not fresh
+    # the step-latency estimate (margins included) after the warm-up and at the end, ns
+    step_estimate_ns: tuple[int, int] = (0, 0)
 
     def stats(self) -> DeadlineStats:
         return DeadlineStats.from_records(self.records, period_ns=self.period_ns)
@@ -154,6 +156,8 @@ class RunResult:
         out["rate_hz"] = 1e9 / self.period_ns
         out["plant_counters"] = dict(self.plant_counters)
         out["stale_observations"] = self.stale_observations
+        out["step_estimate_us"] = {"start": self.step_estimate_ns[0] / 1e3,
+                                   "end": self.step_estimate_ns[1] / 1e3}
         # re-plans: ticks on which the planner did refinement work whose action went out (not
         # a fallback). A chunked baseline re-plans on chunk ticks only; a planner that computes
         # inside action() (an expert) or in a thread of its own (chunked-async) shows 0 here.
@@ -353,6 +357,7 @@ class ControlLoop:
             ticker = Ticker(clock, period) if realtime else None
             if ticker is not None and phase_ns:
                 self._align(ticker, obs, phase_ns)
+            estimate_start = self.budget.estimate_ns
             fresh = True  # `obs` starts an episode: the tick does not `observe` it
             # Realtime: the planner already holds `obs` (reset above), so the first tick does
             # not pay for a second reset (and its warm-up) inside its deadline. Lockstep keeps
@@ -545,6 +550,7 @@ class ControlLoop:
             mode=cfg.mode,
             trace_path=None if trace.path is None else str(trace.path),
             stale_observations=stale,
+            step_estimate_ns=(estimate_start, self.budget.estimate_ns),
         )
 
     def _anchor(self, obs: Observation, phase_ns: int) -> int | None:
