@@ -213,9 +213,13 @@ def plot_trajectories(runs: list[dict[str, Any]], out: Path, *, max_ticks: int =
             traced.append((r, rec, side))
     if not traced:
         return None
-    learned = sorted((t for t in traced if t[0].get("policy") != "expert"),
+    # the rate most runs share (a demo's side-by-side planners, not its one faster run)
+    rates = [float(t[0].get("rate_hz", 0)) for t in traced]
+    common = max(set(rates), key=lambda r: (rates.count(r), -r))
+    at_rate = [t for t in traced if float(t[0].get("rate_hz", 0)) == common]
+    learned = sorted((t for t in at_rate if t[0].get("policy") != "expert"),
                      key=lambda t: not str(t[0].get("policy", "")).startswith("roll"))
-    first = learned[0] if learned else traced[0]
+    first = learned[0] if learned else at_rate[0]
     key = (first[0].get("task"), first[0].get("seed"))
     same = [t for t in traced if (t[0].get("task"), t[0].get("seed")) == key
             and float(t[0].get("rate_hz", 0)) == float(first[0].get("rate_hz", 0))]
