@@ -249,6 +249,12 @@ class ChunkedAsyncPlanner(ChunkedPlanner):
     def refine(self, budget_ns: int) -> int:
         return 0
 
+    def refresh(self, obs: Observation) -> bool:
+        """A sub-token tick changes nothing: the chunks run open loop, and the context is read
+        by the worker (under the lock, in `_submit`), which a write from this thread must not
+        race."""
+        return False
+
     def close(self) -> None:
         with self._cond:
             self._stop = True

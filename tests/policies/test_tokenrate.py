@@ -136,3 +136,16 @@ def test_load_planner_wraps_a_model_run_faster_than_its_data_and_refuses_slower(
     assert isinstance(fast, TokenRate) and fast.ticks_per_token == pytest.approx(5.0)
     with pytest.raises(ValueError, match="cannot run at 50 Hz"):
         load_planner("mlp:double-pendulum", spec=dataclasses.replace(spec, rate_hz=50.0))
+
+
+def test_chunked_async_refresh_leaves_the_context_the_worker_reads_alone() -> None:
+    from policies import ChunkedAsyncPlanner
+
+    p = ChunkedAsyncPlanner(small_model(), toy_normalizer(), toy_spec(), small_planner_cfg())
+    try:
+        p.reset(obs(np.zeros(DS), seq=0))
+        before = p.ctx.clone()
+        assert not p.refresh(obs(np.full(DS, 3.0), seq=1))
+        assert torch.equal(p.ctx, before)
+    finally:
+        p.close()
