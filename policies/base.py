@@ -76,9 +76,11 @@ class TorchPlannerBase:
         self._ctx_tmp = torch.zeros(1, n_past, Ds, device=dev)
         self._ctx_old, self._ctx_new = self.ctx[:, 1:], self.ctx[:, :-1]
         self._ctx_last = self.ctx[0, -1]
-        # the current state as of the last token boundary: `refresh` may overwrite the context's
-        # current slot with newer states, but the history must keep one token between states
+        # the current state as of the last token boundary, saved by the first `refresh` that
+        # overwrites the context's current slot (the history must keep one token between
+        # states); `_refreshed` says whether the slot holds a newer state than that
         self._ctx_token = torch.zeros(Ds, device=dev)
+        self._refreshed = False
         # Action output.
         self._act_n = torch.zeros(Da, device=dev)  # normalized action the output is read from
         self._act_cpu = torch.zeros(Da)
@@ -113,15 +115,16 @@ class TorchPlannerBase:
 
     def _fill_context(self) -> None:
         self.ctx.copy_(self.obs_n.expand_as(self.ctx))
-        self._ctx_token.copy_(self.obs_n)
+        self._refreshed = False
 
     def _push_context(self) -> None:
         if self.n_past > 0:
-            self._ctx_last.copy_(self._ctx_token)  # undo any `refresh` before it becomes history
+            if self._refreshed:  # undo the refreshes before the slot becomes history
+                self._ctx_last.copy_(self._ctx_token)
             self._ctx_tmp.copy_(self._ctx_old)
             self._ctx_new.copy_(self._ctx_tmp)
         self._ctx_last.copy_(self.obs_n)
-        self._ctx_token.copy_(self.obs_n)
+        self._refreshed = False
 
     def refresh(self, obs: Observation) -> bool:
         """A sub-token tick (`policies.tokenrate`): put the fresh state in the context's
@@ -129,6 +132,9 @@ class TorchPlannerBase:
         unusable. Subclasses add what their plan needs."""
         if obs.stale or not self._stage(obs):
             return False
+        if not self._refreshed:  # keep the token's own state for the history
+            self._ctx_token.copy_(self._ctx_last)
+            self._refreshed = True
         self._ctx_last.copy_(self.obs_n)
         return True
 

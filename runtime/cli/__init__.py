@@ -102,6 +102,14 @@ def _add_collect(sp: argparse._SubParsersAction[_Parser]) -> None:
     _target(p, "sims.collect:cli_collect")
 
 
+def _add_rt_priority(p: argparse.ArgumentParser, who: str, default: int | None = None) -> None:
+    p.add_argument(
+        "--rt-priority", type=positive_int, default=default, metavar="P",
+        help=f"run {who} under SCHED_FIFO at priority P (1-99) where the OS allows it (Linux "
+        "with CAP_SYS_NICE or an rtprio limit); reports what it got",
+    )
+
+
 def _add_train(sp: argparse._SubParsersAction[_Parser]) -> None:
     p = sp.add_parser("train", help="train a policy on a dataset")
     p.add_argument("--task", required=True)
@@ -145,11 +153,7 @@ def _add_serve(sp: argparse._SubParsersAction[_Parser]) -> None:
         default=100.0,
         help="realtime: no valid command this long -> the safe action",
     )
-    p.add_argument(
-        "--rt-priority", type=positive_int, default=None, metavar="P",
-        help="run under SCHED_FIFO at priority P (1-99) when the OS allows it (Linux with "
-        "CAP_SYS_NICE or an rtprio limit); says what it got",
-    )
+    _add_rt_priority(p, "this process")
     _target(p, "runtime.cli.serve:cli_serve")
 
 
@@ -180,11 +184,7 @@ def _add_run(sp: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument(
-        "--rt-priority", type=positive_int, default=None, metavar="P",
-        help="run under SCHED_FIFO at priority P (1-99) when the OS allows it (Linux with "
-        "CAP_SYS_NICE or an rtprio limit); says what it got",
-    )
+    _add_rt_priority(p, "this process")
     _target(p, "runtime.cli.run:cli_run")
 
 
@@ -225,10 +225,7 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     b = bp.add_parser("bridge", help="bridge round trip vs bare pyzmq+msgpack")
     b.add_argument("--seconds", type=positive_float, default=5.0)
     b.add_argument("--json", action="store_true")
-    b.add_argument(
-        "--rt-priority", type=positive_int, default=None, metavar="P",
-        help="run both ends under SCHED_FIFO at priority P where allowed",
-    )
+    _add_rt_priority(b, "both ends")
     _target(b, "hw_bridge.bench:cli_bench_bridge")
 
     d = bp.add_parser("deadline", help="planners x rates in realtime over the bridge")
@@ -244,10 +241,7 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     d.add_argument("--seed", type=nonnegative_int, default=0, help="first seed")
     d.add_argument("--seconds", type=positive_float, default=5.0, help="per run")
     d.add_argument("--hog", action="store_true", help="repeat rolling with a CPU hog")
-    d.add_argument(
-        "--rt-priority", type=positive_int, default=None, metavar="P",
-        help="run plant and controller under SCHED_FIFO at priority P where allowed",
-    )
+    _add_rt_priority(d, "controller and plant (the plant one level higher)")
     d.add_argument("--json", action="store_true")
     _target(d, "runtime.cli.bench_deadline:cli_bench_deadline")
 
@@ -269,11 +263,7 @@ def _add_demo(sp: argparse._SubParsersAction[_Parser]) -> None:
         "--fast-rate", type=nonnegative_float, default=250.0,
         help="also run the rolling planner with the plant served at this rate (0: skip)",
     )
-    p.add_argument(
-        "--rt-priority", type=positive_int, default=10, metavar="P",
-        help="ask for SCHED_FIFO at priority P for plant and controller (reported; "
-        "refused where the OS does not allow it)",
-    )
+    _add_rt_priority(p, "controller and plant (the plant one level higher)", default=10)
     p.add_argument("--no-rt", action="store_true", help="do not ask for SCHED_FIFO")
     _target(p, "runtime.cli.demo:cli_demo")
 

@@ -66,13 +66,18 @@ def cpu_hog() -> Iterator[None]:
         hog.wait()
 
 
+def cell_name(task: str, planner: str, rate_hz: float, seed: int, tag: str = "") -> str:
+    """One run's file and trace name, e.g. `double-pendulum_rolling_250hz_s0_hog`."""
+    return f"{task}_{planner}_{rate_hz:g}hz_s{seed}{tag}"
+
+
 def run_cell(*, planner: str, task: str, address: str, rate_hz: float, seconds: float,
              seed: int, out_dir: Path, tag: str = "",
              rt_priority: int | None = None) -> dict[str, Any]:
     from runtime.cli.run import execute
 
     policy, overrides, options = PLANNERS[planner]
-    name = f"{task}_{planner}_{rate_hz:g}hz_s{seed}{tag}"
+    name = cell_name(task, planner, rate_hz, seed, tag)
     args = run_args(policy.format(task=task), address, seed=seed, seconds=seconds,
                     trace=str(out_dir / "traces" / name), rt_priority=rt_priority)
     args.rate = rate_hz
@@ -115,7 +120,7 @@ def cli_bench_deadline(args: argparse.Namespace) -> int:
                 sys.stderr.write(f"bench deadline: {task} at {rate:g} Hz: {exc}\n")
                 for planner in planners:
                     for seed in range(args.seed, args.seed + args.seeds):
-                        cell = {"error": str(exc), "name": f"{task}_{planner}_{rate:g}hz_s{seed}",
+                        cell = {"error": str(exc), "name": cell_name(task, planner, rate, seed),
                                 "planner": planner, "task": task, "rate_hz": rate,
                                 "seed": seed, "hog": False}
                         (out_dir / "runs" / f"{cell['name']}.json").write_text(json.dumps(cell))
