@@ -13,6 +13,29 @@ What is measured, per transport (loopback TCP, IPC), in one run:
 - **stream** (from the bridge run, at the client): delivery latency of each state (arrival -
   measurement time, mapped through the clock offset) and the gaps between arrivals; a gap over
   1.5 periods means the client held a value older than one period.
+- **platform baseline** (`stream.baseline`, during each bridge run): a third process, under the
+  same scheduling policy (and CPU pin, if any, as the client), that only sleeps to each 1 ms
+  deadline with `select()` (the call the client waits in) and records how late it woke. A
+  wake-up more than 0.5 period late is a *stall*: the platform held a process that did nothing
+  but wait off the CPU for as long as a stream gap over 1.5 periods. Same window as the stream.
+
+New `stream` keys, for attributing the gaps (all over the measured windows, runs pooled):
+`gaps` (each gap over 1.5 periods: `run`, `t_ms` since its run's window opened, `gap_us`,
+`baseline_stall` (a stall's late interval overlaps the gap), `steal` (the steal counter rose
+between the baseline's samples bracketing the gap)); `gaps_with_baseline_stall`,
+`gaps_with_steal`;
+`baseline` (`wakeups`, `late_over_0.5_period`, `lateness_us` quantiles, `stalls`: the first 100
+as `run`, `t_ms`, `late_us`); `steal` (`/proc/stat` "cpu" line, 8th field, read by the client
+at the window's ends: `jiffies`, `ms`; resolution one jiffy, 1/CLK_TCK s, 10 ms here; null
+where unreadable) and `steal_samples_with_increase` (the baseline samples it every 10 ms);
+`nivcsw` (involuntary context switches over the windows: `client_thread` (the loop's thread),
+`client_process`, `server_process`).
+
+Mitigations (`run_bench(mlock=, pin=)`; top-level `mitigations` says what each got):
+`mlock` calls libc `mlockall(MCL_CURRENT|MCL_FUTURE)` in every process (a failure is reported,
+not fatal; costs resident memory); `pin` puts the server process on one CPU and the client and
+its baseline on another (costs: neither can move to an idle core). The bridge client always
+freezes its heap and collects in slack (`runtime.rt.GcPolicy("frozen")`, like the server).
 
 Both ends run in separate processes (separate GILs), as a controller and a plant would. Bare
 and bridge runs alternate (`rounds`, default 3) and their samples are pooled, so on a shared
@@ -23,13 +46,17 @@ machine both see the same background load on average. The first 0.5 s of each ru
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import multiprocessing as mp
 import os
 import platform
+import resource
 import select
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from multiprocessing.queues import Queue
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -49,6 +76,8 @@ from runtime.rt import GcPolicy
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 RATE_HZ = 1000.0
 WARMUP_S = 0.5
+STEAL_SAMPLE_NS = 10_000_000  # the baseline's steal sampling interval (one jiffy here)
+MAX_LISTED = 100  # stalls listed per transport (all are counted)
 
 
 def _quantiles_us(samples_ns: np.ndarray[Any, Any]) -> dict[str, float]:
@@ -71,10 +100,179 @@ def _quantiles_us(samples_ns: np.ndarray[Any, Any]) -> dict[str, float]:
     }
 
 
+# --- platform attribution: steal, context switches, mlockall, pinning, the timer baseline -----
+
+
+def read_steal_jiffies(path: str = "/proc/stat") -> int | None:
+    """The hypervisor steal counter: the "cpu" line's 8th value, in 1/CLK_TCK s; None where
+    there is none (not Linux, or a kernel without it)."""
+    try:
+        with open(path, "rb") as f:
+            fields = f.readline().split()
+        return int(fields[8]) if fields[:1] == [b"cpu"] and len(fields) > 8 else None
+    except (OSError, ValueError):
+        return None
+
+
+def nivcsw() -> tuple[int, int]:
+    """Involuntary context switches so far: (this thread, this process)."""
+    thread = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
+    return resource.getrusage(thread).ru_nivcsw, resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+
+
+def try_mlockall() -> str:
+    """mlockall(MCL_CURRENT | MCL_FUTURE): "locked", or why not (never raises)."""
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return "not supported on this platform"
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        if libc.mlockall(1 | 2) != 0:  # MCL_CURRENT | MCL_FUTURE
+            return f"refused: {os.strerror(ctypes.get_errno())}"
+    except (OSError, AttributeError) as exc:
+        return f"failed: {exc}"
+    return "locked"
+
+
+def _munlockall() -> None:
+    name = ctypes.util.find_library("c")
+    if name and sys.platform.startswith("linux"):
+        ctypes.CDLL(name).munlockall()
+
+
+def pin_plan() -> tuple[set[int], set[int]] | None:
+    """(server CPUs, client CPUs) for `pin`: two different CPUs this process may use; None when
+    it may use fewer than two."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    return ({cpus[0]}, {cpus[1]}) if len(cpus) >= 2 else None
+
+
+def _setup_process(mlock: bool, cpus: set[int] | None) -> str | None:
+    """In a spawned process, before it starts work: pin and lock as asked."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    return try_mlockall() if mlock else None
+
+
+def timer_loop(
+    now: Callable[[], int],
+    sleep_s: Callable[[float], object],
+    period_ns: int,
+    stop: Callable[[], bool],
+    *,
+    steal: Callable[[], int | None] = read_steal_jiffies,
+    steal_every_ns: int = STEAL_SAMPLE_NS,
+) -> dict[str, list[int]]:
+    """Sleep to each period's deadline and record how late each wake-up was.
+
+    Returns `deadline` and `late` (ns, one per wake-up) and `steal_t`, `steal` (the steal
+    counter, sampled every `steal_every_ns`, after a wake-up's lateness is taken). A deadline
+    missed by more than a period is dropped (the next one is a period after the wake-up), as a
+    paced loop does, so one long stall counts once. `stop` is asked every 64 wake-ups."""
+    out: dict[str, list[int]] = {"deadline": [], "late": [], "steal_t": [], "steal": []}
+    deadline = now() + period_ns
+    next_steal = 0
+    k = 0
+    while not (k % 64 == 0 and stop()):
+        k += 1
+        left = deadline - now()
+        if left > 0:
+            sleep_s(left * 1e-9)
+        woke = now()
+        out["deadline"].append(deadline)
+        out["late"].append(woke - deadline)
+        if woke >= next_steal:
+            value = steal()
+            if value is not None:
+                out["steal_t"].append(woke)
+                out["steal"].append(value)
+            next_steal = woke + steal_every_ns
+        deadline += period_ns
+        if woke - deadline > period_ns:
+            deadline = woke + period_ns
+    return out
+
+
+def _select_sleep(seconds: float) -> None:
+    select.select([], [], [], seconds)  # the client's wait (on no fd): same timer path
+
+
+def _baseline_proc(mlock: bool, cpus: set[int] | None, stop: Any, out: Queue[Any]) -> None:
+    _setup_process(mlock, cpus)
+    clock = MonotonicClock(spin_ns=0)
+    out.put("ready")
+    res = timer_loop(clock.now_ns, _select_sleep, round(1e9 / RATE_HZ), stop.is_set)
+    out.put({k: np.asarray(v, dtype=np.int64).tobytes() for k, v in res.items()})
+
+
+def gap_intervals(arrivals: np.ndarray[Any, Any], period_ns: int) -> list[tuple[int, int]]:
+    """(start, end) of each inter-arrival gap over 1.5 periods."""
+    a = np.asarray(arrivals, dtype=np.int64)
+    idx = np.flatnonzero(np.diff(a) > (3 * period_ns) // 2)
+    return [(int(a[i]), int(a[i + 1])) for i in idx]
+
+
+def attribute_window(
+    gaps: Sequence[tuple[int, int]],
+    deadlines: np.ndarray[Any, Any],
+    late: np.ndarray[Any, Any],
+    steal_t: np.ndarray[Any, Any],
+    steal: np.ndarray[Any, Any],
+    window: tuple[int, int],
+    period_ns: int,
+) -> dict[str, Any]:
+    """One run's stream gaps against its baseline, within `window` (ns, absolute).
+
+    A stall is a wake-up over half a period late (its interval: deadline -> wake-up); a gap
+    coincides with one when the intervals overlap. A gap coincides with steal when the steal
+    counter rose between the last sample at or before the gap's start and the first at or
+    after its end (the counter counts whole jiffies: a hint, not proof)."""
+    t0, t1 = window
+    d = np.asarray(deadlines, dtype=np.int64)
+    lt = np.asarray(late, dtype=np.int64)
+    keep = (d >= t0) & (d < t1)
+    d, lt = d[keep], lt[keep]
+    stall = lt > period_ns // 2
+    s_start, s_end = d[stall], d[stall] + lt[stall]
+    st = np.asarray(steal_t, dtype=np.int64)
+    sv = np.asarray(steal, dtype=np.int64)
+    rows = []
+    for g0, g1 in gaps:
+        overlap = bool(np.any((s_start < g1) & (s_end > g0)))
+        stolen = False
+        if st.size >= 2:
+            i0 = max(int(np.searchsorted(st, g0, side="right")) - 1, 0)
+            i1 = min(int(np.searchsorted(st, g1, side="left")), st.size - 1)
+            stolen = bool(sv[i1] > sv[i0])
+        rows.append(
+            {
+                "t_ms": round((g0 - t0) / 1e6, 3),
+                "gap_us": round((g1 - g0) / 1e3, 1),
+                "baseline_stall": overlap,
+                "steal": stolen,
+            }
+        )
+    in_win = (st >= t0) & (st < t1)
+    return {
+        "gaps": rows,
+        "late": lt,
+        "stalls": [
+            {"t_ms": round((a - t0) / 1e6, 3), "late_us": round(b / 1e3, 1)}
+            for a, b in zip(d[stall].tolist(), lt[stall].tolist(), strict=True)
+        ],
+        "steal_increases": int(np.sum(np.diff(sv[in_win]) > 0)) if np.any(in_win) else 0,
+    }
+
+
 # --- server processes -----------------------------------------------------------------------
 
 
-def _bare_server(address: str, seconds: float, out: Queue[Any]) -> None:
+def _bare_server(
+    address: str, seconds: float, out: Queue[Any], mlock: bool, cpus: set[int] | None
+) -> None:
+    _setup_process(mlock, cpus)
     clock = MonotonicClock(spin_ns=0)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
@@ -122,18 +320,23 @@ def _bare_server(address: str, seconds: float, out: Queue[Any]) -> None:
     ctx.term()
 
 
-def _bridge_server(address: str, seconds: float, out: Queue[Any]) -> None:
+def _bridge_server(
+    address: str, seconds: float, out: Queue[Any], mlock: bool, cpus: set[int] | None
+) -> None:
+    _setup_process(mlock, cpus)
     motor = FirstOrderMotor(mode="realtime", rate_hz=RATE_HZ)
     server = PlantServer(motor, bind=address, mode="realtime", watchdog_ms=1000.0)
     out.put(server.address)
     timer = threading.Timer(seconds + WARMUP_S, server.stop)
     timer.start()
+    csw0 = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
     server.serve_forever()
+    csw1 = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
     timer.cancel()
     rtts = np.asarray(server.core.reaction_ns, dtype=np.int64)
     skip = int(WARMUP_S * RATE_HZ)
     out.put(rtts[skip:].tobytes())
-    out.put(json.dumps(server.counters))
+    out.put(json.dumps({**server.counters, "nivcsw": csw1 - csw0}))
     server.close()
 
 
@@ -169,6 +372,8 @@ def _bridge_client(address: str, seconds: float) -> dict[str, Any]:
     t0 = clock.now_ns()
     end = t0 + round((seconds + WARMUP_S) * 1e9)
     k = 0
+    win0 = t0 + round(WARMUP_S * 1e9)
+    steal0 = csw0 = None
     gc_policy = GcPolicy("frozen")  # as `rtdiff run` does in realtime: collect in slack only
     gc_policy.start()
     try:
@@ -177,31 +382,61 @@ def _bridge_client(address: str, seconds: float) -> dict[str, Any]:
             if obs.stale:
                 continue
             rx = plant.last_state_rx_ns
-            if rx - t0 > WARMUP_S * 1e9:
+            if rx > win0:
+                if csw0 is None:  # the window opens (read here, not on the hot path)
+                    steal0, csw0 = read_steal_jiffies(), nivcsw()
                 arrivals.append(rx)
                 ages.append(rx - obs.t_ns)
             plant.apply(Command(seq=k, t_ns=rx, action=action, deadline_ns=rx + period))
             k += 1
             gc_policy.collect_in_slack(rx + period - clock.now_ns())
     finally:
+        t1 = clock.now_ns()
+        steal1, csw1 = read_steal_jiffies(), nivcsw()
         gc_policy.stop()
         superseded = plant.counts["superseded"]
         plant.close()
     return {
         "ages": np.asarray(ages, dtype=np.int64),
-        "gaps": np.diff(np.asarray(arrivals, dtype=np.int64)),
+        "arrivals": np.asarray(arrivals, dtype=np.int64),
+        "window": (win0, t1),
+        "steal": None if steal0 is None or steal1 is None else steal1 - steal0,
+        "nivcsw": (0, 0) if csw0 is None else (csw1[0] - csw0[0], csw1[1] - csw0[1]),
         "superseded": superseded,
         "period_ns": period,
     }
 
 
-def _run(kind: str, address: str, seconds: float) -> dict[str, Any]:
-    """One server process + this process as client; raw samples back."""
+def _run(
+    kind: str,
+    address: str,
+    seconds: float,
+    *,
+    mlock: bool = False,
+    pin: tuple[set[int], set[int]] | None = None,
+    baseline: bool = True,
+) -> dict[str, Any]:
+    """One server process + this process as client (+ for the bridge, the baseline process,
+    running before the server starts until the client is done); raw samples back."""
     ctx = mp.get_context("spawn")
     q: Queue[Any] = ctx.Queue()
+    procs = []
+    base_q: Queue[Any] | None = None
+    stop = ctx.Event()
+    if kind == "bridge" and baseline:
+        base_q = ctx.Queue()
+        cpus = pin[1] if pin else None
+        procs.append(
+            ctx.Process(target=_baseline_proc, args=(mlock, cpus, stop, base_q), daemon=True)
+        )
+        procs[-1].start()
+        base_q.get(timeout=60)
     target = _bare_server if kind == "bare" else _bridge_server
-    proc = ctx.Process(target=target, args=(address, seconds, q), daemon=True)
-    proc.start()
+    server_cpus = pin[0] if pin else None
+    procs.append(
+        ctx.Process(target=target, args=(address, seconds, q, mlock, server_cpus), daemon=True)
+    )
+    procs[-1].start()
     try:
         bound = q.get(timeout=60)
         result: dict[str, Any] = {}
@@ -209,20 +444,72 @@ def _run(kind: str, address: str, seconds: float) -> dict[str, Any]:
             _bare_client(bound)
         else:
             result["stream"] = _bridge_client(bound, seconds)
+        stop.set()
         result["rtts"] = np.frombuffer(q.get(timeout=60), dtype=np.int64)
         if kind == "bridge":
             result["server"] = json.loads(q.get(timeout=60))
-        proc.join(10)
+        if base_q is not None:
+            raw = base_q.get(timeout=60)
+            result["baseline"] = {k: np.frombuffer(v, dtype=np.int64) for k, v in raw.items()}
+        for proc in procs:
+            proc.join(10)
         return result
     finally:
-        if proc.is_alive():
-            proc.kill()
+        stop.set()
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
 
 
-def run_bench(seconds: float, *, rounds: int = 3) -> dict[str, Any]:
+def run_bench(
+    seconds: float,
+    *,
+    rounds: int = 3,
+    transports: Sequence[str] = ("tcp", "ipc"),
+    bare: bool = True,
+    baseline: bool = True,
+    mlock: bool = False,
+    pin: bool = False,
+) -> dict[str, Any]:
     """Per transport, `rounds` alternations of bare then bridge, `seconds / rounds` each (at
-    least 1 s), samples pooled: both links then see the same background load on average."""
+    least 1 s), samples pooled: both links then see the same background load on average.
+    `bare=False` runs the bridge (and its stream and baseline) alone; `mlock`, `pin`: the
+    mitigations in the module docstring."""
     each_s = max(1.0, seconds / rounds)
+    plan = pin_plan() if pin else None
+    old_cpus = os.sched_getaffinity(0) if plan else None
+    pinned: Any = None
+    if pin:
+        pinned = {"server": sorted(plan[0]), "client": sorted(plan[1])} if plan else "< 2 CPUs"
+    mitigations = {
+        "client_gc": "frozen",
+        "mlockall": try_mlockall() if mlock else None,
+        "pin": pinned,
+    }
+    if plan:
+        os.sched_setaffinity(0, plan[1])
+    try:
+        return _run_bench(
+            seconds, each_s, rounds, transports, bare, baseline, mlock, plan, mitigations
+        )
+    finally:
+        if old_cpus:
+            os.sched_setaffinity(0, old_cpus)
+        if mitigations["mlockall"] == "locked":
+            _munlockall()
+
+
+def _run_bench(
+    seconds: float,
+    each_s: float,
+    rounds: int,
+    transports: Sequence[str],
+    bare: bool,
+    baseline: bool,
+    mlock: bool,
+    plan: tuple[set[int], set[int]] | None,
+    mitigations: dict[str, Any],
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "rate_hz": RATE_HZ,
         "seconds": seconds,
@@ -237,48 +524,100 @@ def run_bench(seconds: float, *, rounds: int = 3) -> dict[str, Any]:
             "libzmq": zmq.zmq_version(),
             "msgpack": ".".join(map(str, msgpack.version)),
         },
+        "mitigations": mitigations,
     }
     with TemporaryDirectory() as tmp:
-        for transport, address in (
-            ("tcp", "tcp://127.0.0.1:*"),
-            ("ipc", f"ipc://{Path(tmp) / 'bench.sock'}"),
-        ):
+        addresses = {"tcp": "tcp://127.0.0.1:*", "ipc": f"ipc://{Path(tmp) / 'bench.sock'}"}
+        for transport in transports:
+            address = addresses[transport]
             bare_rtts, bridge_rtts, ages, gaps = [], [], [], []
             superseded = 0
-            server = {"applied": 0, "late": 0, "overruns": 0, "send_dropped": 0}
+            server = {"applied": 0, "late": 0, "overruns": 0, "send_dropped": 0, "nivcsw": 0}
             period_ns = round(1e9 / RATE_HZ)
+            runs = []
             for _ in range(rounds):
-                bare_rtts.append(_run("bare", address, each_s)["rtts"])
-                b = _run("bridge", address, each_s)
+                if bare:
+                    bare_rtts.append(_run("bare", address, each_s, mlock=mlock, pin=plan)["rtts"])
+                b = _run("bridge", address, each_s, mlock=mlock, pin=plan, baseline=baseline)
                 bridge_rtts.append(b["rtts"])
                 ages.append(b["stream"]["ages"])
-                gaps.append(b["stream"]["gaps"])
+                gaps.append(np.diff(b["stream"]["arrivals"]))
                 superseded += b["stream"]["superseded"]
                 for k in server:
                     server[k] += int(b["server"][k])
-            bare_q = _quantiles_us(np.concatenate(bare_rtts))
+                runs.append(b)
             bridge_q = _quantiles_us(np.concatenate(bridge_rtts))
             all_gaps = np.concatenate(gaps)
-            out[transport] = {
-                "bare": {"round_trip_us": bare_q},
-                "bridge": {
-                    "round_trip_us": bridge_q,
-                    "stream": {
-                        "delivery_us": _quantiles_us(np.concatenate(ages)),
-                        "gap_us": _quantiles_us(all_gaps),
-                        "gaps_over_1.5_periods": int(np.sum(all_gaps > (3 * period_ns) // 2)),
-                        "superseded": superseded,
-                        "period_us": period_ns / 1e3,
-                    },
-                    "server": server,
-                },
-                "bridge_over_bare": {q: round(bridge_q[q] / bare_q[q], 2) for q in ("p50", "p99")},
+            stream = {
+                "delivery_us": _quantiles_us(np.concatenate(ages)),
+                "gap_us": _quantiles_us(all_gaps),
+                "gaps_over_1.5_periods": int(np.sum(all_gaps > (3 * period_ns) // 2)),
+                "superseded": superseded,
+                "period_us": period_ns / 1e3,
+                **attribute_runs(runs, period_ns),
             }
+            out[transport] = {
+                "bridge": {"round_trip_us": bridge_q, "stream": stream, "server": server}
+            }
+            if bare:
+                bare_q = _quantiles_us(np.concatenate(bare_rtts))
+                out[transport]["bare"] = {"round_trip_us": bare_q}
+                out[transport]["bridge_over_bare"] = {
+                    q: round(bridge_q[q] / bare_q[q], 2) for q in ("p50", "p99")
+                }
     return out
 
 
+def attribute_runs(runs: Sequence[dict[str, Any]], period_ns: int) -> dict[str, Any]:
+    """The new `stream` keys (module docstring) from the bridge runs of one transport."""
+    steal = [r["stream"]["steal"] for r in runs]
+    known = None if any(v is None for v in steal) else sum(steal)
+    tck = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    res: dict[str, Any] = {
+        "steal": {"jiffies": known, "ms": None if known is None else known * 1000 / tck},
+        "nivcsw": {
+            "client_thread": sum(r["stream"]["nivcsw"][0] for r in runs),
+            "client_process": sum(r["stream"]["nivcsw"][1] for r in runs),
+            "server_process": sum(int(r["server"].get("nivcsw", 0)) for r in runs),
+        },
+    }
+    if not all("baseline" in r for r in runs):
+        return res
+    rows, stalls, lates, increases = [], [], [], 0
+    for i, r in enumerate(runs):
+        s, b = r["stream"], r["baseline"]
+        a = attribute_window(
+            gap_intervals(s["arrivals"], period_ns),
+            b["deadline"],
+            b["late"],
+            b["steal_t"],
+            b["steal"],
+            s["window"],
+            period_ns,
+        )
+        rows += [{"run": i, **g} for g in a["gaps"]]
+        stalls += [{"run": i, **g} for g in a["stalls"]]
+        lates.append(a["late"])
+        increases += a["steal_increases"]
+    late = np.concatenate(lates)
+    res.update(
+        gaps=rows,
+        gaps_with_baseline_stall=sum(g["baseline_stall"] for g in rows),
+        gaps_with_steal=sum(g["steal"] for g in rows),
+        steal_samples_with_increase=increases,
+        baseline={
+            "wakeups": int(late.size),
+            "late_over_0.5_period": int(np.sum(late > period_ns // 2)),
+            "lateness_us": _quantiles_us(late),
+            "stalls": stalls[:MAX_LISTED],
+        },
+    )
+    return res
+
+
 def cli_bench_bridge(args: argparse.Namespace) -> int:
-    """`rtdiff bench bridge [--seconds S] [--json]`."""
+    """`rtdiff bench bridge [--seconds S] [--json] [--rt-priority P]`; `args.mlock` and
+    `args.pin` (the mitigations, off unless the parser provides them)."""
     from runtime.cli import CliError
 
     rt = getattr(args, "rt_priority", None)
@@ -288,7 +627,11 @@ def cli_bench_bridge(args: argparse.Namespace) -> int:
         for line in try_realtime(rt):
             sys.stderr.write(f"bench bridge: {line}\n")
     try:
-        res = run_bench(float(args.seconds))
+        res = run_bench(
+            float(args.seconds),
+            mlock=bool(getattr(args, "mlock", False)),
+            pin=bool(getattr(args, "pin", False)),
+        )
         res["rt_priority"] = rt
     except (BridgeError, OSError, zmq.ZMQError) as exc:
         raise CliError(f"bridge benchmark failed: {exc}") from exc
@@ -312,4 +655,12 @@ def cli_bench_bridge(args: argparse.Namespace) -> int:
             f"{s['delivery_us']['p99']:.1f} us, gap max {s['gap_us']['max']:.1f} us, "
             f"{s['gaps_over_1.5_periods']} gaps > 1.5 periods\n"
         )
+        if "baseline" in s:
+            b = s["baseline"]
+            w(
+                f"  {transport:4s} baseline timer loop: {b['late_over_0.5_period']} of "
+                f"{b['wakeups']} wake-ups > 0.5 period late (max {b['lateness_us']['max']:.1f} "
+                f"us); gaps with a baseline stall {s['gaps_with_baseline_stall']}, with steal "
+                f"{s['gaps_with_steal']}; steal {s['steal']['jiffies']} jiffies\n"
+            )
     return 0
