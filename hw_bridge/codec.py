@@ -194,6 +194,7 @@ SCHEMA: dict[str, dict[str, tuple[_Check, bool, bool]]] = {
     "state": {
         "obs": (_k_map, True, False),
         "ack_seq": (_k_int, True, False),
+        "ack_lag_ns": (_k_int, False, True),
         "reset_seq": (_k_int, True, False),
         "safe": (_k_bool, True, False),
     },
@@ -218,6 +219,7 @@ SCHEMA: dict[str, dict[str, tuple[_Check, bool, bool]]] = {
         "message": (_k_str, True, False),
         "ref_seq": (_k_int, False, True),
         "fatal": (_k_bool, False, False),
+        "lag_ns": (_k_int, False, True),
     },
     "goodbye": {"reason": (_k_str, False, False)},
 }

@@ -151,6 +151,10 @@ class ServerCore:
         self.safe = False  # latched after a trip or goodbye until a fresh stream applies
         self._safe_action: FloatArray | None = None
         self.ack_seq = -1
+        # server-clock instant command `ack_seq` was handed to the plant minus its `t_ns`
+        # (client clock): the client subtracts its offset estimate to get the one-way
+        # send -> plant latency its deadlines must leave room for (docs/protocol.md, `state`)
+        self.ack_lag_ns: int | None = None
         self.reset_seq = -1
         self.last_apply_ns: int | None = None
         self.state_seq = 0
@@ -215,6 +219,7 @@ class ServerCore:
                     obs.stale,
                 ),
                 "ack_seq": self.ack_seq,
+                "ack_lag_ns": self.ack_lag_ns,
                 "reset_seq": self.reset_seq,
                 "safe": self.safe,
             }
@@ -361,6 +366,7 @@ class ServerCore:
             # A hello opens a session whose sequence numbers start afresh: the acks and reset
             # acks of an earlier session (even one from the same identity) must not answer it.
             self.ack_seq = -1
+            self.ack_lag_ns = None
             self.reset_seq = -1
             self.controller = ident
         elif self.controller == ident:
@@ -401,9 +407,9 @@ class ServerCore:
         deadline = msg["deadline_ns"]
         if self._realtime and deadline is not None and now > deadline:
             self.counters["late"] += 1
-            self._error(
-                ident, "late", f"arrived {(now - deadline) / 1e6:.3f} ms late", seq, fatal=False
-            )
+            self._send(ident, "error", code="late", ref_seq=seq, fatal=False,
+                       message=f"arrived {(now - deadline) / 1e6:.3f} ms late",
+                       lag_ns=now - msg["t_ns"])
             return
         try:
             action = decode_array(msg["action"], field="command.action", shape=self._action_shape)
@@ -434,6 +440,8 @@ class ServerCore:
             self.counters["apply_errors"] += 1
             self._error(ident, "plant_error", f"apply: {exc}", seq, fatal=False)
             return
+        # after apply returned: the wait for the plant's lock (it may be mid-tick) counts
+        self.ack_lag_ns = self.clock.now_ns() - msg["t_ns"]
         self.counters["applied"] += 1
         self.last_apply_ns = now
         if self.safe:

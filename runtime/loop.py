@@ -141,6 +141,9 @@ class RunResult:
     stale_observations: int = 0  # ticks whose observation the plant flagged as not fresh
     # the step-latency estimate (margins included) after the warm-up and at the end, ns
     step_estimate_ns: tuple[int, int] = (0, 0)
+    # the transport margin (emit this long before the deadline) at the start, the end, and its
+    # largest value, ns: fixed unless the plant measures its link (`transport_margin_ns()`)
+    transport_margin_ns: tuple[int, int, int] = (0, 0, 0)
 
     def stats(self) -> DeadlineStats:
         return DeadlineStats.from_records(self.records, period_ns=self.period_ns)
@@ -158,6 +161,8 @@ class RunResult:
         out["stale_observations"] = self.stale_observations
         out["step_estimate_us"] = {"start": self.step_estimate_ns[0] / 1e3,
                                    "end": self.step_estimate_ns[1] / 1e3}
+        m0, m1, mmax = self.transport_margin_ns
+        out["transport_margin_us"] = {"start": m0 / 1e3, "end": m1 / 1e3, "max": mmax / 1e3}
         # re-plans: ticks on which the planner did refinement work whose action went out (not
         # a fallback). A chunked baseline re-plans on chunk ticks only; a planner that computes
         # inside action() (an expert) or in a thread of its own (chunked-async) shows 0 here.
@@ -298,7 +303,14 @@ class ControlLoop:
             )
         # Aligned, tick k starts phase_ns after plant tick k: the plant applies at its tick k+1.
         deadline_off = period - phase_ns - round(cfg.deadline_margin_s * 1e9)
-        emit_by_off = deadline_off - round(cfg.transport_margin_s * 1e9)  # must leave by then
+        margin_floor = margin = round(cfg.transport_margin_s * 1e9)
+        # A plant behind a link may measure how long its commands take to arrive
+        # (`RemotePlant.transport_margin_ns()`): the margin follows it (never below the
+        # configured one, never over half a period), looked at every 32 ticks.
+        measured_margin: Callable[[], int | None] | None = (
+            getattr(plant, "transport_margin_ns", None) if realtime else None
+        )
+        margin_max = margin
         switch_s = 0.0
         if cfg.refine == "async":
             switch_s = cfg.gil_switch_s if cfg.gil_switch_s is not None else min(
@@ -306,9 +318,15 @@ class ControlLoop:
             )
         # async: the tick thread wakes at refine_end and may wait up to one switch interval
         # for the GIL the worker holds; it keeps two of them in reserve before emitting
-        reserve_s = max(cfg.emit_reserve_s, 2 * switch_s)
-        refine_off = min(emit_by_off - round(reserve_s * 1e9),
-                         round(cfg.budget_fraction * period))
+        reserve_ns = round(max(cfg.emit_reserve_s, 2 * switch_s) * 1e9)
+        budget_off = round(cfg.budget_fraction * period)
+
+        def offsets(margin_ns: int) -> tuple[int, int]:
+            """(emit_by, refine_end) offsets from the tick's start, for a transport margin."""
+            emit_off = deadline_off - margin_ns  # the command must leave by then
+            return emit_off, min(emit_off - reserve_ns, budget_off)
+
+        emit_by_off, refine_off = offsets(margin)
         cap = cfg.steps_per_tick if cfg.steps_per_tick is not None else (
             1 if not realtime else 1 << 30
         )
@@ -389,6 +407,14 @@ class ControlLoop:
                 else:
                     start = now_ns()
                     k, sched, skipped = k_local, start, 0
+                if measured_margin is not None and not k & 31:
+                    m = measured_margin()
+                    if m is not None:
+                        m = min(max(m, margin_floor), period // 2)
+                        if m != margin:
+                            margin = m
+                            margin_max = max(margin_max, m)
+                            emit_by_off, refine_off = offsets(m)
                 deadline = sched + deadline_off
                 emit_by = sched + emit_by_off
                 refine_end = sched + refine_off
@@ -551,6 +577,7 @@ class ControlLoop:
             trace_path=None if trace.path is None else str(trace.path),
             stale_observations=stale,
             step_estimate_ns=(estimate_start, self.budget.estimate_ns),
+            transport_margin_ns=(margin_floor, margin, margin_max),
         )
 
     def _anchor(self, obs: Observation, phase_ns: int) -> int | None:

@@ -152,6 +152,32 @@ def test_late_commands_are_counted_not_applied_in_realtime() -> None:
     assert core.counters["late"] == 1 and motor.writes == 0
 
 
+def test_states_and_late_errors_say_how_long_commands_took() -> None:
+    """`ack_lag_ns` (state) and `lag_ns` (late error): the server-clock instant minus the
+    command's own `t_ns`, so a client can learn its send-to-plant latency."""
+    core, clock, _ = _core()
+    core.handle(b"A", hello())
+    core.outbox.clear()
+    core.publish()
+    (state,) = replies(core.outbox, b"A", "state")
+    assert state["ack_lag_ns"] is None  # nothing acknowledged yet
+    sent = clock.now_ns() - 250_000  # left the client 250 us ago (same clock here)
+    core.handle(b"A", command(2, [0.5], t_ns=sent, deadline_ns=clock.now_ns() + MS))
+    core.outbox.clear()
+    core.publish()
+    (state,) = replies(core.outbox, b"A", "state")
+    assert state["ack_seq"] == 2 and state["ack_lag_ns"] == 250_000
+    core.outbox.clear()
+    core.handle(b"A", command(3, [0.5], t_ns=sent - 2 * MS, deadline_ns=clock.now_ns() - 1))
+    (err,) = replies(core.outbox, b"A", "error")
+    assert err["code"] == "late" and err["lag_ns"] == 2 * MS + 250_000
+    core.handle(b"A", hello(seq=10))  # a new session: its acks start afresh
+    core.outbox.clear()
+    core.publish()
+    (state,) = replies(core.outbox, b"A", "state")
+    assert state["ack_seq"] == -1 and state["ack_lag_ns"] is None
+
+
 def test_limiter_scalar_path_matches_the_numpy_path_exactly() -> None:
     """Small actions are limited on Python floats; the result, the flags and what is recorded
     as the last action must be exactly those of the numpy reference, ties and signed zeros

@@ -8,7 +8,7 @@ import pytest
 from runtime.budget import BudgetConfig
 from runtime.clock import FakeClock
 from runtime.fallback import CODE_HOLD, CODE_NONFINITE
-from runtime.loop import ControlLoop, LoopConfig
+from runtime.loop import ControlLoop, LoopConfig, RunResult
 from runtime.protocols import Observation
 from runtime.sidecar import EVENT_RESET, Sidecar, load_sidecar
 from runtime.trace import TraceRing
@@ -286,6 +286,33 @@ def test_transport_margin_counts_a_miss_but_sends_the_true_deadline() -> None:
     sent = loop.plant.applied[5]  # type: ignore[attr-defined]
     assert sent.deadline_ns == r["scheduled_ns"][5] + T  # the plant's own deadline
     assert result.plant_counters["late"] == 0  # ... which it still met
+
+
+def test_a_plant_that_measures_its_link_sets_the_transport_margin() -> None:
+    """The margin follows `plant.transport_margin_ns()` (re-read every 32 ticks), clipped to
+    [configured floor, half a period]: a step that ends 0.7 ms into the tick is in time under
+    the configured 0.1 ms margin and a miss under a measured 0.4 ms one."""
+
+    def run(said: int | None, ticks: int = 64) -> RunResult:
+        clock = FakeClock()
+        planner = CostPlanner(clock, step_ns=100_000)
+        planner.overrun_at = 40
+        planner.overrun_ns = 700_000
+        loop = realtime_loop(clock, planner, steps_per_tick=1, transport_margin_s=100e-6)
+        loop.plant.transport_margin_ns = lambda: said  # type: ignore[attr-defined]
+        return loop.run(ticks=ticks)
+
+    unmeasured = run(None)  # nothing measured yet: the configured margin holds
+    assert unmeasured.records["missed"].sum() == 0
+    assert unmeasured.transport_margin_ns == (100_000, 100_000, 100_000)
+    measured = run(400_000)
+    assert list(np.flatnonzero(measured.records["missed"])) == [40]
+    assert measured.records["fallback"][40] == CODE_HOLD
+    assert measured.transport_margin_ns == (100_000, 400_000, 400_000)
+    assert measured.to_json()["transport_margin_us"] == {"start": 100.0, "end": 400.0,
+                                                         "max": 400.0}
+    assert run(10_000_000).transport_margin_ns[1] == T // 2  # at most half a period
+    assert run(0).transport_margin_ns[1] == 100_000  # never below the configured floor
 
 
 def test_stale_observations_are_counted_not_hidden() -> None:
