@@ -29,7 +29,9 @@ as `run`, `t_ms`, `late_us`); `steal` (`/proc/stat` "cpu" line, 8th field, read 
 at the window's ends: `jiffies`, `ms`; resolution one jiffy, 1/CLK_TCK s, 10 ms here; null
 where unreadable) and `steal_samples_with_increase` (the baseline samples it every 10 ms);
 `nivcsw` (involuntary context switches over the windows: `client_thread` (the loop's thread),
-`client_process`, `server_process`).
+`client_process`, `server_process`). The window opens with the first state after the warm-up
+and closes at the last state received (steal and the client's context switches are read when
+its loop ends, at most 0.2 s later; the server's cover its whole serve loop).
 
 Mitigations (`run_bench(mlock=, pin=)`; top-level `mitigations` says what each got):
 `mlock` calls libc `mlockall(MCL_CURRENT|MCL_FUTURE)` in every process (a failure is reported,
@@ -205,6 +207,12 @@ def _baseline_proc(mlock: bool, cpus: set[int] | None, stop: Any, out: Queue[Any
     out.put("ready")
     res = timer_loop(clock.now_ns, _select_sleep, round(1e9 / RATE_HZ), stop.is_set)
     out.put({k: np.asarray(v, dtype=np.int64).tobytes() for k, v in res.items()})
+
+
+def stream_window(opened_ns: int, arrivals: Sequence[int], loop_end_ns: int) -> tuple[int, int]:
+    """The measured window: from its opening to just after the last state received (the server
+    stops first; the client's wait for a state that no longer comes is not part of it)."""
+    return (opened_ns, arrivals[-1] + 1 if len(arrivals) else loop_end_ns)
 
 
 def gap_intervals(arrivals: np.ndarray[Any, Any], period_ns: int) -> list[tuple[int, int]]:
@@ -399,7 +407,7 @@ def _bridge_client(address: str, seconds: float) -> dict[str, Any]:
     return {
         "ages": np.asarray(ages, dtype=np.int64),
         "arrivals": np.asarray(arrivals, dtype=np.int64),
-        "window": (win0, t1),
+        "window": stream_window(win0, arrivals, t1),
         "steal": None if steal0 is None or steal1 is None else steal1 - steal0,
         "nivcsw": (0, 0) if csw0 is None else (csw1[0] - csw0[0], csw1[1] - csw0[1]),
         "superseded": superseded,

@@ -13,6 +13,7 @@ from hw_bridge.bench import (
     attribute_window,
     gap_intervals,
     read_steal_jiffies,
+    stream_window,
     timer_loop,
     try_mlockall,
 )
@@ -87,6 +88,22 @@ def test_gap_intervals_are_the_gaps_over_one_and_a_half_periods() -> None:
     # exactly 1.5 periods is not a gap (the stream count uses the same rule)
     assert gap_intervals(np.array([0, 1_500_000], dtype=np.int64), P) == []
     assert gap_intervals(np.array([0, 1_500_001], dtype=np.int64), P) == [(0, 1_500_001)]
+
+
+def test_stream_window_ends_at_the_last_state_not_at_the_loop_end() -> None:
+    assert stream_window(5 * P, [6 * P, 7 * P], 9 * P) == (5 * P, 7 * P + 1)
+    assert stream_window(5 * P, [], 9 * P) == (5 * P, 9 * P)
+    # a baseline wake-up due after the last state is outside the window
+    a = attribute_window(
+        [],
+        np.array([7 * P, 8 * P]),
+        np.array([P, P]),
+        np.zeros(0),
+        np.zeros(0),
+        stream_window(5 * P, [6 * P, 7 * P], 9 * P),
+        P,
+    )
+    assert a["late"].size == 1
 
 
 def test_attribute_window_matches_gaps_to_stalls_and_steal() -> None:
