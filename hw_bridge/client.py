@@ -230,6 +230,12 @@ class RemotePlant(_Receiver):
         self.counts["sent"] += 1
         return seq
 
+    def transport_margin_ns(self) -> int | None:
+        """How long before its deadline a command should leave (realtime): the 99th percentile
+        of the last 512 measured send-to-plant latencies plus a guard (`hw_bridge.linklatency`);
+        None until 64 commands were measured, or in lockstep. The control loop reads it."""
+        return self.latency.margin_ns() if self.mode == "realtime" else None
+
     def counters(self) -> dict[str, int]:
         """Summary keys (what the plant side saw): `applied` (controller commands handed to the
         plant), `late` (the plant's own late count + commands the server got after their

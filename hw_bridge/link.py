@@ -28,6 +28,7 @@ import zmq
 
 from hw_bridge.clocksync import ClockSync
 from hw_bridge.codec import SUPPORTED_VERSIONS, ProtocolError, message, new_encoder, spec_from_wire
+from hw_bridge.linklatency import LinkLatency
 from runtime.clock import MonotonicClock
 from runtime.protocols import Clock, Observation, PlantSpec
 
@@ -113,6 +114,8 @@ class _Link:
         self._latest_state_seq = 0
         self._returned_state_seq = 0  # state seq last handed out by observe()
         self._ack_seq = -1
+        # send-to-plant latencies from `ack_lag_ns` / a late error's `lag_ns` (realtime)
+        self.latency = LinkLatency()
         self._reset_seq = -1
         self._pending_cmd = -1  # lockstep: seq of the command whose step we wait for
         self._error_refs: dict[int, str] = {}
@@ -290,6 +293,7 @@ class _Link:
             return
         self.sync.reset()
         self.sync.add(msg["echo_t_ns"], msg["rx_t_ns"], msg["t_ns"], now)
+        self.latency.reset()  # measured against the old offset estimate
         first = self._spec is None
         self._spec = spec
         self.mode = msg["mode"]
@@ -324,6 +328,8 @@ class _Link:
         self.counts["errors"] += 1
         code, text = msg["code"], msg["message"]
         ref = msg.get("ref_seq")
+        if code == "late" and type(lag := msg.get("lag_ns")) is int:
+            self.latency.add(lag - self.sync.offset_ns)  # how long the refused one took
         if isinstance(ref, int):
             self._error_refs[ref] = code
             if len(self._error_refs) > 64:

@@ -131,7 +131,12 @@ class _Receiver(_Link):
         self._latest_wire = o  # validated; the source of stale copies (bytes are immutable)
         self._latest_state_seq = seq
         self.last_state_rx_ns = now  # when its frame was received
-        self._ack_seq = msg["ack_seq"]
+        ack = msg["ack_seq"]
+        if ack != self._ack_seq:
+            lag = msg.get("ack_lag_ns")
+            if type(lag) is int and self.mode == "realtime":
+                self.latency.add(lag - self.sync.offset_ns)  # that command's send-to-plant time
+            self._ack_seq = ack
         self._reset_seq = msg["reset_seq"]
         self._safe = msg["safe"]
 

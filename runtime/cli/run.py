@@ -196,6 +196,9 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
     out = result.to_json()
     out.update(policy=args.policy, plant=args.plant, task=task, refine=args.refine,
                seed=args.seed, steps_cap=args.steps_per_tick, rt=rt_report)
+    link = getattr(plant, "latency", None)  # a bridge plant: measured send-to-plant times
+    if link is not None and realtime:
+        out["link_latency_us"] = link.summary_us()
     return result, out
 
 

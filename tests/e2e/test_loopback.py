@@ -89,6 +89,10 @@ def test_rolling_planner_drives_a_served_plant_over_loopback(
     # of skipped ticks; the documented tolerance is max(3, 3 % of the ticks).
     tolerance = max(3, round(0.03 * out["ticks"]))
     assert abs(out["misses"] - out["plant_misses"]) <= tolerance, out
+    # the bridge measured its commands' send-to-plant times, and the margin followed them
+    assert out["link_latency_us"]["n"] >= out["ticks_run"] // 2, out["link_latency_us"]
+    m = out["transport_margin_us"]
+    assert m["start"] == 300.0 and m["start"] <= m["end"] <= m["max"] <= 1e6 / RATE_HZ / 2
     data = read_trace(trace)
     assert data.complete and data.warning is None
     assert len(data.records) == out["ticks_run"]

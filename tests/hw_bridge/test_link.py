@@ -57,6 +57,30 @@ def test_realtime_observe_never_blocks_and_flags_stale(serve) -> None:
         assert -1_000_000 < age_ns < 500_000_000
 
 
+def test_realtime_client_measures_how_long_commands_take_to_reach_the_plant(serve) -> None:
+    """Every acknowledged command (`state.ack_lag_ns`) and every late one (`error.lag_ns`)
+    gives a send-to-plant latency; after 64 the client offers a transport margin from them."""
+    rs = serve(FirstOrderMotor(mode="realtime", rate_hz=500.0), mode="realtime")
+    with RemotePlant(rs.address) as plant:
+        assert plant.transport_margin_ns() is None  # nothing measured yet
+        for k in range(80):
+            obs = plant.next_observation(1.0)
+            plant.apply(_cmd(k, 0.1, plant.clock.now_ns(), period_ns=100_000_000))
+        plant.next_observation(1.0)
+        assert len(plant.latency) >= 64
+        margin = plant.transport_margin_ns()
+        assert margin is not None and 0 < margin < 100_000_000  # loopback: well under 100 ms
+        # (latencies are as the client's clock mapping sees them: the offset estimate's error,
+        # up to half the best heartbeat round trip, is in them, so they may even be negative)
+        assert plant.latency.summary_us()["n"] == len(plant.latency)
+        n = len(plant.latency)
+        # a command sent after its deadline: refused as late, and its arrival lag measured
+        plant.apply(Command(seq=99, t_ns=obs.t_ns, action=np.array([0.1]),
+                            deadline_ns=plant.clock.now_ns() - 1_000_000))
+        plant.counters()  # a heartbeat round trip: the error is in by the time it returns
+        assert plant.counts["errors"] >= 1 and len(plant.latency) == n + 1
+
+
 def test_rejections_and_clamps_are_visible_to_the_client(serve) -> None:
     rs = serve(mode="lockstep")
     with RemotePlant(rs.address) as plant:
