@@ -225,6 +225,10 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     b = bp.add_parser("bridge", help="bridge round trip vs bare pyzmq+msgpack")
     b.add_argument("--seconds", type=positive_float, default=5.0)
     b.add_argument("--json", action="store_true")
+    b.add_argument("--mlock", action="store_true",
+                   help="lock each process's memory (mlockall) before measuring")
+    b.add_argument("--pin", action="store_true",
+                   help="pin the plant server and the client to different CPUs")
     _add_rt_priority(b, "both ends")
     _target(b, "hw_bridge.bench:cli_bench_bridge")
 

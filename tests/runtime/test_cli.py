@@ -81,3 +81,10 @@ def test_run_reports_what_the_rt_priority_request_got() -> None:
                           timeout=120, check=True)
     lines = __import__("json").loads(proc.stdout.strip().splitlines()[-1])
     assert len(lines) == 1 and "SCHED_FIFO" in lines[0]
+
+
+def test_bench_bridge_mitigation_flags_reach_the_benchmark() -> None:
+    args = build_parser().parse_args(["bench", "bridge", "--mlock", "--pin"])
+    assert args.mlock is True and args.pin is True
+    plain = build_parser().parse_args(["bench", "bridge"])
+    assert plain.mlock is False and plain.pin is False
