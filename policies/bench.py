@@ -9,6 +9,13 @@ so no simulator is needed) and times each call of `observe`, `refine` and `actio
 the decisions per second a tick of `observe + steps * refine + action` allows. For the chunked
 baselines `refine` is a whole blocking chunk (K steps) on a chunk tick and nothing otherwise, so
 their percentiles are over chunk ticks only.
+
+`--idle-us N` leaves N microseconds between ticks (slept, or spun with `--idle-spin`), as a
+control loop does between its ticks' work. Back to back (the default), each step finds the
+model's weights and the interpreter's state in the caches the previous step left; after an
+idle gap it may not, and on this project's VM a step after 1.5 ms of idle measured about twice
+its back-to-back latency (docs/benchmarks.md, "Refine-step latency"): the figure a realtime
+loop's step budget actually sees.
 """
 
 from __future__ import annotations
@@ -36,7 +43,19 @@ def _q(values_ns: list[int]) -> dict[str, float]:
     }
 
 
-def bench_planner(planner: Any, norm: Any, *, ticks: int, steps: int, seed: int) -> dict[str, Any]:
+def _idle(ns: int, spin: bool) -> None:
+    if spin:
+        end = time.perf_counter_ns() + ns
+        while time.perf_counter_ns() < end:
+            pass
+    else:
+        time.sleep(ns * 1e-9)
+
+
+def bench_planner(
+    planner: Any, norm: Any, *, ticks: int, steps: int, seed: int, idle_ns: int = 0,
+    idle_spin: bool = False,
+) -> dict[str, Any]:
     from runtime.protocols import Observation
 
     rng = np.random.default_rng(seed)
@@ -72,6 +91,8 @@ def bench_planner(planner: Any, norm: Any, *, ticks: int, steps: int, seed: int)
         t2 = now()
         act_ns.append(t2 - a0)
         tick_ns.append(t2 - t0)
+        if idle_ns > 0:
+            _idle(idle_ns, idle_spin)
     tick = _q(tick_ns)
     return {
         "observe": _q(obs_ns),
@@ -88,12 +109,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy", required=True, help="KIND:TASK or a checkpoint directory")
     p.add_argument("--ticks", type=int, default=2000)
     p.add_argument("--steps", type=int, default=1, help="refine calls per tick (at most)")
+    p.add_argument("--idle-us", type=float, default=0.0,
+                   help="microseconds between ticks (as in a control loop); 0: back to back")
+    p.add_argument("--idle-spin", action="store_true", help="spin through the idle gap")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.add_argument("--eager", action="store_true", help="run the model eagerly, not frozen")
     args = p.parse_args(argv)
+    if not args.idle_us >= 0:
+        p.error(f"--idle-us {args.idle_us:g}: must be >= 0")
     torch.set_num_threads(args.threads)
     from policies import load_checkpoint, load_planner, model_rate_hz, resolve_policy
     from runtime.protocols import PlantSpec
@@ -115,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         res = bench_planner(
-            planner, ckpt.normalizer, ticks=args.ticks, steps=args.steps, seed=args.seed
+            planner, ckpt.normalizer, ticks=args.ticks, steps=args.steps, seed=args.seed,
+            idle_ns=round(args.idle_us * 1e3), idle_spin=args.idle_spin,
         )
     finally:
         close = getattr(planner, "close", None)
@@ -127,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "frozen": not args.eager,
         "steps_per_tick": args.steps,
+        "idle_us": args.idle_us,
+        "idle_spin": args.idle_spin,
         "ticks": args.ticks,
         **res,
     }
