@@ -233,7 +233,7 @@ class RemotePlant(_Receiver):
     def transport_margin_ns(self) -> int | None:
         """How long before its deadline a command should leave (realtime): the 99th percentile
         of the last 512 measured send-to-plant latencies plus a guard (`hw_bridge.linklatency`);
-        None until 64 commands were measured, or in lockstep. The control loop reads it."""
+        None until 200 commands were measured, or in lockstep. The control loop reads it."""
         return self.latency.margin_ns() if self.mode == "realtime" else None
 
     def counters(self) -> dict[str, int]:

@@ -12,9 +12,10 @@ error cancels out of the margin.
 `LinkLatency` keeps the last `window` latencies (a preallocated ring, one write per sample)
 and offers a margin: the `quantile` of the window plus a guard (`guard_frac` of it, at least
 `guard_ns`), so a run's controller counts as missed what the plant would count late, bar the
-rare stall beyond the quantile. Until `min_samples` have arrived it offers nothing (None) and
-the control loop keeps its configured margin. The quantile is recomputed at most once per
-`refresh` samples, off the per-tick path's hot loop (the loop asks every 32 ticks).
+rare stall beyond the quantile. Until `min_samples` (200) have arrived it offers nothing (None)
+and the control loop keeps its configured margin: with fewer, p99 is the maximum, and the first
+commands of a run wait behind the plant's reset (a 2 ms margin at 250 Hz was seen that way).
+The quantile is recomputed at most once per `refresh` samples (the loop asks every 32 ticks).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class LinkLatency:
     Example:
         lat = LinkLatency()
         lat.add(ack_lag_ns - offset_ns)      # one per acknowledged command
-        margin = lat.margin_ns()             # None until 64 samples, then p99 + guard
+        margin = lat.margin_ns()             # None until 200 samples, then p99 + guard
     """
 
     def __init__(
@@ -38,7 +39,7 @@ class LinkLatency:
         quantile: float = 0.99,
         guard_frac: float = 0.1,
         guard_ns: int = 20_000,
-        min_samples: int = 64,
+        min_samples: int = 200,
         refresh: int = 32,
     ) -> None:
         if window < 1 or not 0.0 < quantile <= 1.0 or min_samples < 1 or refresh < 1:

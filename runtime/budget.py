@@ -13,9 +13,19 @@ outlier during warm-up starved the planner for the whole run). With p95 of 128, 
 moves once about seven slow samples arrived: a real 5x slow-down is picked up within the first
 tick at 10 steps per tick (within seven ticks at one step per tick), a lone outlier is ignored.
 
-If a sustained slow-down did block every step, `probe_after_ticks` ticks later one probe step
-is allowed when the window's median fits, so the estimator keeps learning when the planner
-speeds up again. A probe can cost at most one miss per `probe_after_ticks` ticks.
+Starvation and recovery. Blocked steps produce no samples, so a window full of slow samples
+(a stall during the warm-up, a slow spell) could block every step for good, and a planner that
+never refines is worse than one that misses now and then: a rolling plan that is shifted but
+never denoised stops being a plan (double-pendulum at 250 Hz fell within 0.5 s, every episode,
+while the old rule waited 200 blocked ticks for one probe). So after `probe_after_s` (20 ms;
+`probe_after_ticks` when no period is known) of ticks with every step blocked, the budget
+*recovers*: it plans with the median of the last 8 steps (same margins) instead of the window's
+p95, for as many steps as fit, and so refills the window with fresh samples; if even that
+blocks every step for another `probe_after_s`, one probe step runs anyway at the start of a
+tick (a planner that became fast shows it there). It returns to the p95 as soon as the p95
+estimate fits the room a tick had for its first step. Recovery can cost misses (a step slower
+than the recent median, or a probe that is still slow, may overshoot); they are counted like
+any other.
 
 Before the first sample there is no evidence, so the estimate is `prior_step_ns` (make it
 pessimistic); `ControlLoop.warmup` feeds a few measured steps before the first tick.
@@ -23,7 +33,9 @@ pessimistic); `ControlLoop.warmup` feeds a few measured steps before the first t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections import deque
+from dataclasses import dataclass, replace
 
 from runtime.stats import SlidingQuantile
 
@@ -37,7 +49,10 @@ class BudgetConfig:
     margin_frac: relative safety margin on top of the quantile (0.2 = +20%).
     margin_ns: absolute safety margin (ns) for the cost of the decision itself.
     prior_step_ns: estimate used before any step was measured.
-    probe_after_ticks: ticks with every step blocked before one probe step is allowed.
+    probe_after_ticks: ticks with every step blocked before the budget recovers (plans with the
+        median), when `probe_after_s` is None or the period unknown.
+    probe_after_s: the same as a time, turned into ticks by `for_period` (the control loop
+        does): 20 ms is two ticks at 100 Hz, five at 250 Hz, twenty at 1 kHz.
     """
 
     window: int = 128
@@ -46,6 +61,7 @@ class BudgetConfig:
     margin_ns: int = 20_000
     prior_step_ns: int = 1_000_000
     probe_after_ticks: int = 200
+    probe_after_s: float | None = 0.02
 
     def __post_init__(self) -> None:
         if self.window < 1:
@@ -54,11 +70,24 @@ class BudgetConfig:
             raise ValueError(f"{self.quantile=} must be in (0, 1]")
         if self.probe_after_ticks < 1:
             raise ValueError(f"{self.probe_after_ticks=} must be >= 1")
+        if self.probe_after_s is not None and not self.probe_after_s > 0:
+            raise ValueError(f"{self.probe_after_s=} must be > 0 (or None)")
         if self.margin_frac < 0 or self.margin_ns < 0 or self.prior_step_ns <= 0:
             raise ValueError(
                 f"margins must be >= 0 and the prior > 0: "
                 f"{self.margin_frac=}, {self.margin_ns=}, {self.prior_step_ns=}"
             )
+
+
+_RECENT = 8  # steps whose median a recovering budget plans with
+
+
+def for_period(config: BudgetConfig, period_ns: int) -> BudgetConfig:
+    """`config` with `probe_after_ticks` set from `probe_after_s` for ticks of `period_ns`."""
+    if config.probe_after_s is None:
+        return config
+    ticks = max(1, math.ceil(config.probe_after_s * 1e9 / period_ns))
+    return replace(config, probe_after_ticks=ticks)
 
 
 class StepBudget:
@@ -75,6 +104,8 @@ class StepBudget:
         self._q = SlidingQuantile(self.config.window, self.config.quantile)
         self._estimate_ns = self._with_margin(self.config.prior_step_ns)
         self._starved = 0  # consecutive ticks in which the estimate blocked every step
+        self._recovering = False
+        self._recent: deque[int] = deque(maxlen=_RECENT)  # the last steps, for recovery
 
     def _with_margin(self, step_ns: float) -> int:
         return int(step_ns * (1.0 + self.config.margin_frac)) + self.config.margin_ns
@@ -82,6 +113,7 @@ class StepBudget:
     def record(self, step_ns: int) -> None:
         """Add one measured step duration (ns) and update the estimate."""
         self._q.push(step_ns)
+        self._recent.append(step_ns)
         self._estimate_ns = self._with_margin(self._q.value())
 
     @property
@@ -93,18 +125,42 @@ class StepBudget:
     def samples(self) -> int:
         return self._q.count
 
-    def fits(self, remaining_ns: int) -> bool:
-        return remaining_ns >= self._estimate_ns
+    @property
+    def recovering(self) -> bool:
+        """Planning with recent samples after a starved spell (see the module docstring)."""
+        return self._recovering
 
-    def probe_ok(self, remaining_ns: int) -> bool:
-        """After `probe_after_ticks` fully blocked ticks: may one step run if the median fits?"""
-        if self._starved < self.config.probe_after_ticks or self._q.count == 0:
-            return False
-        return remaining_ns >= self._with_margin(self._q.at(0.5))
+    @property
+    def active_estimate_ns(self) -> int:
+        """What `fits` compares with: the estimate, or, while recovering, the median of the
+        last `_RECENT` steps with the same margins."""
+        if self._recovering and self._recent:
+            return self._with_margin(sorted(self._recent)[len(self._recent) // 2])
+        return self._estimate_ns
 
-    def end_tick(self, steps: int, blocked: bool) -> None:
-        """Tell the budget how the tick went: `blocked` = the estimate stopped the first step."""
-        self._starved = self._starved + 1 if (steps == 0 and blocked) else 0
+    def fits(self, remaining_ns: int, first: bool = False) -> bool:
+        """Does a step fit in `remaining_ns`? `first`: the tick's first step, which runs
+        anyway when a probe is due (recovering, and nothing fitted for `probe_after_ticks`)."""
+        if remaining_ns >= self.active_estimate_ns:
+            return True
+        return first and self._recovering and self._starved >= self.config.probe_after_ticks
+
+    def end_tick(self, steps: int, blocked: bool, room_ns: int | None = None) -> None:
+        """Tell the budget how the tick went: `blocked` = the estimate stopped a step before
+        the tick's cap; `room_ns` = the time the tick had left for its first step."""
+        if not self._recovering:
+            self._starved = self._starved + 1 if (steps == 0 and blocked) else 0
+            if self._starved >= self.config.probe_after_ticks and self._q.count:
+                self._recovering, self._starved = True, 0
+            return
+        if room_ns is not None and room_ns >= self._estimate_ns:
+            self._recovering, self._starved = False, 0  # the p95 fits again: back to it
+        elif steps > 0 and room_ns is not None and self._recent[-1] <= room_ns:
+            # the last step fitted the tick's room: probe again on the next tick rather than
+            # wait, so a planner that became fast is back to full speed within a few ticks
+            self._starved = self.config.probe_after_ticks
+        else:
+            self._starved = self._starved + 1 if (steps == 0 and blocked) else 0
 
     def steps_that_fit(self, remaining_ns: int) -> int:
         if remaining_ns <= 0:

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from runtime.budget import BudgetConfig, StepBudget
+from runtime.budget import BudgetConfig, StepBudget, for_period
 from runtime.fallback import CODE_NONE, CODE_NONFINITE, FALLBACK_NAMES, Fallback, HoldLast
 from runtime.handover import LatestAction, RefineWorker
 from runtime.protocols import Clock, Command, Observation, Planner, Plant
@@ -215,7 +215,7 @@ class ControlLoop:
         self.spec = plant.spec()
         rate = self.config.rate_hz or self.spec.rate_hz
         self.period_ns = round(1e9 / rate)
-        self.budget = StepBudget(self.config.budget)
+        self.budget = StepBudget(for_period(self.config.budget, self.period_ns))
         self.trace = trace
         self.gc_policy = gc_policy
         self.progress = progress
@@ -479,11 +479,12 @@ class ControlLoop:
                 if worker is None:
                     budget = self.budget
                     blocked = False
+                    room = None
                     while steps < cap:
                         t0 = now_ns()
-                        if realtime and t0 + budget.estimate_ns > refine_end and not (
-                            steps == 0 and budget.probe_ok(refine_end - t0)
-                        ):
+                        if room is None:
+                            room = refine_end - t0
+                        if realtime and not budget.fits(refine_end - t0, steps == 0):
                             blocked = True
                             break
                         n = planner.refine(refine_end - t0)
@@ -493,7 +494,7 @@ class ControlLoop:
                         budget.record((t1 - t0) // n)
                         refine_ns += t1 - t0
                         steps += n
-                    budget.end_tick(steps, blocked)
+                    budget.end_tick(steps, blocked, room)
                     surprise = planner.surprise if has_surprise else 0.0  # type: ignore[attr-defined]
                 else:
                     clock.sleep_until_ns(refine_end)

@@ -59,15 +59,15 @@ def test_realtime_observe_never_blocks_and_flags_stale(serve) -> None:
 
 def test_realtime_client_measures_how_long_commands_take_to_reach_the_plant(serve) -> None:
     """Every acknowledged command (`state.ack_lag_ns`) and every late one (`error.lag_ns`)
-    gives a send-to-plant latency; after 64 the client offers a transport margin from them."""
+    gives a send-to-plant latency; after 200 the client offers a transport margin from them."""
     rs = serve(FirstOrderMotor(mode="realtime", rate_hz=500.0), mode="realtime")
     with RemotePlant(rs.address) as plant:
         assert plant.transport_margin_ns() is None  # nothing measured yet
-        for k in range(80):
+        for k in range(210):
             obs = plant.next_observation(1.0)
             plant.apply(_cmd(k, 0.1, plant.clock.now_ns(), period_ns=100_000_000))
         plant.next_observation(1.0)
-        assert len(plant.latency) >= 64
+        assert len(plant.latency) >= 200
         margin = plant.transport_margin_ns()
         assert margin is not None and 0 < margin < 100_000_000  # loopback: well under 100 ms
         # (latencies are as the client's clock mapping sees them: the offset estimate's error,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from runtime.budget import BudgetConfig, StepBudget
+from runtime.budget import BudgetConfig, StepBudget, for_period
 
 
 def test_before_any_sample_the_prior_plus_margins_is_used() -> None:
@@ -40,21 +40,47 @@ def test_a_5x_jump_is_picked_up_within_eight_steps() -> None:
     assert seen <= 8
 
 
-def test_a_starved_budget_probes_with_the_median_and_relearns() -> None:
+def test_a_starved_budget_recovers_on_recent_steps_and_returns_to_the_p95() -> None:
     b = StepBudget(BudgetConfig(margin_frac=0.0, margin_ns=0, probe_after_ticks=3))
     for _ in range(100):
         b.record(100_000)
     for _ in range(28):
         b.record(900_000)  # sustained slow-down: p95 is now 900 us
-    remaining = 600_000
-    assert not b.fits(remaining)
-    for _ in range(2):
-        b.end_tick(steps=0, blocked=True)
-        assert not b.probe_ok(remaining)
-    b.end_tick(steps=0, blocked=True)
-    assert b.probe_ok(remaining)  # median (100 us) fits: one probe step may run
-    b.end_tick(steps=1, blocked=False)
-    assert not b.probe_ok(remaining)
+    room = 600_000
+    assert not b.fits(room, first=True)
+    for _ in range(3):
+        assert not b.recovering
+        b.end_tick(steps=0, blocked=True, room_ns=room)
+    # three starved ticks: recovering, on the median of the last 8 steps (still 900 us)
+    assert b.recovering and b.estimate_ns == 900_000 and b.active_estimate_ns == 900_000
+    for _ in range(3):
+        assert not b.fits(room, first=True)  # no probe due yet
+        b.end_tick(steps=0, blocked=True, room_ns=room)
+    assert b.fits(room, first=True) and not b.fits(room)  # a probe: the tick's first step only
+    b.record(100_000)  # the planner is fast again: the probe fitted the room
+    b.end_tick(steps=1, blocked=True, room_ns=room)
+    for _ in range(4):  # so it probes again on every tick
+        assert b.fits(room, first=True) and not b.fits(room)
+        b.record(100_000)
+        b.end_tick(steps=1, blocked=True, room_ns=room)
+    # 5 of the last 8 steps are fast: plan on them, as many steps as fit
+    assert b.active_estimate_ns == 100_000 and b.fits(room)
+    for _ in range(128):
+        b.record(100_000)  # fresh samples push the slow spell out of the window
+    b.end_tick(steps=5, blocked=True, room_ns=room)
+    assert not b.recovering and b.active_estimate_ns == b.estimate_ns == 100_000
+
+
+def test_probe_time_becomes_ticks_for_the_loops_period() -> None:
+    cfg = BudgetConfig()  # 20 ms
+    assert for_period(cfg, 10_000_000).probe_after_ticks == 2  # 100 Hz
+    assert for_period(cfg, 4_000_000).probe_after_ticks == 5  # 250 Hz
+    assert for_period(cfg, 1_000_000).probe_after_ticks == 20  # 1 kHz
+    assert for_period(cfg, 50_000_000).probe_after_ticks == 1  # 20 Hz: at least one tick
+    fixed = BudgetConfig(probe_after_s=None, probe_after_ticks=7)
+    assert for_period(fixed, 1_000_000).probe_after_ticks == 7
+    with pytest.raises(ValueError, match="probe_after_s"):
+        BudgetConfig(probe_after_s=0.0)
 
 
 def test_bad_config_names_the_value() -> None:

@@ -315,6 +315,33 @@ def test_a_plant_that_measures_its_link_sets_the_transport_margin() -> None:
     assert run(0).transport_margin_ns[1] == 100_000  # never below the configured floor
 
 
+def test_a_budget_starved_by_a_slow_warm_up_recovers_within_40_ms() -> None:
+    """Warm-up steps of 5 ms (a stall, cold caches) make the estimate larger than a 1 ms tick:
+    every step is blocked. The budget recovers (recent steps, then probes) within ~40 ms and
+    is refining every tick from then on; before, it waited 200 ticks for each probe step."""
+
+    class SlowWarmUp(CostPlanner):
+        resets = 0
+
+        def reset(self, obs: Observation) -> None:
+            super().reset(obs)
+            self.resets += 1
+            self.step_ns = 5_000_000 if self.resets == 1 else 100_000  # warm-up, then fast
+
+    clock = FakeClock()
+    planner = SlowWarmUp(clock)
+    loop = realtime_loop(clock, planner)
+    result = loop.run(ticks=300)
+    steps = result.records["steps"]
+    assert result.step_estimate_ns[0] >= 5_000_000  # the warm-up left a 5 ms estimate
+    first = int(np.flatnonzero(steps)[0])
+    # 20 ms of blocked ticks, then recovering on the last 8 steps (all slow): another 20 ms,
+    # then a probe step, which is fast, so a probe on every tick until the median is fast
+    assert 38 <= first <= 42
+    assert steps[first:].min() >= 1 and steps[100:].mean() > 5  # refining every tick since
+    assert not loop.budget.recovering and loop.budget.estimate_ns < 200_000  # back on the p95
+
+
 def test_stale_observations_are_counted_not_hidden() -> None:
     clock = FakeClock()
     plant = IntegratorPlant(rate_hz=1000, episode_ticks=10_000, clock=clock)
