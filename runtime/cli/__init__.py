@@ -183,6 +183,11 @@ def _add_run(sp: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--trace", default=None, help="write the tick trace to this directory")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument(
+        "--spin-us", type=nonnegative_float, default=200.0,
+        help="realtime: spin (not sleep) the last N us before each tick; a value >= the "
+             "period keeps the core busy, and the model in its caches, between ticks",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_rt_priority(p, "this process")
     _target(p, "runtime.cli.run:cli_run")

@@ -184,7 +184,8 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
             sidecar = Sidecar(expected + 16, spec.state_dim, len(levels()) if levels else 0)
         progress = Progress(enabled=sys.stderr.isatty() and not args.json)
         loop = ControlLoop(
-            plant, planner, MonotonicClock(), config,
+            plant, planner, MonotonicClock(spin_ns=round(getattr(args, "spin_us", 200.0) * 1e3)),
+            config,
             fallback=make_fallback(args.fallback), trace=trace, sidecar=sidecar,
             gc_policy=GcPolicy("frozen") if realtime else None,
             progress=progress, progress_every=max(1, round(rate / 10)),

@@ -88,3 +88,11 @@ def test_bench_bridge_mitigation_flags_reach_the_benchmark() -> None:
     assert args.mlock is True and args.pin is True
     plain = build_parser().parse_args(["bench", "bridge"])
     assert plain.mlock is False and plain.pin is False
+
+
+def test_run_spin_window_defaults_to_200_us_and_is_validated() -> None:
+    base = ["run", "--policy", "expert", "--plant", "sim:double-pendulum"]
+    assert build_parser().parse_args(base).spin_us == 200.0
+    assert build_parser().parse_args([*base, "--spin-us", "5000"]).spin_us == 5000.0
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--spin-us", "-1"])
