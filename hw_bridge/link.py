@@ -29,6 +29,7 @@ import zmq
 from hw_bridge.clocksync import ClockSync
 from hw_bridge.codec import SUPPORTED_VERSIONS, ProtocolError, message, new_encoder, spec_from_wire
 from hw_bridge.linklatency import LinkLatency
+from hw_bridge.zmqctx import new_context
 from runtime.clock import MonotonicClock
 from runtime.protocols import Clock, Observation, PlantSpec
 
@@ -91,7 +92,7 @@ class _Link:
         self.sync = ClockSync()
         self.counts: Counter[str] = Counter({k: 0 for k in CLIENT_COUNTERS})
         self.server_counters: dict[str, int] = {}
-        self._ctx = zmq.Context()
+        self._ctx = new_context()
         self._sock: zmq.Socket[bytes] | None = None
         self._encode = new_encoder()  # this client's own packer (single-threaded, like the rest)
         self._seq = 0

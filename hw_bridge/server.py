@@ -31,6 +31,7 @@ from hw_bridge.core import (
     ServerConfig,
     ServerCore,
 )
+from hw_bridge.zmqctx import new_context
 from runtime.clock import MonotonicClock
 from runtime.protocols import Clock, Plant
 from runtime.rt import GcPolicy
@@ -83,7 +84,7 @@ class PlantServer:
         self.clock: Clock = clock if clock is not None else MonotonicClock(spin_ns=0)
         self.core = ServerCore(plant, self.config, clock=self.clock)
         self._stop = threading.Event()
-        self._ctx = zmq.Context()
+        self._ctx = new_context()
         self._auth: Any = None
         self.sock = self._ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
