@@ -33,6 +33,9 @@ handshake, heartbeats, loss and reconnection, the session's messages), `hw_bridg
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +232,27 @@ class RemotePlant(_Receiver):
             return -1
         self.counts["sent"] += 1
         return seq
+
+    @contextlib.contextmanager
+    def kept_alive(self, interval_s: float = 0.1) -> Iterator[None]:
+        """Keep the session (and the control lease) alive while the caller does slow set-up
+        work without touching this plant, e.g. loading and tracing a model: a thread handles
+        the link (heartbeats, states) every `interval_s` until the block ends. Without it a
+        controller silent for the server's lease (1 s) loses control and has to ask again
+        before its first command (`not_controller`, logged as a warning)."""
+        stop = threading.Event()
+
+        def pump() -> None:
+            while not stop.wait(interval_s):
+                self._pump(0)
+
+        t = threading.Thread(target=pump, name="rtdiff-keepalive", daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
 
     def transport_margin_ns(self) -> int | None:
         """How long before its deadline a command should leave (realtime): the 99th percentile

@@ -9,6 +9,7 @@ are imported here, lazily, and nowhere else in `runtime`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -151,8 +152,12 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
             "set the rate where the plant is served (rtdiff serve --rate)"
         )
     try:
-        planner = make_planner(args.policy, plant, device=args.device, seed=args.seed,
-                               overrides=getattr(args, "overrides", None))
+        # loading and tracing a model takes seconds: a bridge plant keeps its session (and
+        # the control lease) alive meanwhile
+        keep = getattr(plant, "kept_alive", None)
+        with keep() if keep is not None else contextlib.nullcontext():
+            planner = make_planner(args.policy, plant, device=args.device, seed=args.seed,
+                                   overrides=getattr(args, "overrides", None))
         spec = plant.spec()
         rate = args.rate or spec.rate_hz
         realtime = args.mode == "realtime"

@@ -178,6 +178,20 @@ def test_a_controller_whose_lease_lapsed_gets_control_back_when_nobody_else_has_
         plant.reset(seed=1)
 
 
+def test_a_controller_kept_alive_through_slow_set_up_keeps_control(serve) -> None:
+    """`kept_alive()`: a controller busy elsewhere (loading a model) past its lease keeps
+    control, so its first command is applied without a refusal and a second handshake."""
+    rs = serve(mode="lockstep", lease_ms=250.0)  # heartbeats go out every 100 ms
+    with RemotePlant(rs.address) as plant:
+        with plant.kept_alive(interval_s=0.02):
+            time.sleep(0.6)  # over two leases of set-up work that does not touch the plant
+        assert rs.server.core.controller is not None  # still ours
+        plant.reset(seed=0)
+        plant.apply(_cmd(0, 0.1, plant.clock.now_ns()))
+        c = plant.counters()
+        assert c["applied"] == 1 and c["client_errors"] == 0 and c["client_reconnects"] == 0
+
+
 class _StuckSensor(FirstOrderMotor):
     """A motor whose encoder stopped updating: every read repeats the first one."""
 
