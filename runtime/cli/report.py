@@ -87,17 +87,30 @@ def _trace_data(run: dict[str, Any]) -> tuple[np.ndarray | None, dict[str, Any] 
     return read_trace(trace).records, load_sidecar(trace)
 
 
+def timing_labels(runs: list[dict[str, Any]]) -> list[str]:
+    """Each run's series in the timing histograms: its planner label, with its rate when the
+    same planner ran at more than one (a 250 Hz tick's compute is not a 100 Hz tick's)."""
+    rates: dict[str, set[float]] = defaultdict(set)
+    for run in runs:
+        rates[_label(run)].add(float(run.get("rate_hz", 0)))
+    return [
+        f"{_label(r)} @ {float(r.get('rate_hz', 0)):g} Hz" if len(rates[_label(r)]) > 1
+        else _label(r)
+        for r in runs
+    ]
+
+
 def plot_latency(runs: list[dict[str, Any]], out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     # Only the timing columns are pooled: runs of different tasks have different action sizes.
     late: dict[str, list[np.ndarray]] = defaultdict(list)  # label -> [(N,) ms]
     comp: dict[str, list[np.ndarray]] = defaultdict(list)
-    for run in runs:
+    for run, label in zip(runs, timing_labels(runs), strict=True):
         rec, _ = _trace_data(run)
         if rec is not None and len(rec):
-            late[_label(run)].append(rec["lateness_ns"] / 1e6)
-            comp[_label(run)].append((rec["emit_ns"] - rec["start_ns"]) / 1e6)
+            late[label].append(rec["lateness_ns"] / 1e6)
+            comp[label].append((rec["emit_ns"] - rec["start_ns"]) / 1e6)
     if not late:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))

@@ -95,6 +95,15 @@ def test_report_pools_runs_of_tasks_with_different_action_sizes(tmp_path: Path) 
     assert "latency_hist.png" in files and "report.md" in files
 
 
+def test_one_planner_at_two_rates_is_two_timing_series() -> None:
+    from runtime.cli.report import timing_labels
+
+    runs = [{"policy": "rolling:x", "rate_hz": 100.0}, {"policy": "rolling:x", "rate_hz": 250.0},
+            {"policy": "mlp:x", "rate_hz": 100.0}, {"policy": "rolling:x", "rate_hz": 100.0}]
+    assert timing_labels(runs) == ["rolling @ 100 Hz", "rolling @ 250 Hz", "mlp",
+                                   "rolling @ 100 Hz"]
+
+
 def test_runs_beside_a_cpu_hog_are_their_own_series() -> None:
     from runtime.cli.report import _label
 
