@@ -70,14 +70,6 @@ def test_the_lqr_gain_stabilises_the_linearization():
     assert np.max(np.abs(np.linalg.eigvals(closed))) < 1.0
 
 
-def test_the_bimodal_expert_picks_both_sides_over_episodes():
-    ex = make_expert("bimodal", seed=0)
-    plant = MujocoPlant("bimodal", seed=0)
-    modes = set()
-    for s in range(10):
-        ex.reset(plant.reset(seed=s))
-        modes.add(ex.mode)  # type: ignore[attr-defined]
-    assert modes == {-1, 1}
 
 
 def test_sampling_mpc_is_anytime_and_reaches_on_reacher():
