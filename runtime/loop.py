@@ -71,6 +71,14 @@ class LoopConfig:
     fresh_wait_s: realtime only, for plants that offer `next_observation(timeout_s)` (the
         bridge's `RemotePlant`): wait up to this long at the tick's start for a state newer
         than the last one, before taking the stale one. None picks min(1 ms, T/5); 0 never waits.
+    emit_after_steps: sync only: emit the action as soon as this many refine steps are done
+        (or the planner has no more work, or the budget says no more fit before the command
+        must leave), then keep refining the plan for the coming ticks until `budget_fraction`
+        of the period (and `emit_reserve_s` before the next tick). 0 refines first and emits
+        at the end, so the whole refinement stands between the tick's start and its command.
+        The action after one step is the one lockstep evaluation sends (one step per tick);
+        the steps after the emit still sharpen every later token, including next tick's token 0.
+        What it buys: a stall (the OS, a slow step) after the emit costs no deadline.
     gil_switch_s: async only: the interpreter's thread switch interval while the run lasts.
         A refining worker holds the GIL between torch kernels, and a woken tick thread waits up
         to this long for it (CPython's default is 5 ms, half a 100 Hz period). None picks
@@ -91,6 +99,7 @@ class LoopConfig:
     align_to_plant: bool = True
     phase_offset_s: float | None = None
     fresh_wait_s: float | None = None
+    emit_after_steps: int = 0
     gil_switch_s: float | None = None
     budget: BudgetConfig = field(default_factory=BudgetConfig)
 
@@ -111,6 +120,8 @@ class LoopConfig:
             raise ValueError(f"{self.phase_offset_s=} must be >= 0")
         if self.gil_switch_s is not None and not self.gil_switch_s > 0:
             raise ValueError(f"{self.gil_switch_s=} must be > 0")
+        if self.emit_after_steps < 0:
+            raise ValueError(f"{self.emit_after_steps=} must be >= 0")
         if self.transport_margin_s < 0:
             raise ValueError(f"{self.transport_margin_s=} must be >= 0")
         if self.deadline_margin_s < 0 or self.emit_reserve_s < 0 or self.warmup_steps < 0:
@@ -330,6 +341,11 @@ class ControlLoop:
         cap = cfg.steps_per_tick if cfg.steps_per_tick is not None else (
             1 if not realtime else 1 << 30
         )
+        # early emit: the steps before the command, and where the steps after it must end
+        # (before the next tick's start, less the reserve, within the budget fraction)
+        early = cfg.emit_after_steps > 0 and cfg.refine == "sync"
+        pre_cap = min(cap, cfg.emit_after_steps) if early else cap
+        post_off = min(budget_off, period - reserve_ns)
         fallback = self.fallback
         out, last, low, high = self._out, self._last, self._low, self._high
         episode_results: list[EpisodeResult] = []
@@ -476,26 +492,30 @@ class ControlLoop:
                 # 3. refine
                 steps = 0
                 refine_ns = 0
+                more = early  # early emit: the planner may take more steps after the command
                 if worker is None:
                     budget = self.budget
                     blocked = False
                     room = None
-                    while steps < cap:
+                    while steps < pre_cap:
                         t0 = now_ns()
-                        if room is None:
-                            room = refine_end - t0
-                        if realtime and not budget.fits(refine_end - t0, steps == 0):
-                            blocked = True
-                            break
+                        if early:  # before the command: by the tail, recovery waits for after
+                            if realtime and not budget.fits_before_emit(refine_end - t0):
+                                break
+                        else:
+                            if room is None:
+                                room = refine_end - t0
+                            if realtime and not budget.fits(refine_end - t0, steps == 0):
+                                blocked = True
+                                break
                         n = planner.refine(refine_end - t0)
                         t1 = now_ns()
                         if n <= 0:
+                            more = False  # nothing left to refine this tick
                             break
                         budget.record((t1 - t0) // n)
                         refine_ns += t1 - t0
                         steps += n
-                    budget.end_tick(steps, blocked, room)
-                    surprise = planner.surprise if has_surprise else 0.0  # type: ignore[attr-defined]
                 else:
                     clock.sleep_until_ns(refine_end)
                     worker.check()
@@ -528,6 +548,27 @@ class ControlLoop:
                 t_emit = now_ns()
                 missed = t_emit > emit_by
                 misses += missed
+                if worker is None:
+                    if more and steps < cap:  # early emit: GC in the slack, then refine on
+                        if gc_policy is not None and ticker is not None:
+                            gc_policy.collect_in_slack(sched + post_off - t_emit)
+                        post_end = sched + post_off
+                        while steps < cap:
+                            t0 = now_ns()
+                            if room is None:
+                                room = post_end - t0
+                            if realtime and not budget.fits(post_end - t0, steps == 0):
+                                blocked = True
+                                break
+                            n = planner.refine(post_end - t0)
+                            t1 = now_ns()
+                            if n <= 0:
+                                break
+                            budget.record((t1 - t0) // n)
+                            refine_ns += t1 - t0
+                            steps += n
+                    budget.end_tick(steps, blocked, room)
+                    surprise = planner.surprise if has_surprise else 0.0  # type: ignore[attr-defined]
                 # 5. record
                 i = trace.next_slot()
                 c.tick[i] = k

@@ -166,6 +166,7 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
         remote = not args.plant.startswith("sim:")
         config = LoopConfig(
             rate_hz=rate, mode=args.mode, refine=args.refine, steps_per_tick=args.steps_per_tick,
+            emit_after_steps=getattr(args, "emit_after", 0),
             # Loopback delivery p99.9 is well under 0.3 ms (docs/benchmarks.md, bench bridge);
             # a command emitted later than that before its deadline counts as a miss here too.
             transport_margin_s=TRANSPORT_MARGIN_S if remote else 0.0,

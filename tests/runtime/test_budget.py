@@ -71,6 +71,26 @@ def test_a_starved_budget_recovers_on_recent_steps_and_returns_to_the_p95() -> N
     assert not b.recovering and b.active_estimate_ns == b.estimate_ns == 100_000
 
 
+def test_a_step_before_the_command_must_fit_by_the_tail_and_waits_out_recovery() -> None:
+    b = StepBudget(BudgetConfig(margin_frac=0.0, margin_ns=0, probe_after_ticks=1))
+    assert b.tail_estimate_ns == b.estimate_ns  # no samples: the prior, both ways
+    for i in range(100):
+        b.record(900_000 if i % 25 == 0 else 300_000)  # 4 % slow steps (cold, after idle)
+    # the p95 (300 us) lets a step start in 500 us; the p99 (900 us) does not, before the command
+    assert b.estimate_ns == 300_000 and b.tail_estimate_ns == 900_000
+    assert b.fits(500_000) and not b.fits_before_emit(500_000) and b.fits_before_emit(900_000)
+    for _ in range(30):
+        b.record(2_000_000)  # a slow spell, every step blocked for a tick: recovering
+    b.end_tick(steps=0, blocked=True, room_ns=1_000_000)
+    assert b.recovering
+    assert not b.fits_before_emit(10_000_000)  # recovery's steps run after the command
+    b.end_tick(steps=0, blocked=True, room_ns=1_000_000)
+    assert b.fits(1_000_000, first=True)  # its probe is due: it runs after the command
+    assert not b.fits_before_emit(10_000_000)
+    with pytest.raises(ValueError, match="emit_quantile"):
+        BudgetConfig(quantile=0.95, emit_quantile=0.9)
+
+
 def test_probe_time_becomes_ticks_for_the_loops_period() -> None:
     cfg = BudgetConfig()  # 20 ms
     assert for_period(cfg, 10_000_000).probe_after_ticks == 2  # 100 Hz

@@ -93,6 +93,56 @@ def test_a_planner_that_overruns_causes_a_counted_miss_and_the_fallback() -> Non
     assert result.to_json()["plant_misses"] == 1
 
 
+def test_early_emit_sends_after_the_first_step_and_refines_on_until_the_next_tick() -> None:
+    clock = FakeClock()
+    planner = CostPlanner(clock, step_ns=70_000)
+    loop = realtime_loop(clock, planner, emit_after_steps=1)
+    result = loop.run(ticks=300)
+    r = result.records
+    assert r["missed"].sum() == 0
+    # the command left one step (70 us) after the tick's start (observe costs no fake time) ...
+    assert np.all(r["emit_ns"] - r["start_ns"] == 70_000)
+    assert np.all(r["refine_end_ns"] - r["start_ns"] == 70_000)
+    sent = np.array([c.t_ns for c in loop.plant.applied[-300:]])  # type: ignore[attr-defined]
+    assert np.all(sent - r["start_ns"] == 70_000)
+    # ... and the planner kept refining until 50 us before the next tick: 13 steps as before
+    assert r["steps"].min() == r["steps"].max() == 13
+    assert r["refine_ns"].max() == 13 * 70_000
+    assert np.all(r["lateness_ns"] == 0)
+
+
+def test_a_stall_after_an_early_emit_costs_no_deadline() -> None:
+    def run(emit_after: int) -> RunResult:
+        clock = FakeClock()
+        planner = CostPlanner(clock, step_ns=70_000)
+        planner.overrun_at, planner.overrun_call, planner.overrun_ns = 10, 3, 900_000
+        return realtime_loop(clock, planner, emit_after_steps=emit_after).run(ticks=50)
+
+    late, early = run(0), run(1)
+    # refining first, the stalled third step (140 + 900 us) pushes the emit past the deadline
+    assert late.records["missed"].sum() == 1 and late.plant_counters["late"] == 1
+    # emitting after the first step, the command was out before the stall: no miss; the tick
+    # stopped refining after the stall, and the next tick started 40 us late (still in time)
+    r = early.records
+    assert r["missed"].sum() == 0 and early.plant_counters["late"] == 0
+    assert list(r["steps"][r["tick"] == 10]) == [3]
+    assert list(np.flatnonzero(r["lateness_ns"])) == [11] and r["lateness_ns"][11] == 40_000
+
+
+def test_early_emit_in_lockstep_with_one_step_per_tick_changes_nothing() -> None:
+    def actions(emit_after: int) -> np.ndarray:
+        clock = FakeClock()
+        plant = IntegratorPlant(rate_hz=100, episode_ticks=50, clock=clock)
+        loop = ControlLoop(plant, CostPlanner(clock, step_ns=1_000), clock,
+                           LoopConfig(mode="lockstep", warmup_steps=0,
+                                      emit_after_steps=emit_after))
+        return loop.run(episodes=1).records["action"]
+
+    np.testing.assert_array_equal(actions(0), actions(1))
+    with pytest.raises(ValueError, match="emit_after_steps"):
+        LoopConfig(emit_after_steps=-1)
+
+
 def test_non_finite_actions_never_leave_the_loop() -> None:
     clock = FakeClock()
     planner = CostPlanner(clock, step_ns=10_000)

@@ -69,7 +69,8 @@ class CostPlanner:
     """P-controller with an anytime veneer: each `refine` call "costs" `step_ns` of fake time.
 
     `step_ns` can be changed mid-run (a latency jump); `nan_ticks` makes `action()` NaN on those
-    observation counts; `overrun_at` makes one refine call cost `overrun_ns` instead.
+    observation counts; `overrun_at` makes one refine call cost `overrun_ns` instead: that
+    tick's `overrun_call`-th (1 = its first).
     """
 
     def __init__(self, clock: FakeClock, *, step_ns: int = 100_000, gain: float = 5.0) -> None:
@@ -82,6 +83,8 @@ class CostPlanner:
         self.nan_ticks: set[int] = set()
         self.overrun_at: int | None = None
         self.overrun_ns = 0
+        self.overrun_call = 1
+        self._tick_refines = 0
         self._a = np.zeros(1)
         self.surprise = 0.0
 
@@ -92,11 +95,14 @@ class CostPlanner:
     def observe(self, obs: Observation) -> None:
         self.x = float(obs.state[0])
         self.observed += 1
+        self._tick_refines = 0
 
     def refine(self, budget_ns: int) -> int:
         self.refines += 1
+        self._tick_refines += 1
         cost = self.step_ns
-        if self.overrun_at is not None and self.observed == self.overrun_at:
+        if (self.overrun_at is not None and self.observed == self.overrun_at
+                and self._tick_refines == self.overrun_call):
             cost, self.overrun_at = self.overrun_ns, None
         self.clock.advance_ns(cost)
         return 1
