@@ -115,6 +115,7 @@ class RollingPlanner(TorchPlannerBase):
         self._steps_this_tick = 0
         self._steps_expected = max(1, cfg.steps_per_tick)
         self._in_extra = False
+        self._fresh_step = False  # a refreshed state earns one step past the cap
         self.renoise_level = 0.0  # level the last observe re-noised to (0: none)
         self.renoise_count = 0
         self.ticks = 0
@@ -191,6 +192,7 @@ class RollingPlanner(TorchPlannerBase):
         self._steps_this_tick = 0
         self._steps_expected = max(1, self.cfg.steps_per_tick)
         self._in_extra = False
+        self._fresh_step = False
         self._set_schedule(self._ramp, self._steps_expected)
 
     def observe(self, obs: Observation) -> None:
@@ -238,7 +240,7 @@ class RollingPlanner(TorchPlannerBase):
         if c.steps_per_tick == 0:
             self._steps_expected = min(max(1, self._steps_this_tick), c.max_steps_per_tick)
         self._steps_this_tick = 0
-        self._in_extra = False
+        self._in_extra = self._fresh_step = False
         self._set_schedule(self._ramp, self._steps_expected)
         self._action_dirty = True
         self.ticks += 1
@@ -247,16 +249,20 @@ class RollingPlanner(TorchPlannerBase):
         """A sub-token tick: the plan stays where it is, token 0's state becomes the fresh
         observation (as in `observe`'s inpainting), so the next refine step's clean estimate of
         token 0's action is computed from it. The tick's steps count towards the token's
-        `max_steps_per_tick`."""
+        `max_steps_per_tick`, but a fresh state always earns one step past it: without it, a
+        token whose steps an earlier tick used up (the loop's early emit refines on after the
+        command) would send an action computed from an older state."""
         if not super().refresh(obs):
             return False
         self._x0_state.copy_(self.obs_n)
         self._z0_state.copy_(self.obs_n)
+        self._fresh_step = True
         return True
 
     def refine(self, budget_ns: int) -> int:
-        if self._steps_this_tick >= self.cfg.max_steps_per_tick:
+        if self._steps_this_tick >= self.cfg.max_steps_per_tick and not self._fresh_step:
             return 0
+        self._fresh_step = False
         if self._steps_this_tick >= self._steps_expected and not self._in_extra:
             if self.cfg.near_tokens == 0:
                 return 0

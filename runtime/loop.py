@@ -11,6 +11,12 @@ Per tick `k` (period `T`, scheduled start `t0 + k*T`, deadline `t0 + k*T + T - m
    deadline has already passed, clip it into the action limits, hand the `Command` to the plant;
 5. record a `TickRecord` in the preallocated trace ring.
 
+Early emit (`emit_after_steps=N`, sync mode): step 3 stops after N steps (each must fit by the
+budget's tail estimate before the command), step 4 sends the command, and the planner then
+refines on, for the ticks to come, until `budget_fraction` of the period (or the reserve before
+the next tick). The command leaves early, so a stall after it costs no deadline; the steps after
+it make the next ticks' plan. The trace's `steps` counts both, `refine_ns` the ones before.
+
 Modes:
 - `realtime`: the plant runs on its own clock; a command later than its deadline is discarded
   by the plant (which counts it: the ground truth) and the plant holds its previous command.
@@ -564,8 +570,7 @@ class ControlLoop:
                             t1 = now_ns()
                             if n <= 0:
                                 break
-                            budget.record((t1 - t0) // n)
-                            refine_ns += t1 - t0
+                            budget.record((t1 - t0) // n)  # (refine_ns: before the command)
                             steps += n
                     budget.end_tick(steps, blocked, room)
                     surprise = planner.surprise if has_surprise else 0.0  # type: ignore[attr-defined]

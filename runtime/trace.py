@@ -98,11 +98,11 @@ def TICK_DTYPE(action_dim: int) -> np.dtype[np.void]:
     | refine_end_ns | int64 | refinement finished (== observe_ns when no step ran) |
     | emit_ns | int64 | command handed to the plant |
     | deadline_ns | int64 | when the plant applies the command of this tick |
-    | refine_ns | int64 | time spent inside planner.refine, summed over calls (duration, ns) |
+    | refine_ns | int64 | time inside planner.refine before the command, summed (duration, ns) |
     | lateness_ns | int64 | start_ns - scheduled_ns (duration, ns) |
     | action | float32 (Da,) | the action emitted, in the plant's units |
     | surprise | float32 | planner surprise at observe (planner-defined, unitless) |
-    | steps | int32 | refinement steps done this tick |
+    | steps | int32 | refinement steps done this tick (with early emit, after the command too) |
     | skipped | int32 | ticks skipped just before this one by the overrun policy |
     | episode | int32 | episode index |
     | fallback | int8 | `FALLBACK_CODES`: 0 none, 1 hold, 2 decay, 3 safe, 4 nonfinite, 5 zero |

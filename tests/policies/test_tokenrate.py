@@ -78,8 +78,9 @@ def test_other_attributes_are_the_inner_planners() -> None:
     assert hasattr(tr, "surprise") and not hasattr(tr, "noise_levels")
 
 
-def _rolling() -> RollingPlanner:
-    return RollingPlanner(small_model(), toy_normalizer(), toy_spec(), small_planner_cfg(), seed=3)
+def _rolling(**cfg: int) -> RollingPlanner:
+    return RollingPlanner(small_model(), toy_normalizer(), toy_spec(), small_planner_cfg(**cfg),
+                          seed=3)
 
 
 def test_rolling_refresh_puts_the_fresh_state_in_token_0_and_the_next_action_uses_it() -> None:
@@ -97,6 +98,21 @@ def test_rolling_refresh_puts_the_fresh_state_in_token_0_and_the_next_action_use
     p.refine(10**9)
     assert not np.allclose(p.action(), before)
     assert not p.refresh(obs(fresh, seq=3, stale=True))  # a stale reading changes nothing
+
+
+def test_a_refreshed_state_earns_one_step_past_the_tokens_cap() -> None:
+    rng = np.random.default_rng(1)
+    p = _rolling(max_steps_per_tick=3)
+    p.reset(obs(rng.normal(size=DS), seq=0))
+    p.observe(obs(rng.normal(size=DS), seq=1))
+    assert [p.refine(10**9) for _ in range(4)] == [1, 1, 1, 0]  # the token's cap
+    before = p.action().copy()
+    assert p.refresh(obs(3.0 * rng.normal(size=DS), seq=2))
+    # one step for the fresh state (its action is computed from it), then the cap again
+    assert [p.refine(10**9) for _ in range(2)] == [1, 0]
+    assert not np.allclose(p.action(), before)
+    assert not p.refresh(obs(rng.normal(size=DS), seq=3, stale=True))
+    assert p.refine(10**9) == 0  # a stale reading earns nothing
 
 
 def test_history_keeps_token_spacing_through_refreshes() -> None:
