@@ -53,6 +53,10 @@ class RollingPlanner(TorchPlannerBase):
         for each tick: planner.observe(obs); planner.refine(budget_ns); u = planner.action()
     """
 
+    # Every step leaves a valid plan and action: the loop may send the command after the first
+    # step of a tick and refine on for later ticks (`LoopConfig.emit_after_steps`).
+    anytime = True
+
     def __init__(
         self,
         model: Denoiser,

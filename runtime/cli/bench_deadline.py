@@ -33,7 +33,7 @@ from runtime.cli.served import plant_server, run_args
 PLANNERS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "rolling": ("rolling:{task}", {}, {}),
     "rolling-async": ("rolling:{task}", {}, {"refine": "async"}),
-    "rolling-early": ("rolling:{task}", {}, {"emit_after": 1}),
+    "rolling-late": ("rolling:{task}", {}, {"emit_after": 0}),  # refine first, then emit
     "chunked": ("chunked:{task}", {}, {}),
     "chunked-k10": ("chunked:{task}", {"chunk_steps": 10}, {}),
     "chunked-k50": ("chunked:{task}", {"chunk_steps": 50}, {}),

@@ -164,9 +164,13 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
         if realtime:
             cap_threads(1)  # the plant's own thread needs the other core
         remote = not args.plant.startswith("sim:")
+        # early emit by default for anytime planners: their plan stays valid between steps
+        emit_after = getattr(args, "emit_after", None)
+        if emit_after is None:
+            emit_after = 1 if getattr(planner, "anytime", False) and args.refine == "sync" else 0
         config = LoopConfig(
             rate_hz=rate, mode=args.mode, refine=args.refine, steps_per_tick=args.steps_per_tick,
-            emit_after_steps=getattr(args, "emit_after", 0),
+            emit_after_steps=emit_after,
             # Loopback delivery p99.9 is well under 0.3 ms (docs/benchmarks.md, bench bridge);
             # a command emitted later than that before its deadline counts as a miss here too.
             transport_margin_s=TRANSPORT_MARGIN_S if remote else 0.0,
@@ -202,7 +206,8 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
         plant.close()
     out = result.to_json()
     out.update(policy=args.policy, plant=args.plant, task=task, refine=args.refine,
-               seed=args.seed, steps_cap=args.steps_per_tick, rt=rt_report)
+               seed=args.seed, steps_cap=args.steps_per_tick, emit_after_steps=emit_after,
+               rt=rt_report)
     link = getattr(plant, "latency", None)  # a bridge plant: measured send-to-plant times
     if link is not None and realtime:
         out["link_latency_us"] = link.summary_us()

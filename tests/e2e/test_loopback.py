@@ -82,6 +82,9 @@ def test_rolling_planner_drives_a_served_plant_over_loopback(
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert CONTRACT_KEYS <= set(out)
+    # the rolling planner is anytime: by default its command leaves after the tick's first
+    # step and it refines on for later ticks (more than one step per tick in total)
+    assert out["emit_after_steps"] == 1 and out["steps_per_tick"]["max"] > 1, out
     # Skipped ticks count as ticks (and misses); the last tick may jump past the end.
     assert RATE_HZ * SECONDS <= out["ticks"] <= RATE_HZ * SECONDS + out["skipped"]
     # docs/runtime.md, "Controller and plant miss counts": the plant never sees many more late

@@ -83,6 +83,19 @@ def test_run_reports_what_the_rt_priority_request_got() -> None:
     assert len(lines) == 1 and "SCHED_FIFO" in lines[0]
 
 
+def test_run_emits_early_only_for_anytime_planners_unless_told() -> None:
+    base = ["run", "--policy", "expert", "--plant", "sim:double-pendulum"]
+    assert build_parser().parse_args(base).emit_after is None  # chosen by the planner
+    assert build_parser().parse_args([*base, "--emit-after", "0"]).emit_after == 0
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--emit-after", "-1"])
+    pytest.importorskip("sims")
+    from runtime.cli.run import execute
+
+    _, out = execute(build_parser().parse_args([*base, "--episodes", "1", "--json"]))
+    assert out["emit_after_steps"] == 0  # the expert is no anytime planner
+
+
 def test_bench_bridge_mitigation_flags_reach_the_benchmark() -> None:
     args = build_parser().parse_args(["bench", "bridge", "--mlock", "--pin"])
     assert args.mlock is True and args.pin is True
