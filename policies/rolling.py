@@ -31,6 +31,7 @@ once in a CUDA graph and replayed, so the per-tick path allocates nothing there.
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import numpy.typing as npt
@@ -56,6 +57,8 @@ class RollingPlanner(TorchPlannerBase):
     # Every step leaves a valid plan and action: the loop may send the command after the first
     # step of a tick and refine on for later ticks (`LoopConfig.emit_after_steps`).
     anytime = True
+    # `reset` takes a time budget (`budget_ns`): the loop passes one at realtime episode starts
+    bounded_reset = True
 
     def __init__(
         self,
@@ -177,7 +180,15 @@ class RollingPlanner(TorchPlannerBase):
         self.delta.clamp_(min=self._delta_floor).div_(steps)
 
     # -- runtime.Planner ---------------------------------------------------------------------
-    def reset(self, obs: Observation) -> None:
+    def reset(self, obs: Observation, budget_ns: int | None = None) -> None:
+        """Start a new plan at `obs`: noise, brought down to the ramp by `warmup_steps` steps.
+
+        `budget_ns` (a realtime episode start, where the plant is already moving): stop the
+        warm-up once the next step would not fit, after at least a quarter of it. The first
+        tick's schedule takes every token the rest of the way to its ramp level (its step sizes
+        are computed from where the levels are), so a shorter warm-up costs plan quality on
+        the first ticks only, and no missed command.
+        """
         if not self._stage(obs):
             raise ValueError("reset needs a finite observation state")
         self._fill_context()
@@ -191,13 +202,29 @@ class RollingPlanner(TorchPlannerBase):
         # Warm start: bring the whole buffer from noise down to the ramp before the first tick.
         warmup = max(1, self.cfg.warmup_steps)
         self._set_schedule(self._ramp, warmup)
-        for _ in range(warmup):
-            self._step()
+        if budget_ns is None:
+            for _ in range(warmup):
+                self._step()
+        else:
+            self._bounded_warmup(warmup, budget_ns)
         self._steps_this_tick = 0
         self._steps_expected = max(1, self.cfg.steps_per_tick)
         self._in_extra = False
         self._fresh_step = False
         self._set_schedule(self._ramp, self._steps_expected)
+
+    def _bounded_warmup(self, warmup: int, budget_ns: int) -> None:
+        cuda = self.device.type == "cuda"
+        start = time.perf_counter_ns()
+        slowest = 0
+        for i in range(warmup):
+            t0 = time.perf_counter_ns()
+            if i >= max(1, warmup // 4) and t0 + slowest > start + budget_ns:
+                return
+            self._step()
+            if cuda:
+                torch.cuda.synchronize(self.device)  # time the step, not its launch
+            slowest = max(slowest, time.perf_counter_ns() - t0)
 
     def observe(self, obs: Observation) -> None:
         fresh = (not obs.stale) and self._stage(obs)

@@ -71,8 +71,11 @@ class TokenRate:
         # only reached for names this class does not define
         return getattr(self.__dict__["inner"], name)
 
-    def reset(self, obs: Observation) -> None:
-        self.inner.reset(obs)
+    def reset(self, obs: Observation, budget_ns: int | None = None) -> None:
+        if budget_ns is None:
+            self.inner.reset(obs)
+        else:  # only asked of an inner planner with `bounded_reset`
+            self.inner.reset(obs, budget_ns=budget_ns)  # type: ignore[call-arg]
         self._phase = 0.0
         self._last_seq = obs.seq
 

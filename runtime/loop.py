@@ -306,6 +306,7 @@ class ControlLoop:
         clock = self.clock
         now_ns = clock.now_ns  # bound once: the tick path reads the clock ~6 times per tick
         has_surprise = hasattr(self.planner, "surprise")
+        bounded_reset = bool(getattr(self.planner, "bounded_reset", False))
         maximum, minimum, isfinite = np.maximum, np.minimum, math.isfinite
         planner = self.planner
         plant = self.plant
@@ -465,12 +466,17 @@ class ControlLoop:
                             # command is for the plant's first tick of the new episode, so
                             # its deadline is that tick's. Reset the planner first (its
                             # warm-up counts against that deadline), then move the ticks.
+                            anchor = self._anchor(obs, phase_ns) if phase_ns else None
                             if worker is not None:
                                 worker.mailbox.post(obs, reset=True)
+                            elif bounded_reset and anchor is not None:
+                                # a planner that can cut its warm-up short gets the time
+                                # until the first command, less one step for sending it
+                                planner.reset(obs, budget_ns=anchor + refine_off - now_ns()
+                                              - self.budget.estimate_ns)
                             else:
                                 planner.reset(obs)
                             planner_ready = True
-                            anchor = self._anchor(obs, phase_ns) if phase_ns else None
                             if anchor is not None and ticker is not None:
                                 # plant ticks the resets already outlasted got no command:
                                 # skipped, and counted as misses like any skipped tick

@@ -38,6 +38,26 @@ def test_reset_warms_the_buffer_to_the_ramp() -> None:
     np.testing.assert_allclose(p.noise_levels(), [0, 0.25, 0.5, 0.75, 1, 1], atol=1e-6)
 
 
+def test_a_bounded_reset_cuts_the_warm_up_short_and_the_first_tick_reaches_the_ramp() -> None:
+    cfg = small_planner_cfg(warmup_steps=8, steps_per_tick=1, **NO_RENOISE)
+    ramp = [0, 0.25, 0.5, 0.75, 1, 1]
+    calls = []
+    p = make(cfg)
+    step = p._step
+    p._step = lambda: (calls.append(1), step())[1]  # type: ignore[method-assign]
+    p.reset(obs(states(1)[0]), budget_ns=0)  # no time: a quarter of the warm-up, no more
+    assert len(calls) == 2
+    assert np.all(p.noise_levels() >= np.array(ramp) - 1e-6)  # not yet down to the ramp
+    assert p.noise_levels()[1] > 0.25 + 1e-3
+    p.observe(obs(states(2)[1], seq=1))
+    p.refine(10**9)  # the first tick's one step takes every token to its (shifted) ramp level
+    np.testing.assert_allclose(p.noise_levels(), [0, 0.25, 0.5, 0.75, 1, 1], atol=1e-6)
+    calls.clear()
+    p.reset(obs(states(1)[0]), budget_ns=10**12)  # time enough: the whole warm-up
+    assert len(calls) == 8
+    np.testing.assert_allclose(p.noise_levels(), ramp, atol=1e-6)
+
+
 def _reference_levels(H, Hc, near, steps_per_tick, fixed_k, max_steps):
     """Plain loop over DESIGN's schedule: yields the levels after every step."""
     ramp = [min(1.0, j / Hc) for j in range(H)]

@@ -274,7 +274,7 @@ def test_ticks_align_just_after_the_plant_tick_and_deadlines_fall_on_the_next_on
     assert r["missed"].sum() == 0
 
 
-def _episodes_with_costly_resets(reset_ns: int):  # type: ignore[no-untyped-def]
+def _episodes_with_costly_resets(reset_ns: int, bounded: bool = False):  # type: ignore[no-untyped-def]
     clock = FakeClock(start_ns=10_000_000)
     plant = IntegratorPlant(rate_hz=1000, episode_ticks=20, clock=clock)
     reset = plant.reset
@@ -288,11 +288,17 @@ def _episodes_with_costly_resets(reset_ns: int):  # type: ignore[no-untyped-def]
 
     class SlowReset(CostPlanner):
         resets = 0
+        bounded_reset = bounded
+        budgets: list[int | None] = []
 
-        def reset(self, obs: Observation) -> None:
+        def reset(self, obs: Observation, budget_ns: int | None = None) -> None:
             super().reset(obs)
             self.resets += 1
-            clock.advance_ns(reset_ns)  # the rolling planner's warm-up steps
+            self.budgets.append(budget_ns)
+            # the rolling planner's warm-up steps; given a budget, cut short to it, but not
+            # below a quarter of them
+            cost = reset_ns if budget_ns is None else max(reset_ns // 4, min(reset_ns, budget_ns))
+            clock.advance_ns(cost)
 
     planner = SlowReset(clock, step_ns=50_000)
     loop = ControlLoop(plant, planner, clock,
@@ -321,6 +327,18 @@ def test_a_reset_that_outlasts_the_plants_first_tick_is_counted() -> None:
     assert list(np.flatnonzero(r["skipped"])) == [20, 40]
     assert r["skipped"].sum() == 2 and result.stats().misses >= 2
     assert r["missed"].sum() == 0  # the command went out in time for the tick after
+
+
+def test_a_planner_that_can_bound_its_reset_gets_the_time_to_the_first_command() -> None:
+    result, planner = _episodes_with_costly_resets(reset_ns=1_500_000, bounded=True)
+    r = result.records
+    # the run's first reset takes its time (before the first tick); the two episode changes
+    # inside it get the time to the first tick's refine end, 0.95 ms after the plant's reset
+    # (phase 0.1 ms + refine end 0.85 ms), less one step estimate: nothing skipped or missed,
+    # where the full 1.5 ms warm-up skipped a tick each time (the test above)
+    assert planner.budgets[0] is None and len(planner.budgets) == 3
+    assert all(b is not None and b < 950_000 for b in planner.budgets[1:])
+    assert r["skipped"].sum() == 0 and r["missed"].sum() == 0
 
 
 def test_transport_margin_counts_a_miss_but_sends_the_true_deadline() -> None:
