@@ -525,7 +525,7 @@ class ControlLoop:
                         if n <= 0:
                             more = False  # nothing left to refine this tick
                             break
-                        budget.record((t1 - t0) // n)
+                        budget.record((t1 - t0) // n, steps == 0)
                         refine_ns += t1 - t0
                         steps += n
                 else:
@@ -576,7 +576,8 @@ class ControlLoop:
                             t1 = now_ns()
                             if n <= 0:
                                 break
-                            budget.record((t1 - t0) // n)  # (refine_ns: before the command)
+                            # (refine_ns: before the command only)
+                            budget.record((t1 - t0) // n, steps == 0)
                             steps += n
                     budget.end_tick(steps, blocked, room)
                     surprise = planner.surprise if has_surprise else 0.0  # type: ignore[attr-defined]

@@ -91,6 +91,20 @@ def test_a_step_before_the_command_must_fit_by_the_tail_and_waits_out_recovery()
         BudgetConfig(quantile=0.95, emit_quantile=0.9)
 
 
+def test_the_tail_comes_from_the_ticks_first_steps_once_eight_were_seen() -> None:
+    b = StepBudget(BudgetConfig(margin_frac=0.0, margin_ns=0))
+    for _ in range(7):  # seven ticks: a first step, then fifteen back to back
+        b.record(300_000, first=True)
+        for _ in range(15):
+            b.record(300_000)
+    assert b.tail_estimate_ns == 300_000  # fewer than 8 first steps: the p99 of all steps
+    b.record(1_000_000, first=True)  # the eighth tick's first step ran cold
+    # one slow step in 113 leaves the p99 of all steps at 300 us; the first steps' own p99
+    # (8 samples: their slowest) is what a step before the command must fit in
+    assert b.estimate_ns == 300_000 and b.tail_estimate_ns == 1_000_000
+    assert b.fits(950_000) and not b.fits_before_emit(950_000)
+
+
 def test_probe_time_becomes_ticks_for_the_loops_period() -> None:
     cfg = BudgetConfig()  # 20 ms
     assert for_period(cfg, 10_000_000).probe_after_ticks == 2  # 100 Hz
