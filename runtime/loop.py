@@ -472,8 +472,9 @@ class ControlLoop:
                             elif bounded_reset and anchor is not None:
                                 # a planner that can cut its warm-up short gets the time
                                 # until the first command, less one step for sending it
-                                planner.reset(obs, budget_ns=anchor + refine_off - now_ns()
-                                              - self.budget.estimate_ns)
+                                planner.reset(  # type: ignore[call-arg]
+                                    obs, budget_ns=anchor + refine_off - now_ns()
+                                    - self.budget.estimate_ns)
                             else:
                                 planner.reset(obs)
                             planner_ready = True

@@ -1,6 +1,7 @@
 """ControlLoop behaviour on a fake clock: budgets, misses, fallbacks, episodes, async."""
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -289,7 +290,9 @@ def _episodes_with_costly_resets(reset_ns: int, bounded: bool = False):  # type:
     class SlowReset(CostPlanner):
         resets = 0
         bounded_reset = bounded
-        budgets: list[int | None] = []
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            super().__init__(*args, **kw)
+            self.budgets: list[int | None] = []
 
         def reset(self, obs: Observation, budget_ns: int | None = None) -> None:
             super().reset(obs)
