@@ -274,7 +274,7 @@ def _add_demo(sp: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--out", default="runs/demo", help="where runs and the report go")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument(
-        "--fast-rate", type=nonnegative_float, default=250.0,
+        "--fast-rate", type=nonnegative_float, default=500.0,
         help="also run the rolling planner with the plant served at this rate (0: skip)",
     )
     _add_rt_priority(p, "controller and plant (the plant one level higher)", default=10)

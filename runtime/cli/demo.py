@@ -6,7 +6,7 @@
 3. The same episodes (same seeds, so the same pushes) driven by the expert (the ceiling), the
    shipped rolling diffusion planner, the shipped chunked diffusion baseline and the MLP, each
    recorded with a trace; then the rolling planner again with the plant served at `--fast-rate`
-   (default 250 Hz): the same 100 Hz model, re-planning every tick (`policies.tokenrate`).
+   (default 500 Hz): the same 100 Hz model, re-planning every tick (`policies.tokenrate`).
 4. The side-by-side table (miss rate, lateness p99, compute p99, re-plans per second, success)
    and `rtdiff report`'s plots, written to `--out` (default `runs/demo/`).
 
