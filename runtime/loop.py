@@ -194,6 +194,8 @@ class RunResult:
         return out
 
 
+_LIMIT, _BLOCKED, _IDLE = 0, 1, 2  # why a run of refine steps stopped
+
 ProgressFn = Callable[[int, int, list[EpisodeResult]], None]  # (ticks, misses, episodes)
 
 
@@ -353,6 +355,29 @@ class ControlLoop:
         early = cfg.emit_after_steps > 0 and cfg.refine == "sync"
         pre_cap = min(cap, cfg.emit_after_steps) if early else cap
         post_off = min(budget_off, period - reserve_ns)
+        budget = self.budget
+
+        def refine_until(end_ns: int, steps: int, limit: int, tail: bool) -> tuple[int, int, int]:
+            """Refine while `steps < limit` and the budget says a step fits before `end_ns`
+            (by the first steps' tail when `tail`: before an early command). Returns (steps,
+            time spent in refine, why it stopped: _LIMIT, _BLOCKED or _IDLE)."""
+            spent = 0
+            while steps < limit:
+                t0 = now_ns()
+                left = end_ns - t0
+                if realtime and not (
+                    budget.fits_before_emit(left) if tail else budget.fits(left, steps == 0)
+                ):
+                    return steps, spent, _BLOCKED
+                n = planner.refine(left)
+                t1 = now_ns()
+                if n <= 0:
+                    return steps, spent, _IDLE  # nothing left to refine this tick
+                budget.record((t1 - t0) // n, steps == 0)
+                spent += t1 - t0
+                steps += n
+            return steps, spent, _LIMIT
+
         fallback = self.fallback
         out, last, low, high = self._out, self._last, self._low, self._high
         episode_results: list[EpisodeResult] = []
@@ -503,33 +528,18 @@ class ControlLoop:
                     planner.observe(obs)
                 fresh = planner_ready = False
                 # 3. refine
-                steps = 0
-                refine_ns = 0
-                more = early  # early emit: the planner may take more steps after the command
+                more = False  # early emit: the planner may take more steps after the command
+                blocked, room = False, None  # for the budget: see StepBudget.end_tick
                 if worker is None:
-                    budget = self.budget
-                    blocked = False
-                    room = None
-                    while steps < pre_cap:
-                        t0 = now_ns()
-                        if early:  # before the command: by the tail, recovery waits for after
-                            if realtime and not budget.fits_before_emit(refine_end - t0):
-                                break
-                        else:
-                            if room is None:
-                                room = refine_end - t0
-                            if realtime and not budget.fits(refine_end - t0, steps == 0):
-                                blocked = True
-                                break
-                        n = planner.refine(refine_end - t0)
-                        t1 = now_ns()
-                        if n <= 0:
-                            more = False  # nothing left to refine this tick
-                            break
-                        budget.record((t1 - t0) // n, steps == 0)
-                        refine_ns += t1 - t0
-                        steps += n
+                    if early:  # before the command: by the tail; recovery waits for after
+                        steps, refine_ns, stop = refine_until(refine_end, 0, pre_cap, True)
+                        more = stop != _IDLE
+                    else:
+                        room = refine_end - now_ns()
+                        steps, refine_ns, stop = refine_until(refine_end, 0, cap, False)
+                        blocked = stop == _BLOCKED
                 else:
+                    steps = refine_ns = 0
                     clock.sleep_until_ns(refine_end)
                     worker.check()
                 t_ref = now_ns()
@@ -565,21 +575,10 @@ class ControlLoop:
                     if more and steps < cap:  # early emit: GC in the slack, then refine on
                         if gc_policy is not None and ticker is not None:
                             gc_policy.collect_in_slack(sched + post_off - t_emit)
-                        post_end = sched + post_off
-                        while steps < cap:
-                            t0 = now_ns()
-                            if room is None:
-                                room = post_end - t0
-                            if realtime and not budget.fits(post_end - t0, steps == 0):
-                                blocked = True
-                                break
-                            n = planner.refine(post_end - t0)
-                            t1 = now_ns()
-                            if n <= 0:
-                                break
-                            # (refine_ns: before the command only)
-                            budget.record((t1 - t0) // n, steps == 0)
-                            steps += n
+                        room = sched + post_off - now_ns()
+                        # (the trace's refine_ns keeps the time before the command only)
+                        steps, _, stop = refine_until(sched + post_off, steps, cap, False)
+                        blocked = stop == _BLOCKED
                     budget.end_tick(steps, blocked, room)
                     surprise = planner.surprise if has_surprise else 0.0  # type: ignore[attr-defined]
                 # 5. record
