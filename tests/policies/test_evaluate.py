@@ -8,11 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from policies.evaluate import (
-    PushTracker,
+from policies.evaluate import PushTracker, paired_difference
+from policies.recovery import (
     angles_within,
     fingertip_on_target,
-    paired_difference,
     reacher_fingertip_xy,
     recovery_predicate,
 )

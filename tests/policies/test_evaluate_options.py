@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 
 import policies.evaluate as ev
+import policies.recovery as rec
 from policies.config import PlannerConfig
-from policies.evaluate import (
+from policies.evaluate import PushTracker, planner_settings, variant_config
+from policies.recovery import (
     BimodalCourse,
-    PushTracker,
     bimodal_course_side,
     bimodal_on_course,
-    planner_settings,
     recovery_predicate,
-    variant_config,
 )
 
 NO_GOAL = np.zeros(0)
@@ -80,11 +79,11 @@ def test_unknown_set_field_is_a_one_line_error(capsys: pytest.CaptureFixture[str
 def test_bimodal_geometry_matches_the_task() -> None:
     from sims.tasks import bimodal
 
-    assert ev.BIMODAL_BLOCK_Y_M == pytest.approx(
+    assert rec.BIMODAL_BLOCK_Y_M == pytest.approx(
         (bimodal.BLOCK_Y_M - bimodal.BLOCK_HALF_M[1], bimodal.BLOCK_Y_M + bimodal.BLOCK_HALF_M[1])
     )
-    assert ev.BIMODAL_CLEAR_X_M == pytest.approx(bimodal.BLOCK_HALF_M[0] + bimodal.AGENT_RADIUS_M)
-    assert ev.BIMODAL_DT_S == pytest.approx(1.0 / bimodal.INFO.rate_hz)
+    assert rec.BIMODAL_CLEAR_X_M == pytest.approx(bimodal.BLOCK_HALF_M[0] + bimodal.AGENT_RADIUS_M)
+    assert rec.BIMODAL_DT_S == pytest.approx(1.0 / bimodal.INFO.rate_hz)
     assert recovery_predicate("bimodal", angle_idx=(0,), tol_rad=0.1, tol_m=0.02)[0] == "course"
 
 
@@ -119,7 +118,7 @@ def _xy(x: float, y: float, push: float = 0.0) -> dict[str, Any]:
 
 
 def test_course_rule_fixes_the_side_when_a_push_begins_and_times_recovery() -> None:
-    dt = ev.BIMODAL_DT_S
+    dt = rec.BIMODAL_DT_S
     course = BimodalCourse()
     tracker = PushTracker(course)
     course.reset(_xy(0.0, 0.0))

@@ -1,0 +1,70 @@
+"""What a `ControlLoop` run produced: tick records, episodes, the plant's counts, the JSON.
+
+`RunResult.to_json()` is DESIGN's `rtdiff run --json` contract (docs/runtime.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from runtime.stats import DeadlineStats
+
+
+@dataclass
+class EpisodeResult:
+    index: int
+    ticks: int
+    episode_return: float
+    success: bool
+
+
+@dataclass
+class RunResult:
+    """What a run produced: its tick records, episode outcomes and the plant's own counts."""
+
+    records: np.ndarray  # (N,) TICK_DTYPE
+    episodes: list[EpisodeResult]
+    plant_counters: dict[str, int]
+    period_ns: int
+    mode: str
+    trace_path: str | None = None
+    stale_observations: int = 0  # ticks whose observation the plant flagged as not fresh
+    # the step-latency estimate (margins included) after the warm-up and at the end, ns
+    step_estimate_ns: tuple[int, int] = (0, 0)
+    # the transport margin (emit this long before the deadline) at the start, the end, and its
+    # largest value, ns: fixed unless the plant measures its link (`transport_margin_ns()`)
+    transport_margin_ns: tuple[int, int, int] = (0, 0, 0)
+
+    def stats(self) -> DeadlineStats:
+        return DeadlineStats.from_records(self.records, period_ns=self.period_ns)
+
+    def to_json(self) -> dict[str, Any]:
+        """DESIGN's `rtdiff run --json` contract."""
+        out = self.stats().to_json()
+        done = self.episodes
+        out["episodes"] = len(done)
+        out["success_rate"] = float(np.mean([e.success for e in done])) if done else 0.0
+        out["mean_return"] = float(np.mean([e.episode_return for e in done])) if done else 0.0
+        out["mode"] = self.mode
+        out["rate_hz"] = 1e9 / self.period_ns
+        out["plant_counters"] = dict(self.plant_counters)
+        out["stale_observations"] = self.stale_observations
+        out["step_estimate_us"] = {"start": self.step_estimate_ns[0] / 1e3,
+                                   "end": self.step_estimate_ns[1] / 1e3}
+        m0, m1, mmax = self.transport_margin_ns
+        out["transport_margin_us"] = {"start": m0 / 1e3, "end": m1 / 1e3, "max": mmax / 1e3}
+        # re-plans: ticks on which the planner did refinement work whose action went out (not
+        # a fallback). A chunked baseline re-plans on chunk ticks only; a planner that computes
+        # inside action() (an expert) or in a thread of its own (chunked-async) shows 0 here.
+        r = self.records
+        n = len(r)
+        replans = int(np.count_nonzero((r["steps"] > 0) & (r["fallback"] == 0))) if n else 0
+        out["replans_per_s"] = replans / (n * self.period_ns * 1e-9) if n else 0.0
+        if self.mode == "realtime":
+            out["plant_misses"] = int(self.plant_counters.get("late", 0))
+        if self.trace_path is not None:
+            out["trace"] = self.trace_path
+        return out
