@@ -112,9 +112,11 @@ def summary_table(out: dict[str, Any]) -> str:
         f"  lateness ms  p50 {lat['p50']:.3f}  p99 {lat['p99']:.3f}  p99.9 {lat['p999']:.3f}"
         f"  max {lat['max']:.3f}",
         f"  compute ms   p50 {comp['p50']:.3f}  p99 {comp['p99']:.3f}  p99.9 {comp['p999']:.3f}"
-        f"  max {comp['max']:.3f}",
+        f"  max {comp['max']:.3f}   (tick start to command sent)",
         f"  steps/tick   mean {out['steps_per_tick']['mean']:.2f}"
-        f"  min {out['steps_per_tick']['min']:g}  max {out['steps_per_tick']['max']:g}",
+        f"  min {out['steps_per_tick']['min']:g}  max {out['steps_per_tick']['max']:g}"
+        + (f"   (command sent after {n} step{'s' if n > 1 else ''}, refined on after it)"
+           if (n := out.get("emit_after_steps", 0)) else ""),
         f"  episodes {out['episodes']}   success {100 * out['success_rate']:.1f} %"
         f"   mean return {out['mean_return']:.2f}",
         "  fallbacks "

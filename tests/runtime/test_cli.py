@@ -109,3 +109,16 @@ def test_run_spin_window_defaults_to_200_us_and_is_validated() -> None:
     assert build_parser().parse_args([*base, "--spin-us", "5000"]).spin_us == 5000.0
     with pytest.raises(SystemExit):
         build_parser().parse_args([*base, "--spin-us", "-1"])
+
+
+def test_run_summary_says_when_the_command_leaves_before_the_refinement_ends() -> None:
+    from runtime.cli.run import summary_table
+
+    q = {"p50": 0.1, "p99": 0.2, "p999": 0.3, "max": 0.4}
+    out = {"policy": "rolling:double-pendulum", "plant": "sim:double-pendulum",
+           "mode": "realtime", "rate_hz": 100.0, "ticks": 10, "misses": 0, "miss_rate": 0.0,
+           "lateness_ms": q, "compute_ms": q, "episodes": 0, "success_rate": 0.0,
+           "mean_return": 0.0, "fallbacks": {}, "emit_after_steps": 1,
+           "steps_per_tick": {"mean": 8.0, "min": 8, "max": 8}}
+    assert "command sent after 1 step, refined on after it" in summary_table(out)
+    assert "command sent after" not in summary_table({**out, "emit_after_steps": 0})
