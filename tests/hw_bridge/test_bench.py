@@ -5,15 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hw_bridge.bench import _quantiles_us, run_bench
+from hw_bridge.baseline import quantiles_us
+from hw_bridge.bench import run_bench
 
 
 def test_quantiles_are_in_microseconds_and_match_numpy() -> None:
     ns = np.arange(1, 1001, dtype=np.int64) * 1000  # 1..1000 us
-    q = _quantiles_us(ns)
+    q = quantiles_us(ns)
     assert q["n"] == 1000 and q["max"] == 1000.0
     assert q["p50"] == round(float(np.percentile(ns / 1e3, 50)), 1)
-    assert np.isnan(_quantiles_us(np.zeros(0, dtype=np.int64))["p50"])
+    assert np.isnan(quantiles_us(np.zeros(0, dtype=np.int64))["p50"])
 
 
 @pytest.mark.slow

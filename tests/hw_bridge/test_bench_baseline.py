@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hw_bridge.bench import (
+from hw_bridge.baseline import (
     attribute_runs,
     attribute_window,
     gap_intervals,
