@@ -130,6 +130,19 @@ def test_a_stall_after_an_early_emit_costs_no_deadline() -> None:
     assert list(np.flatnonzero(r["lateness_ns"])) == [11] and r["lateness_ns"][11] == 40_000
 
 
+def test_with_no_room_before_the_command_it_is_sent_at_once_and_the_steps_run_after() -> None:
+    clock = FakeClock()
+    planner = CostPlanner(clock, step_ns=400_000)
+    # a 0.7 ms transport margin: the command must leave 0.3 ms into the 1 ms tick, and a
+    # 0.4 ms step does not fit before it
+    loop = realtime_loop(clock, planner, emit_after_steps=1, transport_margin_s=700e-6)
+    r = loop.run(ticks=100).records
+    assert r["missed"].sum() == 0 and np.all(r["fallback"] == 0)
+    assert np.all(r["emit_ns"] == r["start_ns"])  # sent at once: the plan's current action
+    assert np.all(r["steps"] == 2)  # then two steps before the next tick (0.4 + 0.4 < 0.95 ms)
+    assert np.all(r["refine_ns"] == 0) and np.all(r["lateness_ns"] == 0)
+
+
 def test_early_emit_in_lockstep_with_one_step_per_tick_changes_nothing() -> None:
     def actions(emit_after: int) -> np.ndarray:
         clock = FakeClock()
