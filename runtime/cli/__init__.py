@@ -249,7 +249,8 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     d.add_argument(
         "--planners",
         default="rolling,chunked,chunked-k10,chunked-k50,chunked-async,pertick,mlp,expert",
-        help="comma list",
+        help="comma list of: rolling, rolling-late (refines then sends), rolling-async, "
+             "chunked, chunked-k10, chunked-k50, chunked-async, pertick, mlp, expert",
     )
     d.add_argument("--seeds", type=positive_int, default=2, help="seeds per cell")
     d.add_argument("--seed", type=nonnegative_int, default=0, help="first seed")

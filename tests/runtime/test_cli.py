@@ -122,3 +122,15 @@ def test_run_summary_says_when_the_command_leaves_before_the_refinement_ends() -
            "steps_per_tick": {"mean": 8.0, "min": 8, "max": 8}}
     assert "command sent after 1 step, refined on after it" in summary_table(out)
     assert "command sent after" not in summary_table({**out, "emit_after_steps": 0})
+
+
+def test_bench_deadline_help_names_every_planner_it_knows() -> None:
+    from runtime.cli.bench_deadline import PLANNERS
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["bench"]  # type: ignore[union-attr]
+    deadline = next(a for a in sub._actions if a.dest == "bench").choices["deadline"]  # type: ignore[union-attr]
+    help_text = next(a.help for a in deadline._actions if a.dest == "planners")
+    assert help_text is not None
+    named = {w.strip(" ,") for w in help_text.split(":", 1)[1].split(",")}
+    assert {n.split(" ")[0] for n in named} == set(PLANNERS)
