@@ -64,7 +64,7 @@ def _label(run: dict[str, Any]) -> str:
 def _table(runs: list[dict[str, Any]]) -> str:
     head = ("| task | planner | rate Hz | mode | ticks | misses | miss % | plant late "
             "| late p50 ms | late p99 ms | late max ms | compute p50 ms | compute p99 ms "
-            "| steps/tick | episodes | success % | return |")
+            "| steps/tick | re-plans/s | sent after (steps) | episodes | success % | return |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in runs:
         lat, comp = r["lateness_ms"], r["compute_ms"]
@@ -74,7 +74,8 @@ def _table(runs: list[dict[str, Any]]) -> str:
             f"| {r['ticks']} | {r['misses']} | {100 * r['miss_rate']:.3f} "
             f"| {r.get('plant_misses', '-')} | {lat['p50']:.3f} | {lat['p99']:.3f} "
             f"| {lat['max']:.3f} | {comp['p50']:.3f} | {comp['p99']:.3f} "
-            f"| {r['steps_per_tick']['mean']:.2f} | {r.get('episodes', 0)} "
+            f"| {r['steps_per_tick']['mean']:.2f} | {r.get('replans_per_s', 0.0):.1f} "
+            f"| {r.get('emit_after_steps', '-')} | {r.get('episodes', 0)} "
             f"| {100 * r.get('success_rate', 0.0):.1f} | {r.get('mean_return', 0.0):.1f} |"
         )
     return "\n".join(rows)

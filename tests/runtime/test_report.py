@@ -64,7 +64,8 @@ def test_report_makes_every_figure_and_a_correct_table(tmp_path: Path) -> None:
                    and f"| {runs[name]['policy'].split(':')[0]} |" in r)
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert int(cells[4]) == out["ticks"] and int(cells[5]) == out["misses"]
-        assert float(cells[15]) == pytest.approx(100 * out["success_rate"], abs=0.05)
+        assert float(cells[14]) == pytest.approx(out["replans_per_s"], abs=0.05)
+        assert float(cells[17]) == pytest.approx(100 * out["success_rate"], abs=0.05)
 
 
 def test_report_on_a_directory_without_runs_is_a_one_line_error(tmp_path: Path) -> None:
