@@ -3,8 +3,10 @@
 For each task and rate, one `rtdiff serve --realtime --rate R` process holds the MuJoCo plant
 behind the ZeroMQ bridge on loopback; every planner then drives it for `--seconds`, once per
 seed, from this process, with a trace. Each run's JSON goes to `OUT/runs/`, its trace to
-`OUT/traces/`, and a summary (the table below plus the highest rate at which the rolling
-planner kept misses <= 0.1 %) to `OUT/summary.json`. `rtdiff report OUT --out DIR` plots them.
+`OUT/traces/`, and a summary (the table below, the highest rate at which the rolling
+planner kept misses <= 0.1 %, and its re-plans per second against the chunked baseline's at
+equal or better success, `decisions_at_equal_success`) to `OUT/summary.json`.
+`rtdiff report OUT --out DIR` plots them.
 
 `--hog` repeats the rolling planner's cells with a CPU hog (a busy Python process) on the
 machine, to show what a loaded second core costs.
@@ -194,7 +196,34 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
             safe = [r["rate_hz"] for r in rows if r["task"] == task and r["planner"] == "rolling"
                     and r["hog"] == hog and "error" not in r and r["miss_rate"] <= MISS_TARGET]
             best.setdefault(task, {})["with_hog" if hog else "quiet"] = max(safe, default=None)
-    return {"cells": rows, "rolling_max_rate_hz_misses_le_0.1pct": best}
+    return {"cells": rows, "rolling_max_rate_hz_misses_le_0.1pct": best,
+            "decisions_at_equal_success": {t: decisions_at_equal_success(rows, t)
+                                           for t in sorted({r["task"] for r in rows})}}
+
+
+def decisions_at_equal_success(rows: list[dict[str, Any]], task: str) -> dict[str, Any] | None:
+    """Re-plans per second, rolling vs the chunked baseline, at equal success (quiet cells).
+
+    The chunked cell is the one with the best success among those that re-planned at all
+    (ties: the most re-plans; a chunked run whose every chunk overran sends only fallbacks);
+    the rolling cell the one with the most re-plans among those at least as successful. None
+    when a side has no such cell. The cells' miss rates come along: equal success says nothing
+    about deadlines."""
+    def usable(planner: str) -> list[dict[str, Any]]:
+        return [r for r in rows if r["task"] == task and r["planner"] == planner
+                and not r["hog"] and "error" not in r and r["success_rate"] is not None]
+
+    chunked = max((r for r in usable("chunked") if r["replans_per_s"] > 0),
+                  key=lambda r: (r["success_rate"], r["replans_per_s"]), default=None)
+    if chunked is None:
+        return None
+    rolling = max((r for r in usable("rolling") if r["success_rate"] >= chunked["success_rate"]),
+                  key=lambda r: r["replans_per_s"], default=None)
+    if rolling is None:
+        return None
+    side = {name: {k: r[k] for k in ("rate_hz", "replans_per_s", "success_rate", "miss_rate")}
+            for name, r in (("rolling", rolling), ("chunked", chunked))}
+    return {**side, "ratio": rolling["replans_per_s"] / chunked["replans_per_s"]}
 
 
 def summary_table(summary: dict[str, Any]) -> str:
@@ -213,4 +242,13 @@ def summary_table(summary: dict[str, Any]) -> str:
     for task, best in summary["rolling_max_rate_hz_misses_le_0.1pct"].items():
         lines.append(f"rolling on {task}: highest rate with misses <= 0.1 %: "
                      f"{best['quiet']} Hz quiet, {best['with_hog']} Hz with a CPU hog")
+    for task, d in summary.get("decisions_at_equal_success", {}).items():
+        if d is None:
+            continue
+        ro, ch = d["rolling"], d["chunked"]
+        lines.append(
+            f"rolling on {task}: {d['ratio']:.1f}x the chunked baseline's re-plans per second "
+            f"at equal or better success ({ro['replans_per_s']:.0f}/s at {ro['rate_hz']:g} Hz, "
+            f"{100 * ro['miss_rate']:.3f} % misses, vs {ch['replans_per_s']:.0f}/s at "
+            f"{ch['rate_hz']:g} Hz, {100 * ch['success_rate']:.0f} % success)")
     return "\n".join(lines)

@@ -36,6 +36,26 @@ def test_summary_averages_seeds_and_finds_the_highest_safe_rate() -> None:
     assert best == {"quiet": 250, "with_hog": 100}
 
 
+def test_decisions_at_equal_success_take_the_best_chunked_cell_and_the_busiest_rolling() -> None:
+    def with_success(c: dict, success: float) -> dict:
+        return {**c, "success_rate": success}
+
+    cells = [
+        with_success(cell("chunked", 100, 0.0), 1.0),  # 25 re-plans/s, the reference
+        with_success(cell("chunked", 250, 0.15), 0.5),  # busier but worse: not the reference
+        {**cell("chunked", 500, 0.01), "replans_per_s": 0.0},  # only fallbacks went out
+        with_success(cell("rolling", 100, 0.0), 1.0),
+        with_success(cell("rolling", 250, 0.0), 1.0),
+        with_success(cell("rolling", 500, 0.002), 0.5),  # busiest, but less successful
+        with_success(cell("rolling", 1000, 0.0, hog=True), 1.0),  # hog cells do not count
+    ]
+    d = summarize(cells)["decisions_at_equal_success"]["double-pendulum"]
+    assert d["chunked"]["rate_hz"] == 100 and d["chunked"]["replans_per_s"] == 25.0
+    assert d["rolling"]["rate_hz"] == 250 and d["ratio"] == pytest.approx(250 / 25)
+    only_rolling = summarize([cell("rolling", 100, 0.0)])["decisions_at_equal_success"]
+    assert only_rolling == {"double-pendulum": None}
+
+
 def test_unknown_planner_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "deadline", "--planners", "rolling,oracle", "--out", "x"]) == 2
     assert "unknown planner(s) ['oracle']" in capsys.readouterr().err
