@@ -180,7 +180,8 @@ def _add_run(sp: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument(
         "--emit-after", type=nonnegative_int, default=None, metavar="N",
         help="sync: send the command after N refine steps, then refine on for later ticks "
-             "(0: refine first, send at the end; default: 1 for the rolling planner, else 0)",
+             "(0: refine first, send at the end; default: 1 for the rolling planner in "
+             "realtime, else 0)",
     )
     p.add_argument(
         "--fallback", choices=["hold", "decay", "zero"], default="hold", help="on a miss"

@@ -166,10 +166,12 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
         if realtime:
             cap_threads(1)  # the plant's own thread needs the other core
         remote = not args.plant.startswith("sim:")
-        # early emit by default for anytime planners: their plan stays valid between steps
+        # early emit by default for anytime planners in realtime: their plan stays valid between
+        # steps; lockstep has no clock to beat and keeps refine-then-send (its results as before)
         emit_after = getattr(args, "emit_after", None)
         if emit_after is None:
-            emit_after = 1 if getattr(planner, "anytime", False) and args.refine == "sync" else 0
+            emit_after = int(getattr(planner, "anytime", False) and args.refine == "sync"
+                             and realtime)
         config = LoopConfig(
             rate_hz=rate, mode=args.mode, refine=args.refine, steps_per_tick=args.steps_per_tick,
             emit_after_steps=emit_after,

@@ -134,3 +134,14 @@ def test_bench_deadline_help_names_every_planner_it_knows() -> None:
     assert help_text is not None
     named = {w.strip(" ,") for w in help_text.split(":", 1)[1].split(",")}
     assert {n.split(" ")[0] for n in named} == set(PLANNERS)
+
+
+def test_lockstep_runs_keep_refine_then_send_for_the_rolling_planner() -> None:
+    pytest.importorskip("sims")
+    from runtime.cli.run import execute
+
+    args = build_parser().parse_args(["run", "--policy", "rolling:double-pendulum", "--plant",
+                                      "sim:double-pendulum", "--mode", "lockstep",
+                                      "--seconds", "0.2", "--json"])
+    _, out = execute(args)
+    assert out["emit_after_steps"] == 0
