@@ -184,7 +184,8 @@ class RollingPlanner(TorchPlannerBase):
         """Start a new plan at `obs`: noise, brought down to the ramp by `warmup_steps` steps.
 
         `budget_ns` (a realtime episode start, where the plant is already moving): stop the
-        warm-up once the next step would not fit, after at least a quarter of it. The first
+        warm-up once the next step would not fit, after at least one step (so the action is
+        the model's estimate from a once-denoised plan, never raw noise). The first
         tick's schedule takes every token the rest of the way to its ramp level (its step sizes
         are computed from where the levels are), so a shorter warm-up costs plan quality on
         the first ticks only, and no missed command.
@@ -219,7 +220,7 @@ class RollingPlanner(TorchPlannerBase):
         slowest = 0
         for i in range(warmup):
             t0 = time.perf_counter_ns()
-            if i >= max(1, warmup // 4) and t0 + slowest > start + budget_ns:
+            if i >= 1 and t0 + slowest > start + budget_ns:
                 return
             self._step()
             if cuda:

@@ -45,8 +45,8 @@ def test_a_bounded_reset_cuts_the_warm_up_short_and_the_first_tick_reaches_the_r
     p = make(cfg)
     step = p._step
     p._step = lambda: (calls.append(1), step())[1]  # type: ignore[method-assign]
-    p.reset(obs(states(1)[0]), budget_ns=0)  # no time: a quarter of the warm-up, no more
-    assert len(calls) == 2
+    p.reset(obs(states(1)[0]), budget_ns=0)  # no time: one step of the warm-up, no more
+    assert len(calls) == 1
     assert np.all(p.noise_levels() >= np.array(ramp) - 1e-6)  # not yet down to the ramp
     assert p.noise_levels()[1] > 0.25 + 1e-3
     p.observe(obs(states(2)[1], seq=1))

@@ -312,8 +312,8 @@ def _episodes_with_costly_resets(reset_ns: int, bounded: bool = False):  # type:
             self.resets += 1
             self.budgets.append(budget_ns)
             # the rolling planner's warm-up steps; given a budget, cut short to it, but not
-            # below a quarter of them
-            cost = reset_ns if budget_ns is None else max(reset_ns // 4, min(reset_ns, budget_ns))
+            # below one step (a sixteenth of them)
+            cost = reset_ns if budget_ns is None else max(reset_ns // 16, min(reset_ns, budget_ns))
             clock.advance_ns(cost)
 
     planner = SlowReset(clock, step_ns=50_000)
