@@ -99,6 +99,7 @@ class BudgetConfig:
 
 
 _RECENT = 8  # steps whose median a recovering budget plans with
+_FIRST_MIN = 8  # first steps seen before their own tail replaces the tail of all steps
 
 
 def for_period(config: BudgetConfig, period_ns: int) -> BudgetConfig:
@@ -166,7 +167,7 @@ class StepBudget:
     def tail_estimate_ns(self) -> int:
         """What a step before the command must fit in: the `emit_quantile` of the ticks' first
         steps (once 8 were seen; of all steps before), with the margins."""
-        if self._first.count >= _RECENT:
+        if self._first.count >= _FIRST_MIN:
             return self._with_margin(self._first.value())
         if not self._q.count:
             return self._estimate_ns
