@@ -414,8 +414,13 @@ class ControlLoop:
                     if action_ok:
                         np.copyto(out, a)
                 code = CODE_NONE
-                if realtime and t_ref > emit_by:
-                    code = fallback.code  # the plant will hold; record what stands in
+                # Past the plant's deadline the command is late whatever the link does: the
+                # plant will hold, the trace records what stands in. Inside the transport margin
+                # (after emit_by, before the deadline) it is counted a miss below, but this
+                # tick's action still goes out with the true deadline: the plant applies it if
+                # it arrives in time (most do: the margin is a p99) and holds if not.
+                if realtime and t_ref > deadline:
+                    code = fallback.code
                     fallback.fill(out, last, obs.state)
                 elif not action_ok:
                     code = CODE_NONFINITE

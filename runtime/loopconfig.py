@@ -23,8 +23,9 @@ class LoopConfig:
     steps_per_tick: cap on refine steps per tick; in lockstep the exact count (default 1).
     deadline_margin_s: the deadline sits this long before the next tick's start.
     transport_margin_s: time the command needs to reach the plant (a remote link): the loop
-        counts a miss, and sends the fallback, when it emits later than deadline - this; the
-        command still carries the plant's true deadline.
+        counts a miss when it emits later than deadline - this; the command still carries this
+        tick's action and the plant's true deadline (the plant applies it if it arrives in
+        time, holds otherwise); only past the deadline itself does the fallback replace it.
     budget_fraction: refinement must end within this fraction of the period after the start.
     emit_reserve_s: time kept free before the deadline to build and send the command.
     warmup_steps: refine steps run before the first tick to seed the latency estimate; the

@@ -8,7 +8,7 @@ import pytest
 
 from runtime.budget import BudgetConfig
 from runtime.clock import FakeClock
-from runtime.fallback import CODE_HOLD, CODE_NONFINITE
+from runtime.fallback import CODE_HOLD, CODE_NONFINITE, ZeroAction
 from runtime.loop import ControlLoop, LoopConfig, RunResult
 from runtime.protocols import Observation
 from runtime.sidecar import EVENT_RESET, Sidecar, load_sidecar
@@ -357,19 +357,23 @@ def test_a_planner_that_can_bound_its_reset_gets_the_time_to_the_first_command()
     assert r["skipped"].sum() == 0 and r["missed"].sum() == 0
 
 
-def test_transport_margin_counts_a_miss_but_sends_the_true_deadline() -> None:
+def test_transport_margin_counts_a_miss_but_sends_the_ticks_action_and_true_deadline() -> None:
     clock = FakeClock()
     planner = CostPlanner(clock, step_ns=100_000)
     planner.overrun_at = 5
     planner.overrun_ns = 900_000  # ends 0.9 ms into the 1 ms tick: inside the 0.2 ms margin
     loop = realtime_loop(clock, planner, steps_per_tick=1, transport_margin_s=200e-6)
+    loop.fallback = ZeroAction()  # so a fallback would show in the command
     result = loop.run(ticks=10)
     r = result.records
     assert list(np.flatnonzero(r["missed"])) == [5]
-    assert r["fallback"][5] == CODE_HOLD
+    # inside the margin but before the deadline: counted, yet this tick's action went out
+    # (not the fallback) with the plant's own deadline, which it met
+    assert r["fallback"][5] == 0
     sent = loop.plant.applied[5]  # type: ignore[attr-defined]
-    assert sent.deadline_ns == r["scheduled_ns"][5] + T  # the plant's own deadline
-    assert result.plant_counters["late"] == 0  # ... which it still met
+    assert sent.deadline_ns == r["scheduled_ns"][5] + T
+    assert sent.action[0] == -1.0  # the P-controller's action (clipped), not the fallback's 0
+    assert result.plant_counters["late"] == 0
 
 
 def test_a_plant_that_measures_its_link_sets_the_transport_margin() -> None:
@@ -391,7 +395,7 @@ def test_a_plant_that_measures_its_link_sets_the_transport_margin() -> None:
     assert unmeasured.transport_margin_ns == (100_000, 100_000, 100_000)
     measured = run(400_000)
     assert list(np.flatnonzero(measured.records["missed"])) == [40]
-    assert measured.records["fallback"][40] == CODE_HOLD
+    assert measured.records["fallback"][40] == 0  # counted, but sent fresh: before the deadline
     assert measured.transport_margin_ns == (100_000, 400_000, 400_000)
     assert measured.to_json()["transport_margin_us"] == {"start": 100.0, "end": 400.0,
                                                          "max": 400.0}
