@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from runtime.rt import read_steal_jiffies as read_steal_jiffies  # re-exported
+
 STEAL_SAMPLE_NS = 10_000_000  # the baseline's steal sampling interval (one jiffy here)
 MAX_LISTED = 100  # stalls listed per transport (all are counted)
 
@@ -45,17 +47,6 @@ def quantiles_us(samples_ns: np.ndarray[Any, Any]) -> dict[str, float]:
     }
 
 
-
-
-def read_steal_jiffies(path: str = "/proc/stat") -> int | None:
-    """The hypervisor steal counter: the "cpu" line's 8th value, in 1/CLK_TCK s; None where
-    there is none (not Linux, or a kernel without it)."""
-    try:
-        with open(path, "rb") as f:
-            fields = f.readline().split()
-        return int(fields[8]) if fields[:1] == [b"cpu"] and len(fields) > 8 else None
-    except (OSError, ValueError):
-        return None
 
 
 def nivcsw() -> tuple[int, int]:

@@ -42,9 +42,10 @@ from typing import Any
 import numpy as np
 import zmq
 
-from hw_bridge.codec import PROTOCOL_VERSION, message
+from hw_bridge.codec import message
 from hw_bridge.link import _NOBLOCK, CLIENT_COUNTERS, BridgeError
 from hw_bridge.receive import _Receiver
+from runtime.planfeed import APPLY_KEYS
 from runtime.protocols import Clock, Command, Observation
 
 __all__ = ["CLIENT_COUNTERS", "BridgeError", "RemotePlant"]
@@ -112,6 +113,18 @@ class RemotePlant(_Receiver):
         return self._connected
 
     @property
+    def executes_plans(self) -> bool:
+        """`runtime.ExecutesPlans`: a realtime v2 session carries each command's plan to the
+        plant side, which applies it on ticks the controller's command misses."""
+        return self.mode == "realtime" and self.version >= 2
+
+    def apply_counters(self) -> dict[str, int]:
+        """What the plant side applied, by source, and the action-age histogram
+        (`runtime.planfeed`), from the server's latest counters."""
+        sc = self.server_counters
+        return {k: sc.get(f"plant_{k}", 0) + sc.get(k, 0) for k in APPLY_KEYS}
+
+    @property
     def safe(self) -> bool:
         """The plant reports its safe action latched (watchdog or goodbye)."""
         return self._safe
@@ -123,7 +136,7 @@ class RemotePlant(_Receiver):
             if not self._connected:
                 self._wait_connected(self.timeout_ns)
             seq = self._next_seq()
-            self._send(message("reset", seq, self.clock.now_ns(), seed=seed))
+            self._send(message("reset", seq, self.clock.now_ns(), v=self.version, seed=seed))
             if not self._wait_for(
                 lambda seq=seq: self._reset_seq >= seq or seq in self._error_refs,
                 self.timeout_ns,
@@ -212,20 +225,28 @@ class RemotePlant(_Receiver):
         if not (type(a) is np.ndarray and a.dtype is _F8):
             a = np.ascontiguousarray(a, dtype="<f8")  # (Da,); a wrong shape: the plant refuses
         latest = self._latest
-        payload = self._encode(
-            {  # a literal, not message(**fields): this runs every tick
-                "v": PROTOCOL_VERSION,
-                "type": "command",
-                "seq": seq,
-                "t_ns": self.clock.now_ns(),
-                "stream": self._stream,
-                "tick": cmd.seq,
-                "obs_seq": latest.seq if latest is not None else -1,
-                "action": {"dtype": "<f8", "shape": list(a.shape), "data": a.tobytes()},
-                "deadline_ns": deadline,
-                "fallback": cmd.fallback,
-            }
-        )
+        msg = {  # a literal, not message(**fields): this runs every tick
+            "v": self.version,
+            "type": "command",
+            "seq": seq,
+            "t_ns": self.clock.now_ns(),
+            "stream": self._stream,
+            "tick": cmd.seq,
+            "obs_seq": latest.seq if latest is not None else -1,
+            "action": {"dtype": "<f8", "shape": list(a.shape), "data": a.tobytes()},
+            "deadline_ns": deadline,
+            "fallback": cmd.fallback,
+        }
+        plan = cmd.plan
+        if plan is not None and deadline is not None and self.version >= 2:
+            off = self.sync.offset_ns  # plan times, like the deadline, on the server's clock
+            p = plan if plan.dtype is _F8 and plan.flags.c_contiguous else np.ascontiguousarray(
+                plan, dtype="<f8")
+            msg["plan"] = {"dtype": "<f8", "shape": list(p.shape), "data": p.tobytes()}
+            msg["plan_t0_ns"] = cmd.plan_t0_ns + off
+            msg["plan_dt_ns"] = cmd.plan_dt_ns
+            msg["plan_obs_t_ns"] = None if cmd.obs_t_ns is None else cmd.obs_t_ns + off
+        payload = self._encode(msg)
         try:
             sock.send(payload, _NOBLOCK)
         except zmq.Again:
@@ -281,6 +302,7 @@ class RemotePlant(_Receiver):
         }
         for k, v in sc.items():
             out[k if k.startswith("plant_") else f"server_{k}"] = v
+        out.update(self.apply_counters())  # fresh, plan_fed, ...: the plant's or the server's
         for k, v in self.counts.items():
             out[f"client_{k}"] = v
         return out
@@ -289,7 +311,8 @@ class RemotePlant(_Receiver):
         if self._sock is not None:
             if self._connected:
                 self._send(
-                    message("goodbye", self._next_seq(), self.clock.now_ns(), reason="close")
+                    message("goodbye", self._next_seq(), self.clock.now_ns(), v=self.version,
+                            reason="close")
                 )
             self._sock.close(linger=200)
             self._sock = None

@@ -21,8 +21,8 @@ import numpy as np
 
 from runtime.protocols import FloatArray, PlantSpec
 
-PROTOCOL_VERSION = 1
-SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+PROTOCOL_VERSION = 2  # the newest version this build speaks
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2)  # v2 adds a command's plan (docs/protocol.md)
 MAX_MSG_BYTES = 65_536  # larger payloads are rejected before unpacking
 MAX_ARRAY_ELEMS = 4_096  # per array; a state or action is far smaller
 ALLOWED_DTYPES = ("<f8", "<f4")  # little-endian IEEE floats only
@@ -205,6 +205,10 @@ SCHEMA: dict[str, dict[str, tuple[_Check, bool, bool]]] = {
         "action": (_k_arr, True, False),
         "deadline_ns": (_k_int, True, True),
         "fallback": (_k_str, False, False),
+        "plan": (_k_arr, False, True),
+        "plan_t0_ns": (_k_int, False, False),
+        "plan_dt_ns": (_k_int, False, False),
+        "plan_obs_t_ns": (_k_int, False, True),
     },
     "heartbeat": {
         "echo_seq": (_k_int, False, False),
@@ -322,6 +326,21 @@ def _fast_command(m: dict[str, Any]) -> bool:
         and (dl is None or (type(dl) is int and _I64_MIN <= dl < _I64_END))
         and type(fb) is str
         and len(fb) <= 1024
+        and ("plan" not in m or _plan_fields(m))
+    )
+
+
+def _plan_fields(m: dict[str, Any]) -> bool:
+    p, t0, dt, ot = m["plan"], m.get("plan_t0_ns", 0), m.get("plan_dt_ns", 0), m.get(
+        "plan_obs_t_ns"
+    )
+    return (
+        (p is None or type(p) is dict)
+        and type(t0) is int
+        and _I64_MIN <= t0 < _I64_END
+        and type(dt) is int
+        and _I64_MIN <= dt < _I64_END
+        and (ot is None or (type(ot) is int and _I64_MIN <= ot < _I64_END))
     )
 
 
@@ -355,9 +374,11 @@ def new_encoder() -> Callable[[Mapping[str, Any]], bytes]:
     return pack
 
 
-def message(kind: str, seq: int, t_ns: int, **fields: Any) -> dict[str, Any]:
-    """Build a v1 message map with the common header."""
-    return {"v": PROTOCOL_VERSION, "type": kind, "seq": seq, "t_ns": t_ns, **fields}
+def message(
+    kind: str, seq: int, t_ns: int, *, v: int = PROTOCOL_VERSION, **fields: Any
+) -> dict[str, Any]:
+    """Build a message map with the common header (`v`: the session's protocol version)."""
+    return {"v": v, "type": kind, "seq": seq, "t_ns": t_ns, **fields}
 
 
 # --- spec and observation payloads ---------------------------------------------------------------

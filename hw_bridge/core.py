@@ -28,7 +28,6 @@ import numpy as np
 
 from hw_bridge.codec import (
     MAX_MSG_BYTES,
-    PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     ProtocolError,
     decode,
@@ -39,7 +38,17 @@ from hw_bridge.codec import (
     spec_to_wire,
 )
 from hw_bridge.safety import ActionLimiter, ActionRejected, Watchdog
-from runtime.protocols import Clock, Command, FloatArray, Observation, Plant
+from runtime.planfeed import (
+    DRY,
+    FALLBACK,
+    FRESH,
+    MAX_PLAN_TICKS,
+    PLAN_FED,
+    SAFE,
+    ApplyLog,
+    PlanFeed,
+)
+from runtime.protocols import Clock, Command, ExecutesPlans, FloatArray, Observation, Plant
 
 log = logging.getLogger("hw_bridge")
 
@@ -64,6 +73,7 @@ COUNTER_NAMES = (
     "send_dropped",  # outgoing frames dropped at a full queue (slow reader)
     "overruns",  # realtime ticks that started more than one period late
     "apply_errors",  # the plant raised on apply/reset (e.g. apply after the episode ended)
+    "plans_limited",  # plans (v2 commands) clamped into the box or slowed by the rate limit
 )
 
 
@@ -122,6 +132,7 @@ class _Peer:
     name: str
     last_seq: int
     last_rx_ns: int
+    version: int = 1  # the protocol version the session speaks (welcome.version)
 
 
 class ServerCore:
@@ -172,6 +183,22 @@ class ServerCore:
         self._realtime = config.mode == "realtime"
         self._encode = new_encoder()  # this core's own packer: one thread drives a core
         self._action_shape = (self.spec.action_dim,)
+        self._obs_t_ns: dict[int, int] = {}  # obs.seq -> when that state was measured
+        # Plan-ahead (v2): a plant that executes plans itself (`runtime.ExecutesPlans`, e.g.
+        # `MujocoPlant` in realtime) gets each command's plan; for any other plant (a `Driver`
+        # writes each command on arrival) this core feeds the plan at its own realtime ticks.
+        self.feeds_plans = self._realtime and not (
+            isinstance(plant, ExecutesPlans) and plant.executes_plans
+        )
+        sp = self.spec
+        self.feed = PlanFeed(sp.action_dim, low=sp.action_low, high=sp.action_high,
+                             max_rate_per_s=sp.max_action_rate_per_s,
+                             max_age_ns=round(config.watchdog_ms * 1e6))
+        self.apply_log = ApplyLog()
+        self._fresh_obs_ns: int | None = None  # a command applied since the last tick: its obs
+        self._fresh = False
+        self._held_obs_ns: int | None = None  # the observation behind the last applied action
+        self._commanded = False  # a controller command was applied since the last reset
 
     # -- start -----------------------------------------------------------------------------------
 
@@ -181,8 +208,14 @@ class ServerCore:
 
     # -- outgoing ----------------------------------------------------------------------------------
 
-    def _send(self, ident: bytes, kind: str, **fields: Any) -> None:
-        self.outbox.append((ident, self._encode(message(kind, 0, self.clock.now_ns(), **fields))))
+    def _send(self, ident: bytes, kind: str, *, v: int | None = None, **fields: Any) -> None:
+        """Queue a message for `ident`, in its session's version (v1 without a session)."""
+        if v is None:
+            peer = self.peers.get(ident)
+            v = peer.version if peer is not None else 1
+        self.outbox.append(
+            (ident, self._encode(message(kind, 0, self.clock.now_ns(), v=v, **fields)))
+        )
 
     def _error(
         self, ident: bytes, code: str, text: str, ref_seq: int | None, *, fatal: bool
@@ -200,10 +233,13 @@ class ServerCore:
         published[obs.seq] = now
         if len(published) > 16:
             del published[next(iter(published))]
+        obs_t = self._obs_t_ns
+        obs_t[obs.seq] = obs.t_ns
+        if len(obs_t) > 64:
+            del obs_t[next(iter(obs_t))]
         self.state_seq += 1
-        payload = self._encode(
-            {  # a literal, not message(**fields): this runs every tick
-                "v": PROTOCOL_VERSION,
+        state = {  # a literal, not message(**fields): this runs every tick
+                "v": 1,
                 "type": "state",
                 "seq": self.state_seq,
                 "t_ns": now,
@@ -223,15 +259,23 @@ class ServerCore:
                 "reset_seq": self.reset_seq,
                 "safe": self.safe,
             }
-        )
+        # the same state in each session's version (one encoding per version in use)
+        payloads: dict[int, bytes] = {}
         outbox = self.outbox
-        for ident in self.peers:
+        for ident, peer in self.peers.items():
+            payload = payloads.get(peer.version)
+            if payload is None:
+                state["v"] = peer.version
+                payload = payloads[peer.version] = self._encode(state)
             outbox.append((ident, payload))
         self.counters["states_sent"] += len(self.peers)
 
     def all_counters(self) -> dict[str, int]:
         """Server counters plus the plant's own, the latter prefixed `plant_`."""
         out = {k: int(v) for k, v in self.counters.items()}
+        if self.feeds_plans:
+            out.update(self.apply_log.counters())
+            out.update(self.feed.counts)
         for k, v in self.plant.counters().items():
             out[f"plant_{k}"] = int(v)
         return out
@@ -257,10 +301,10 @@ class ServerCore:
             self._error(ident, "unknown_peer", "no session: send hello", msg["seq"], fatal=False)
             return
         seq: int = msg["seq"]
-        if msg["v"] != PROTOCOL_VERSION:
+        if msg["v"] != peer.version:
             self.counters["bad_version"] += 1
             self._error(
-                ident, "bad_version", f"session speaks v{PROTOCOL_VERSION}", seq, fatal=False
+                ident, "bad_version", f"session speaks v{peer.version}", seq, fatal=False
             )
             return
         if seq <= peer.last_seq:
@@ -304,6 +348,8 @@ class ServerCore:
             self.limiter.reset()
             self._safe_now()
             self.last_apply_ns = None
+            self.feed.clear()
+            self._fresh, self._commanded, self._held_obs_ns = False, False, None
             self.reset_seq = seq
             self.publish(obs)
         elif kind == "goodbye":
@@ -371,11 +417,14 @@ class ServerCore:
             self.controller = ident
         elif self.controller == ident:
             self.controller = None
-        self.peers[ident] = _Peer(role=role, name=name, last_seq=seq, last_rx_ns=now)
+        version = max(common)
+        self.peers[ident] = _Peer(
+            role=role, name=name, last_seq=seq, last_rx_ns=now, version=version
+        )
         self._send(
             ident,
             "welcome",
-            version=max(common),
+            version=version,
             session=self.session,
             role=role,
             mode=self.config.mode,
@@ -411,14 +460,24 @@ class ServerCore:
                        message=f"arrived {(now - deadline) / 1e6:.3f} ms late",
                        lag_ns=now - msg["t_ns"])
             return
+        plan_wire = msg.get("plan") if self._realtime and self.peers[ident].version >= 2 else None
+        plan: FloatArray | None = None
+        last_before = self.limiter.last
         try:
             action = decode_array(msg["action"], field="command.action", shape=self._action_shape)
+            if plan_wire is not None:
+                plan, plan_dt = self._plan(plan_wire, msg, action)
             if self._realtime and self.last_apply_ns is not None:
                 dt_s = (now - self.last_apply_ns) * 1e-9
             else:
                 dt_s = self.spec.period_s
             res = self.limiter.limit(action, dt_s=dt_s)
+            if plan is not None:
+                lim = self.limiter.limit_plan(plan, first=res.action, dt_s=plan_dt * 1e-9)
+                plan = lim.action
+                self.counters["plans_limited"] += lim.clamped or lim.rate_limited
         except (ProtocolError, ActionRejected) as exc:
+            self.limiter.last = last_before  # nothing of a rejected command counts as applied
             self.counters["rejected"] += 1
             self._error(ident, "rejected", str(exc), seq, fatal=False)
             return
@@ -427,12 +486,19 @@ class ServerCore:
         if res.rate_limited:
             self.counters["rate_limited"] += 1
         self.plant_seq += 1
+        # the plant's own stamp of the state the command was computed from (the age of what
+        # it applies counts from there), whatever the client claims
+        obs_t = self._obs_t_ns.get(msg["obs_seq"])
         cmd = Command(
             seq=self.plant_seq,  # the server's order, so a restarted controller is not "stale"
             t_ns=now,
             action=res.action,
             deadline_ns=deadline if deadline is not None else now + self.spec.period_ns,
             fallback=str(msg.get("fallback", "")),
+            plan=plan,
+            plan_t0_ns=msg.get("plan_t0_ns", 0) if plan is not None else 0,
+            plan_dt_ns=msg.get("plan_dt_ns", 0) if plan is not None else 0,
+            obs_t_ns=obs_t,
         )
         try:
             self.plant.apply(cmd)
@@ -448,9 +514,31 @@ class ServerCore:
             log.warning("hw_bridge: control resumed on fresh command stream %d", stream)
         self.safe = False
         self.watchdog.feed(stream=stream, now_ns=now)
+        if self.feeds_plans:
+            self.feed.accept(cmd)
+            self._fresh, self._commanded, self._held_obs_ns = True, True, obs_t
         self.ack_seq = seq
         if not self._realtime:
             self.publish()
+
+    def _plan(
+        self, wire: Any, msg: dict[str, Any], action: FloatArray
+    ) -> tuple[FloatArray, int]:
+        """A v2 command's plan, decoded and checked: (N, Da) with 1 <= N <= MAX_PLAN_TICKS,
+        a positive spacing, rows for ticks after the command's own. Raises ActionRejected."""
+        plan = decode_array(wire, field="command.plan")
+        da = self.spec.action_dim
+        if plan.ndim != 2 or plan.shape[1] != da or not 1 <= plan.shape[0] <= MAX_PLAN_TICKS:
+            raise ActionRejected(
+                f"plan shape {plan.shape}, expected (N, {da}) with 1 <= N <= {MAX_PLAN_TICKS}"
+            )
+        dt = msg.get("plan_dt_ns", 0)
+        if not 0 < dt <= 1_000_000_000:
+            raise ActionRejected(f"plan_dt_ns {dt} must be in (0, 1e9]")
+        deadline = msg["deadline_ns"]
+        if deadline is not None and msg.get("plan_t0_ns", 0) <= deadline:
+            raise ActionRejected("a plan's first row must be for a tick after the command's")
+        return plan, int(dt)
 
     def _drop(self, ident: bytes, now: int, *, reason: str) -> None:
         self.peers.pop(ident, None)
@@ -508,6 +596,7 @@ class ServerCore:
         self.counters["safe_applied"] += 1
 
     def _go_safe(self, now: int, kind: str, detail: str) -> None:
+        self.feed.clear()  # the plan of a controller that went silent is never executed
         self.safe = True
         self._safe_action = None
         self._safe_action = self._safe_now()
@@ -525,6 +614,8 @@ class ServerCore:
             self.counters["watchdog_trips"] += 1
             silent_ms = (now - self.watchdog.last_valid_ns) / 1e6
             self._go_safe(now, "watchdog", f"no valid command for {silent_ms:.1f} ms")
+        if self.feeds_plans:
+            self._feed_tick(now)
         self.housekeeping(now)
         obs = self.plant.observe()
         last = self.last_obs
@@ -536,6 +627,48 @@ class ServerCore:
             return False
         self.publish(obs)
         return True
+
+    def _feed_tick(self, now: int) -> None:
+        """A plant without ticks of its own (a `Driver`): this realtime tick stands for its
+        tick. A command applied since the last tick was `fresh`; else the newest plan's
+        action for now goes to the plant (`plan_fed`, limited like a command); else the
+        hardware holds the last write (`fallback`), or the safe action (`safe`)."""
+        log = self.apply_log
+        if self._fresh:
+            self._fresh = False
+            log.record(FRESH, None if self._held_obs_ns is None else now - self._held_obs_ns)
+            return
+        if self.safe:
+            log.record(SAFE, None)
+            return
+        if not self._commanded:
+            log.record(DRY, None)
+            return
+        last = self.limiter.last
+        planned = (
+            self.feed.action_for(now, last, self.spec.period_s) if last is not None else None
+        )
+        if planned is not None:
+            res = self.limiter.limit(planned.copy(), dt_s=self.spec.period_s)
+            self.plant_seq += 1
+            try:
+                self.plant.apply(Command(self.plant_seq, now, res.action,
+                                         now + self.spec.period_ns, "plan",
+                                         obs_t_ns=self.feed.obs_t_ns))
+            except Exception as exc:
+                self.counters["apply_errors"] += 1
+                log.record(FALLBACK, None)
+                self.feed.clear()
+                self._error_log(exc)
+                return
+            self._held_obs_ns = self.feed.obs_t_ns
+            log.record(PLAN_FED, now - self.feed.obs_t_ns)
+            return
+        log.record(FALLBACK, None if self._held_obs_ns is None else now - self._held_obs_ns)
+
+    @staticmethod
+    def _error_log(exc: Exception) -> None:
+        log.error("hw_bridge: the plant refused a planned action: %s", exc)
 
     def housekeeping(self, now: int) -> None:
         self._expire_lease(now)

@@ -101,6 +101,7 @@ class _Link:
         self._session: int | None = None
         self._spec: PlantSpec | None = None
         self.mode = "lockstep"
+        self.version = 1  # the protocol version the server chose (welcome.version)
         self.limits: dict[str, Any] = {}
         self._hb_interval_ns = 100_000_000
         self._last_rx_ns = 0
@@ -181,7 +182,8 @@ class _Link:
         }
         if self.expect:
             fields["expect"] = self.expect
-        self._send(message("hello", self._next_seq(), now, **fields))
+        # a hello keeps the v1 shape in every version, and says so in its header
+        self._send(message("hello", self._next_seq(), now, v=1, **fields))
 
     def _wait_connected(self, timeout_ns: int) -> None:
         end = self.clock.now_ns() + timeout_ns
@@ -269,7 +271,7 @@ class _Link:
         self._hb_sent[seq] = now
         if len(self._hb_sent) > 64:
             self._hb_sent.pop(next(iter(self._hb_sent)))
-        self._send(message("heartbeat", seq, now))
+        self._send(message("heartbeat", seq, now, v=self.version))
         return seq
 
     def _on_message(self, payload: bytes) -> None:
@@ -298,6 +300,7 @@ class _Link:
         first = self._spec is None
         self._spec = spec
         self.mode = msg["mode"]
+        self.version = int(msg["version"])
         self.limits = dict(msg["limits"])
         hb_ms = self.limits.get("heartbeat_ms", 100.0)
         if not (type(hb_ms) in (int, float) and 1.0 <= hb_ms <= 60_000.0):

@@ -144,6 +144,32 @@ class ActionLimiter:
         self.last = out
         return LimitResult(out, clamped, rate_limited)
 
+    def limit_plan(self, plan: FloatArray, *, first: FloatArray, dt_s: float) -> LimitResult:
+        """A command's plan (N, Da), row `j` one `dt_s` after row `j - 1` and row 0 one after
+        the command's own (already limited) action `first`: the same rules as `limit`, row by
+        row (reject NaN/inf or a wrong shape, clamp into the box, then each row within the
+        rate limit of the row before). Returns a new array; `last` is not touched (a plan is
+        applied only on ticks without a fresh command, by the plant, which limits the row it
+        applies against what it applied before)."""
+        if plan.ndim != 2 or plan.shape[1:] != self.low.shape:
+            raise ActionRejected(f"plan shape {plan.shape}, expected (N, {self.low.shape[0]})")
+        if not _isfinite(plan).all():
+            raise ActionRejected("plan holds NaN or inf")
+        out = _minimum(_maximum(plan, self.low), self.high)
+        clamped = bool((out != plan).any())
+        rate_limited = False
+        rate = self.max_rate_per_s
+        if rate is not None and len(out):
+            step = rate * max(dt_s, 0.0)
+            prev = np.vstack((first[None, :], out[:-1]))
+            if bool((np.abs(out - prev) > step).any()):  # rare: walk the chain row by row
+                rate_limited = True
+                p = np.asarray(first, dtype=np.float64)
+                for j in range(len(out)):
+                    out[j] = _minimum(_maximum(out[j], p - step), p + step)
+                    p = out[j]
+        return LimitResult(out, clamped, rate_limited)
+
     def safe(self, action: FloatArray) -> FloatArray:
         """A safe action bypasses the rate limit (stopping must not be slowed down) but not the
         box; it becomes the base the next command is rate-limited from."""

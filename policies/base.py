@@ -150,6 +150,28 @@ class TorchPlannerBase:
     def goal_arg(self) -> torch.Tensor | None:
         return self.goal_n if self.Dg > 0 else None
 
+    # -- plan-ahead --------------------------------------------------------------------------
+    def _plan_rows(self, actions_n: torch.Tensor, out: npt.NDArray[np.float64]) -> int:
+        """Denormalize and clip the normalized actions `actions_n` (N, Da) into `out[:N]`
+        (fewer if `out` is shorter); returns the rows written, 0 when any is not finite (a
+        plan that cannot be trusted whole is not offered). The CPU staging buffer grows once
+        to the longest plan asked for, then is reused."""
+        n: int = min(int(actions_n.shape[0]), int(out.shape[0]))
+        if n <= 0:
+            return 0
+        staging = getattr(self, "_plan_cpu", None)
+        if staging is None or staging.shape[0] < n:
+            staging = self._plan_cpu = torch.zeros(n, self.Da)
+            self._plan_np32 = staging.numpy()
+        staging[:n].copy_(actions_n[:n])
+        rows = out[:n]
+        np.multiply(self._plan_np32[:n], self._a_std_np, out=rows)
+        np.add(rows, self._a_mean_np, out=rows)
+        if not np.isfinite(rows.sum()):
+            return 0
+        np.clip(rows, self.spec.action_low, self.spec.action_high, out=rows)
+        return n
+
     # -- action ------------------------------------------------------------------------------
     def action(self) -> npt.NDArray[np.float64]:
         """(Da,) float64, finite, within the plant's limits; planner-owned (copy to keep)."""

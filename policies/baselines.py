@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
 from policies.base import TorchPlannerBase, check_dims
@@ -136,6 +138,10 @@ class ChunkedPlanner(TorchPlannerBase):
             return 0
         self._new_chunk()
         return self.sampler.steps
+
+    def plan_into(self, out: npt.NDArray[np.float64]) -> int:
+        """`runtime.PlanSource`: the rest of the current chunk, after the row executing now."""
+        return self._plan_rows(self.chunk[self._idx + 1 :], out)
 
 
 class PerTickPlanner(ChunkedPlanner):

@@ -305,6 +305,13 @@ class RollingPlanner(TorchPlannerBase):
         self._steps_this_tick += 1
         return 1
 
+    # -- plan-ahead --------------------------------------------------------------------------
+    def plan_into(self, out: npt.NDArray[np.float64]) -> int:
+        """`runtime.PlanSource`: the clean estimates of tokens 1..H-1's actions, one row per
+        model tick after the current one (the far tokens' estimates come from noisier
+        tokens: a plant executes them only when no fresher command arrives)."""
+        return self._plan_rows(self.z_hat[0, 1:, self.Ds :], out)
+
     # -- tracing -----------------------------------------------------------------------------
     def noise_levels(self) -> npt.NDArray[np.float32]:
         """(H,) float32 copy of the per-token levels (planner-owned array, overwritten later)."""

@@ -4,7 +4,7 @@ A plan token is one step of the demonstrations: 10 ms for a model trained on 100
 double-pendulum data. Run that planner at 500 Hz and, if every tick shifted the plan by a
 token, the plan would run five times too fast, and a context of "the last two states" would
 hold states 2 ms apart instead of 10 ms: out of distribution, and the learned planners fall
-(measured: docs/benchmarks.md, the rate grid before this wrapper).
+(docs/benchmarks.md, "Rates above the model's").
 
 `TokenRate` keeps the plan on the model's time base and lets the loop tick faster:
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 
 from runtime.protocols import Observation, Planner
@@ -62,6 +63,8 @@ class TokenRate:
         self.plant_rate_hz = float(plant_rate_hz)
         self.model_rate_hz = float(model_rate_hz)
         self._refresh = getattr(inner, "refresh", None)
+        self._plan_into = getattr(inner, "plan_into", None)
+        self._tokens = np.zeros((0, 0))  # the inner planner's plan, one row per token
         self._phase = 0.0  # plant ticks since the last token boundary
         self._last_seq: int | None = None
         self.token_ticks = 0  # ticks that moved the plan a token
@@ -103,3 +106,28 @@ class TokenRate:
 
     def action(self) -> npt.NDArray[Any]:
         return self.inner.action()
+
+    def plan_into(self, out: npt.NDArray[np.float64]) -> int:
+        """`runtime.PlanSource` at the plant's rate: the inner planner's plan (one row per
+        token) held over each token's plant ticks. Row `i` is for plant tick `i + 1` after the
+        current one, which lies `phase + i + 1` ticks into the current token; while that is
+        still the current token, its row is the current action."""
+        if self._plan_into is None or out.shape[0] == 0:
+            return 0
+        r = self.ticks_per_token
+        max_tokens = math.ceil((out.shape[0] + self._phase) / r) + 1
+        if self._tokens.shape[0] < max_tokens or self._tokens.shape[1] != out.shape[1]:
+            self._tokens = np.zeros((max_tokens, out.shape[1]))
+        n_tok = self._plan_into(self._tokens)
+        if n_tok <= 0:
+            return 0
+        now = self.inner.action()
+        tokens = self._tokens
+        n = 0
+        for i in range(out.shape[0]):
+            t = math.floor((self._phase + i + 1) / r + 1e-6)  # tokens ahead of the current
+            if t > n_tok:
+                break
+            out[i] = now if t == 0 else tokens[t - 1]
+            n += 1
+        return n

@@ -11,6 +11,12 @@ Per tick `k` (period `T`, scheduled start `t0 + k*T`, deadline `t0 + k*T + T - m
    deadline has already passed, clip it into the action limits, hand the `Command` to the plant;
 5. record a `TickRecord` in the preallocated trace ring.
 
+Plan-ahead (`LoopConfig.plan_ahead`, realtime): when the planner holds a plan
+(`runtime.PlanSource`) and the plant executes plans (`runtime.ExecutesPlans`), each command
+also carries the planner's actions for the plant ticks after the command's own, so a plant
+whose controller stalls applies the plan instead of holding one stale command
+(`runtime.planfeed`).
+
 Early emit (`emit_after_steps=N`, sync mode): step 3 stops after N steps (each must fit by the
 budget's tail estimate before the command), step 4 sends the command, and the planner then
 refines on, for the ticks to come, until `budget_fraction` of the period (or the reserve before
@@ -42,9 +48,18 @@ from runtime.budget import StepBudget, for_period
 from runtime.fallback import CODE_NONE, CODE_NONFINITE, FALLBACK_NAMES, Fallback, HoldLast
 from runtime.handover import LatestAction, RefineWorker
 from runtime.loopconfig import LoopConfig
-from runtime.protocols import Clock, Command, Observation, Planner, Plant
+from runtime.planfeed import MAX_PLAN_TICKS
+from runtime.protocols import (
+    Clock,
+    Command,
+    ExecutesPlans,
+    Observation,
+    Planner,
+    PlanSource,
+    Plant,
+)
 from runtime.result import EpisodeResult, RunResult
-from runtime.rt import GcPolicy
+from runtime.rt import GcPolicy, read_steal_s
 from runtime.sidecar import Sidecar
 from runtime.ticker import Ticker
 from runtime.trace import TraceRing, read_trace
@@ -103,7 +118,18 @@ class ControlLoop:
         self._high = self.spec.action_high.copy()
         self._out = np.zeros(da)  # the action going out this tick (Da,)
         self._last = np.clip(np.zeros(da), self._low, self._high)  # last action sent (Da,)
+        self._plan = np.zeros((MAX_PLAN_TICKS, da))  # the plan sent with a command (N, Da)
         self._stop = False
+
+    def plan_source(self) -> PlanSource | None:
+        """The planner, if its plan goes out with each command: plan-ahead is on, the run is
+        realtime, the planner has a plan and the plant executes plans. Decided once per run."""
+        cfg, planner, plant = self.config, self.planner, self.plant
+        if not (cfg.plan_ahead and cfg.mode == "realtime" and isinstance(planner, PlanSource)):
+            return None
+        if not (isinstance(plant, ExecutesPlans) and plant.executes_plans):
+            return None
+        return planner
 
     def stop(self) -> None:
         """Ask the loop to stop after the current tick (thread-safe, e.g. from a signal)."""
@@ -180,6 +206,9 @@ class ControlLoop:
             )
         # Aligned, tick k starts phase_ns after plant tick k: the plant applies at its tick k+1.
         deadline_off = period - phase_ns - round(cfg.deadline_margin_s * 1e9)
+        # plan-ahead: row 0 of a command's plan is for the plant tick after the command's own
+        plan_src = self.plan_source()
+        plan_buf, plan_t0_off = self._plan, 2 * period - phase_ns
         margin_floor = margin = round(cfg.transport_margin_s * 1e9)
         # A plant behind a link may measure how long its commands take to arrive
         # (`RemotePlant.transport_margin_ns()`): the margin follows it (never below the
@@ -243,8 +272,9 @@ class ControlLoop:
         # Everything slow happens before the episode's final reset: a realtime plant starts
         # moving at that reset, and each millisecond until the first command is uncontrolled.
         # A plant's counters run for its lifetime (a served plant outlives many controllers):
-        # this run reports what changed while it ran.
+        # this run reports what changed from just before that reset to its end.
         counters_before = dict(plant.counters())
+        steal_before = read_steal_s()
         gc_policy = self.gc_policy
         if gc_policy is not None:
             gc_policy.start()  # gc.collect() + freeze: tens of ms with torch loaded
@@ -259,8 +289,15 @@ class ControlLoop:
                 # A realtime plant kept moving, uncontrolled, while the planner warmed up (and a
                 # remote one may have tripped its watchdog): start the episode afresh. The same seed
                 # gives the same initial state and disturbances.
+                counters_before = dict(plant.counters())  # the warm-up's ticks are not the run's
                 obs = plant.reset(seed=ep_seed)
-                planner.reset(obs)
+                anchor = self._anchor(obs, phase_ns) if realtime and phase_ns else None
+                if bounded_reset and anchor is not None:
+                    # the plant is moving: the first command is due at its first tick
+                    planner.reset(  # type: ignore[call-arg]
+                        obs, budget_ns=anchor + refine_off - now_ns() - self.budget.estimate_ns)
+                else:
+                    planner.reset(obs)
             worker: RefineWorker | None = None
             steps_seen = 0
             if cfg.refine == "async":
@@ -279,7 +316,9 @@ class ControlLoop:
                     observe = functools.partial(next_observation, wait_s)
             ticker = Ticker(clock, period) if realtime else None
             if ticker is not None and phase_ns:
-                self._align(ticker, obs, phase_ns)
+                # the planner's reset may have run past tick 0's start (bounded to end before
+                # its command is due): tick 0 then starts late, its command still in time
+                self._align(ticker, obs, phase_ns, late_ok_ns=refine_off - phase_ns)
             estimate_start = self.budget.estimate_ns
             fresh = True  # `obs` starts an episode: the tick does not `observe` it
             # Realtime: the planner already holds `obs` (reset above), so the first tick does
@@ -428,8 +467,15 @@ class ControlLoop:
                 maximum(out, low, out=out)  # np.clip costs 2 us here, this pair 0.8 us
                 minimum(out, high, out=out)
                 np.copyto(last, out)
+                n_plan = (
+                    plan_src.plan_into(plan_buf)
+                    if plan_src is not None and code == CODE_NONE else 0
+                )
                 t_emit0 = now_ns()
-                plant.apply(Command(k, t_emit0, out.copy(), deadline, FALLBACK_NAMES[code]))
+                plant.apply(Command(
+                    k, t_emit0, out.copy(), deadline, FALLBACK_NAMES[code],
+                    plan_buf[:n_plan] if n_plan else None, sched + plan_t0_off, period, obs.t_ns,
+                ))
                 t_emit = now_ns()
                 missed = t_emit > emit_by
                 misses += missed
@@ -482,6 +528,7 @@ class ControlLoop:
             trace.close()
             if self.sidecar is not None and trace.path is not None:
                 self.sidecar.save(trace.path)
+        steal_after = read_steal_s()
         records = trace.records() if trace.path is None else read_trace(trace.path).records
         self._last_records = records
         return RunResult(
@@ -494,6 +541,8 @@ class ControlLoop:
             stale_observations=stale,
             step_estimate_ns=(estimate_start, self.budget.estimate_ns),
             transport_margin_ns=(margin_floor, margin, margin_max),
+            steal_s=None if steal_before is None or steal_after is None
+            else steal_after - steal_before,
         )
 
     def _anchor(self, obs: Observation, phase_ns: int) -> int | None:
@@ -505,11 +554,13 @@ class ControlLoop:
         age = self.clock.now_ns() - obs.t_ns
         return obs.t_ns + phase_ns if 0 <= age < 10 * self.period_ns else None
 
-    def _align(self, ticker: Ticker, obs: Observation, phase_ns: int) -> None:
+    def _align(
+        self, ticker: Ticker, obs: Observation, phase_ns: int, *, late_ok_ns: int = 0
+    ) -> None:
         """Put the ticks `phase_ns` after the plant tick that produced `obs`, if plausible."""
         anchor = self._anchor(obs, phase_ns)
         if anchor is not None:
-            ticker.realign(anchor)
+            ticker.realign(anchor, late_ok_ns=late_ok_ns)
 
     @property
     def fallback_counts(self) -> dict[str, int]:

@@ -31,7 +31,7 @@ class LoopConfig:
     warmup_steps: refine steps run before the first tick to seed the latency estimate; the
         second half is recorded. 40 gives 20 samples, enough for the p95 to pass over one slow
         outlier (a JIT's first optimized call, a preemption): with 5, p95 is the maximum, and
-        one 1.3 ms step at 500 Hz blocked every step for seconds (measured).
+        a single 1.3 ms step at 500 Hz blocks every step for seconds.
     align_to_plant: realtime only: start each tick `phase_offset_s` after a plant tick (taken
         from the observation's timestamp after every reset), so the observation is fresh and
         the deadline falls on the plant's next tick.
@@ -48,6 +48,10 @@ class LoopConfig:
         The action after one step is the one lockstep evaluation sends (one step per tick);
         the steps after the emit still sharpen every later token, including next tick's token 0.
         What it buys: a stall (the OS, a slow step) after the emit costs no deadline.
+    plan_ahead: realtime only: send the planner's plan for the ticks after each command with
+        it, when the planner has one (`runtime.PlanSource`) and the plant executes plans
+        (`runtime.ExecutesPlans`); a plant whose controller is late then applies the plan's
+        action for that tick instead of holding the last command (`runtime.planfeed`).
     gil_switch_s: async only: the interpreter's thread switch interval while the run lasts.
         A refining worker holds the GIL between torch kernels, and a woken tick thread waits up
         to this long for it (CPython's default is 5 ms, half a 100 Hz period). None picks
@@ -69,6 +73,7 @@ class LoopConfig:
     phase_offset_s: float | None = None
     fresh_wait_s: float | None = None
     emit_after_steps: int = 0
+    plan_ahead: bool = True
     gil_switch_s: float | None = None
     budget: BudgetConfig = field(default_factory=BudgetConfig)
 

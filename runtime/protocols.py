@@ -117,6 +117,13 @@ class Command:
     `ControlLoop`. `t_ns` is when it was emitted; `deadline_ns` the last instant at which the
     plant may apply it (later, the plant discards it and counts a miss). `fallback` names the
     fallback that produced the action ("" when the planner did).
+
+    Plan-ahead (optional): `plan` (N, Da) holds the planner's actions for the plant's next
+    ticks, row `j` for the tick at `plan_t0_ns + j * plan_dt_ns`; a plant that executes plans
+    (`runtime.planfeed`) applies them on ticks where no fresh command arrived in time.
+    `obs_t_ns` is when the observation behind the action and plan was measured (the age of
+    what the plant applies counts from it); None when unknown. A plan is the sender's buffer:
+    a plant that keeps it copies it.
     """
 
     seq: int
@@ -124,6 +131,10 @@ class Command:
     action: FloatArray
     deadline_ns: int
     fallback: str = ""
+    plan: FloatArray | None = None
+    plan_t0_ns: int = 0
+    plan_dt_ns: int = 0
+    obs_t_ns: int | None = None
 
 
 @runtime_checkable
@@ -147,6 +158,32 @@ class Plant(Protocol):
     def counters(self) -> dict[str, int]: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ExecutesPlans(Protocol):
+    """A plant that applies a command's plan itself on its ticks (`MujocoPlant` in realtime).
+
+    A plant server serving one leaves the plan to it; for any other plant (a `Driver` writes
+    each command on arrival and has no ticks of its own) the server feeds the plan on its own
+    ticks. `executes_plans` may be False for a plant that has the method but not the mode
+    (lockstep). `apply_counters()` are the `runtime.planfeed` counts of what it applied."""
+
+    executes_plans: bool
+
+    def apply_counters(self) -> dict[str, int]: ...
+
+
+@runtime_checkable
+class PlanSource(Protocol):
+    """A planner that holds a plan for the ticks after the current one.
+
+    `plan_into(out)` writes the actions it plans for the next plant ticks into `out` (rows
+    for ticks 1, 2, ... after the current tick's, at the rate the loop runs, in the plant's
+    units) and returns how many rows it wrote (0: no plan now). It runs once per tick after
+    `action()`, so it must be cheap and must not allocate on the per-tick path."""
+
+    def plan_into(self, out: FloatArray) -> int: ...
 
 
 @runtime_checkable

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.planfeed import SOURCE_NAMES, age_quantiles
 from runtime.stats import DeadlineStats
 
 
@@ -37,6 +38,7 @@ class RunResult:
     # the transport margin (emit this long before the deadline) at the start, the end, and its
     # largest value, ns: fixed unless the plant measures its link (`transport_margin_ns()`)
     transport_margin_ns: tuple[int, int, int] = (0, 0, 0)
+    steal_s: float | None = None  # host steal during the run (/proc/stat), None where unknown
 
     def stats(self) -> DeadlineStats:
         return DeadlineStats.from_records(self.records, period_ns=self.period_ns)
@@ -65,6 +67,12 @@ class RunResult:
         out["replans_per_s"] = replans / (n * self.period_ns * 1e-9) if n else 0.0
         if self.mode == "realtime":
             out["plant_misses"] = int(self.plant_counters.get("late", 0))
+            pc = self.plant_counters
+            if any(k in pc for k in SOURCE_NAMES):  # a plant that says what it applied
+                out["plant"] = {k: int(pc.get(k, 0)) for k in SOURCE_NAMES}
+                p50, p99 = age_quantiles(pc)
+                out["action_age_ms"] = {"p50": p50, "p99": p99}
+        out["steal_s"] = self.steal_s
         if self.trace_path is not None:
             out["trace"] = self.trace_path
         return out

@@ -82,6 +82,32 @@ class GcPolicy:
                 gc.enable()
 
 
+def read_steal_jiffies(path: str = "/proc/stat") -> int | None:
+    """The hypervisor steal counter: the "cpu" line's 8th value, in 1/CLK_TCK s; None where
+    there is none (not Linux, or a kernel without it)."""
+    try:
+        with open(path, "rb") as f:
+            fields = f.readline().split()
+        return int(fields[8]) if fields[:1] == [b"cpu"] and len(fields) > 8 else None
+    except (OSError, ValueError):
+        return None
+
+
+def read_steal_s(path: str = "/proc/stat") -> float | None:
+    """Host steal so far, in seconds summed over all CPUs (`read_steal_jiffies` / CLK_TCK):
+    the time the hypervisor ran someone else while this machine's CPUs had work. The
+    difference of two readings is the steal of the interval between; every deadline figure
+    carries it."""
+    jiffies = read_steal_jiffies(path)
+    if jiffies is None:
+        return None
+    try:
+        tck = os.sysconf("SC_CLK_TCK")
+    except (ValueError, OSError):
+        tck = 100
+    return jiffies / tck
+
+
 def cap_threads(n: int = 1) -> list[str]:
     """Cap math-library thread pools at `n`; returns what was set."""
     if n < 1:

@@ -53,15 +53,19 @@ class Ticker:
         """Index of the next tick `wait()` will consider (skips may move past it)."""
         return self._next_k
 
-    def realign(self, anchor_ns: int) -> None:
+    def realign(self, anchor_ns: int, *, late_ok_ns: int = 0) -> None:
         """Move the schedule onto `anchor_ns + j*T`, keeping the tick numbering.
 
-        The next tick becomes the first such instant that is not in the past. Used to put the
-        controller's ticks just after the plant's (the anchor is a plant tick plus a phase
-        offset), so each observation is fresh and each command lands before the next plant tick.
+        The next tick becomes the first such instant that is not in the past, or `anchor_ns`
+        itself if it passed less than `late_ok_ns` ago (that tick then starts late rather than
+        not at all). Used to put the controller's ticks just after the plant's (the anchor is
+        a plant tick plus a phase offset), so each observation is fresh and each command lands
+        before the next plant tick.
         """
         now = self.clock.now_ns()
         j = max(0, -(-(now - anchor_ns) // self.period_ns))  # ceil((now - anchor) / T)
+        if now - anchor_ns < late_ok_ns:
+            j = 0
         self.t0_ns = anchor_ns + j * self.period_ns - self._next_k * self.period_ns
 
     def scheduled_ns(self, k: int) -> int:

@@ -17,6 +17,12 @@ and steps physics one period. The plant is the ground truth for deadline misses:
   plant itself fell behind; it then catches up, tick after tick, so simulated time keeps
   tracking the clock).
 
+Plan-ahead (`runtime.planfeed`): a command may carry the planner's actions for the next ticks.
+A tick with no fresh command applies the newest accepted plan's action for that tick (counted
+`plan_fed`) before it falls back to holding (`fallback`); a command marked `watchdog` (a plant
+server's safe action) is held as `safe`; ticks before the first command of an episode are
+`dry`. Each tick also records the age of what it applied (`runtime.planfeed.ApplyLog`).
+
 The thread calls `step_realtime_tick()`; tests construct the plant with `run_thread=False`
 and a `FakeClock` and call it themselves, so the accounting is checked without sleeping.
 When an episode ends the realtime plant stops stepping physics until `reset()`.
@@ -31,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from runtime import Clock, Command, MonotonicClock, Observation, PlantSpec
+from runtime.planfeed import DRY, FALLBACK, FRESH, PLAN_FED, SAFE, ApplyLog, PlanFeed
 from sims.registry import make_task_env
 from sims.tasks.base import TaskEnv
 
@@ -57,6 +64,7 @@ class MujocoPlant:
         rate_hz: float | None = None,
         disturbances: bool = True,
         run_thread: bool = True,
+        plan_max_age_s: float | None = None,
         **task_config: Any,
     ) -> None:
         if mode not in ("lockstep", "realtime"):
@@ -86,6 +94,29 @@ class MujocoPlant:
         self._run_thread = run_thread
         # realtime: tick start minus its schedule (ns), the newest 1e6 ticks
         self.tick_lateness_ns: deque[int] = deque(maxlen=1_000_000)
+        sp = self._spec
+        self._feed = PlanFeed(
+            sp.action_dim, low=sp.action_low, high=sp.action_high,
+            max_rate_per_s=sp.max_action_rate_per_s,
+            max_age_ns=None if plan_max_age_s is None else round(plan_max_age_s * 1e9),
+        )
+        self._log = ApplyLog()
+        self._source = DRY  # what holding `_action` counts as: DRY, FALLBACK or SAFE
+        self._held_obs_ns: int | None = None  # the observation behind the held action
+
+    @property
+    def executes_plans(self) -> bool:
+        """Realtime only: in lockstep each command steps the plant, nothing is ever late."""
+        return self.mode == "realtime"
+
+    def apply_counters(self) -> dict[str, int]:
+        with self._lock:
+            return self._apply_counters()
+
+    def _apply_counters(self) -> dict[str, int]:
+        out = self._log.counters()
+        out.update(self._feed.counts)
+        return out
 
     # ------------------------------------------------------------------ Plant API
 
@@ -105,6 +136,8 @@ class MujocoPlant:
             obs, info = self._env.reset(seed=seed)
             self._action = self._env.neutral_action()
             self._pending = None
+            self._feed.clear()
+            self._source, self._held_obs_ns = DRY, None
             self._last_seq = -1
             self._counts["episodes"] += 1
             now = self._clock.now_ns()
@@ -151,11 +184,16 @@ class MujocoPlant:
             if self._pending is not None:
                 self._counts["superseded"] += 1
             self._last_seq = cmd.seq
-            self._pending = Command(cmd.seq, cmd.t_ns, action.copy(), cmd.deadline_ns)
+            self._pending = Command(cmd.seq, cmd.t_ns, action.copy(), cmd.deadline_ns,
+                                    cmd.fallback, obs_t_ns=cmd.obs_t_ns)
+            self._feed.accept(cmd)  # copies the plan; a command without one clears it
 
     def counters(self) -> dict[str, int]:
         with self._lock:
-            return dict(self._counts)
+            out = dict(self._counts)
+            if self.mode == "realtime":
+                out.update(self._apply_counters())
+            return out
 
     def close(self) -> None:
         self._stop.set()
@@ -202,13 +240,27 @@ class MujocoPlant:
             if now - scheduled > self._period_ns:
                 self._counts["overruns"] += 1
             self._next_tick_ns = scheduled + self._period_ns
-            if self._pending is not None:
-                action = self._pending.action
+            pending, log = self._pending, self._log
+            if pending is not None:
+                action = pending.action
                 self._pending = None
                 self._counts["applied"] += 1
+                self._held_obs_ns = pending.obs_t_ns
+                self._source = SAFE if pending.fallback == "watchdog" else FALLBACK
+                log.record(SAFE if self._source == SAFE else FRESH, self._age(scheduled))
             else:
-                action = self._action
-                self._counts["held"] += 1
+                planned = (
+                    self._feed.action_for(scheduled, self._action)
+                    if self._source == FALLBACK else None
+                )
+                if planned is not None:
+                    action = planned.copy()
+                    self._held_obs_ns = self._feed.obs_t_ns
+                    log.record(PLAN_FED, scheduled - self._feed.obs_t_ns)
+                else:
+                    action = self._action
+                    self._counts["held"] += 1
+                    log.record(self._source, self._age(scheduled))
             # The state this tick computes is stamped with the tick's scheduled instant, not
             # the moment the step finished: controllers align to it, and their deadline
             # (stamp + period) is then exactly this plant's next tick.
@@ -216,6 +268,13 @@ class MujocoPlant:
             if self._obs.done:
                 self._running.clear()
             return True
+
+    def _age(self, tick_ns: int) -> int | None:
+        """How old the information behind the held action is at `tick_ns`; None when unknown
+        (no command yet, a safe action, a command without its observation's time)."""
+        if self._source != FALLBACK or self._held_obs_ns is None:
+            return None
+        return tick_ns - self._held_obs_ns
 
     def _loop(self) -> None:
         while not self._stop.is_set():
