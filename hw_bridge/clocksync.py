@@ -10,7 +10,7 @@ last `window` samples and uses that one.
 The window is long on purpose (256 samples: about 25 s at the client's 100 ms heartbeat).
 Every switch of the chosen sample moves the mapping between the two clocks, and with it every
 deadline the controller sends, by up to half a round trip; on a loaded machine round trips of
-several milliseconds come and go, and a 16-sample window switched every second or two, enough
+several milliseconds come and go, and a 16-sample window switches every second or two, enough
 to turn commands sent 2 ms early into "late" ones at the plant. Two monotonic clocks drift by
 parts per million, microseconds over such a window.
 """

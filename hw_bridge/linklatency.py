@@ -14,7 +14,7 @@ and offers a margin: the `quantile` of the window plus a guard (`guard_frac` of 
 `guard_ns`), so a run's controller counts as missed what the plant would count late, bar the
 rare stall beyond the quantile. Until `min_samples` (200) have arrived it offers nothing (None)
 and the control loop keeps its configured margin: with fewer, p99 is the maximum, and the first
-commands of a run wait behind the plant's reset (a 2 ms margin at 250 Hz was seen that way).
+commands of a run wait behind the plant's reset (a margin of 2 ms at 250 Hz comes of it).
 The quantile is recomputed at most once per `refresh` samples (the loop asks every 32 ticks).
 """
 

@@ -4,13 +4,12 @@ Every message leaves and arrives through the context's I/O thread. Created after
 `runtime.rt.try_realtime`, that thread inherits the caller's SCHED_FIFO priority, and under
 SCHED_FIFO equal priorities do not preempt each other: a command handed to ZeroMQ waits until
 the control thread blocks (or another core is free) before it is written to the socket, and a
-frame that arrives waits the same way before the serving thread hears of it. On this project's
-2-core VM the send-to-plant time of a 100 Hz rolling controller (which computes for most of
-each tick) measured p50 ~560 us against ~320 us for the MLP (which computes for 0.1 ms).
-Measured effect (docs/benchmarks.md, bench bridge): over four alternating `rtdiff bench bridge
---rt-priority 20` runs the bridge's round trip went from 1.07-1.16x the bare ping-pong's at
-p50 (I/O threads at the caller's level) to 0.92-1.15x (one level above); small, and within
-this VM's run-to-run spread, but in the expected direction in 3 of 4 pairs.
+frame that arrives waits the same way before the serving thread hears of it: on a 2-core
+machine the send-to-plant time of a controller that computes for most of each tick (the 100 Hz
+rolling planner) is markedly longer than that of one that computes for 0.1 ms (the MLP). One
+level above the caller, the bridge's round trip moves towards the bare ping-pong's; the effect
+is small against the run-to-run spread of a shared VM (docs/benchmarks.md, "ZeroMQ's I/O
+thread one SCHED_FIFO level above the caller").
 
 `new_context()` asks libzmq (`ZMQ_THREAD_SCHED_POLICY`, `ZMQ_THREAD_PRIORITY`) to start the I/O
 thread one SCHED_FIFO level above the calling thread, so a message moves as soon as it is

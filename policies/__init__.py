@@ -109,7 +109,7 @@ def load_planner(
     `cpu_threads` sets torch's intra-op thread count (process-wide) when `device` is "cpu";
     None leaves it alone. The default is 1: these models are far too small to gain from a
     second thread, and on a loaded 2-core machine torch's extra thread spins against the plant
-    and everything else (training measured 16x slower per step on 2 threads than on 1).
+    and everything else (training runs about 16x slower per step on 2 threads than on 1 there).
     """
     if device == "cpu" and cpu_threads is not None:
         torch.set_num_threads(cpu_threads)

@@ -13,7 +13,7 @@ their percentiles are over chunk ticks only.
 `--idle-us N` leaves N microseconds between ticks (slept, or spun with `--idle-spin`), as a
 control loop does between its ticks' work. Back to back (the default), each step finds the
 model's weights and the interpreter's state in the caches the previous step left; after an
-idle gap it may not, and on this project's VM a step after 1.5 ms of idle measured about twice
+idle gap it may not, and on a small shared VM a step after 1.5 ms of idle can take about twice
 its back-to-back latency (docs/benchmarks.md, "Refine-step latency"): the figure a realtime
 loop's step budget actually sees.
 """

@@ -27,7 +27,7 @@ to a new target, not the push. A push overlaps a jump when the target jumps betw
 first tick and its recovery (`jump_during_recovery`), or when the push begins before the arm
 has once been within tolerance of the target it is reaching for since that target last jumped
 (`jump_before_settled`; the target set at reset counts as a jump). Tasks without a goal never
-exclude a push, so their figures are those of the angle-only version of this file.
+exclude a push.
 
 `vs_renoise` in the output pairs the variants push by push (the same seeds put the same pushes
 at the same ticks): the other variant's recovery ticks minus re-noising's, with a seeded

@@ -3,9 +3,9 @@
 These models are tiny (a 2 x 64 transformer over ~11 tokens): a forward pass is ~60 small
 kernels, and on a CPU the time goes to PyTorch's per-operator dispatch from Python rather
 than to arithmetic. Tracing the forward once and freezing it (weights folded in as constants,
-the graph optimized for inference) runs the same kernels from one C++ call: measured on this
-project's 2-core VM for `rolling:double-pendulum` (`python -m policies.bench`, see
-docs/benchmarks.md), the refine step's p50 drops by about 40 %.
+the graph optimized for inference) runs the same kernels from one C++ call: for
+`rolling:double-pendulum` on a 2-core CPU the refine step's p50 drops by about 40 %
+(`python -m policies.bench`, figures in docs/benchmarks.md).
 
 `freeze_for_cpu(model)` returns a drop-in module (same call signature, same `cfg`) or the
 model itself when tracing is unavailable or the traced module does not reproduce the eager

@@ -9,13 +9,14 @@ What it computes: given noisy plan tokens `x` (B, H, Dz), each at its own noise 
 (B, H) in [0, 1] (flow matching: `x_j = (1 - tau_j) z_j + tau_j eps_j`), and clean context
 (the current and a few past normalized states, the goal), it predicts the clean tokens
 `z_hat` (B, H, Dz). We predict the clean token rather than the velocity because the planner
-reads its action straight from the clean estimate of token 0 (DESIGN, `action()`); the
-velocity is `(x - z_hat) / tau` whenever a sampler wants it.
+reads its action straight from the clean estimate of token 0 (docs/architecture.md, "The
+rolling buffer"); the velocity is `(x - z_hat) / tau` whenever a sampler wants it.
 
-Attention aligned with token roles (the seed paper's finding): context tokens attend only to
-context, plan tokens attend to context and plan. So the context representation never depends on
-the noisy plan, in any layer. `aligned_attention=False` lets every token see every token, for
-the ablation.
+Attention aligned with token roles (docs/architecture.md, "Aligned attention", after the
+finding of "DLLM Agent: See Farther, Run Faster", 2026): context tokens attend only to context,
+plan tokens attend to context and plan. So the context representation never depends on the
+noisy plan, in any layer. `aligned_attention=False` lets every token see every token, for the
+ablation.
 
 With `global_cond=True` the whole context, flattened (states and goal), also goes through one
 linear layer into every plan token's input embedding (Diffusion Policy's global conditioning):
@@ -100,8 +101,8 @@ class AngleFeatures(nn.Module):
     denormalized angle dims. With no angle dims it returns its input unchanged.
 
     `angle_mean`/`angle_std` (na,) are persistent buffers (saved with the weights); the trainer
-    sets them from the normalizer. An empty `dims` adds no parameters and no buffers, so older
-    checkpoints load as before.
+    sets them from the normalizer. An empty `dims` adds no parameters and no buffers, so
+    checkpoints without angle dims load unchanged.
     """
 
     def __init__(self, dims: tuple[int, ...]) -> None:

@@ -1,7 +1,7 @@
 """Per-token noise levels: the ramp, the refine step, re-noising, and training-time levels.
 
 Flow matching with per-token time: token j of the plan is `x_j = (1 - tau_j) z_j + tau_j eps_j`,
-`tau_j = 0` clean, `tau_j = 1` pure noise (DESIGN, "The rolling buffer").
+`tau_j = 0` clean, `tau_j = 1` pure noise (docs/architecture.md, "The rolling buffer").
 
 - Ramp: `l(j) = min(1, j / Hc)`. At the end of a tick token j sits at `l(j)`; after the shift
   it sits at `l(j + 1)` and must get back down to `l(j)` by the end of the next tick.

@@ -8,26 +8,27 @@ but the deadline is lost to the slow step that comes once in twenty.
 
 Why not the window's maximum (p99 of 64 samples is the maximum): one preemption by the OS
 during one step then blocks every step for the next 64 samples, and since blocked steps produce
-no samples, the estimate never recovers. We saw exactly that in `rtdiff bench tick` (a 1.6 ms
-outlier during warm-up starved the planner for the whole run). With p95 of 128, the estimate
-moves once about seven slow samples arrived: a real 5x slow-down is picked up within the first
-tick at 10 steps per tick (within seven ticks at one step per tick), a lone outlier is ignored.
+no samples, the estimate never recovers: a single 1.6 ms outlier during warm-up is enough to
+starve the planner for a whole run. With p95 of 128, the estimate moves once about seven slow
+samples arrived: a real 5x slow-down is picked up within the first tick at 10 steps per tick
+(within seven ticks at one step per tick), a lone outlier is ignored (docs/architecture.md,
+"The step budget").
 
 Starvation and recovery. Blocked steps produce no samples, so a window full of slow samples
-(a stall during the warm-up, a slow spell) could block every step for good, and a planner that
-never refines is worse than one that misses now and then: a rolling plan that is shifted but
-never denoised stops being a plan (double-pendulum at 250 Hz fell within 0.5 s, every episode,
-while the old rule waited 200 blocked ticks for one probe). So after `probe_after_s` (20 ms;
+(a stall during the warm-up, a slow stretch of the machine) could block every step for good,
+and a planner that never refines is worse than one that misses now and then: a rolling plan
+that is shifted but never denoised stops being a plan (a double-pendulum at 250 Hz falls
+within half a second of a starved budget). So after `probe_after_s` (20 ms;
 `probe_after_ticks` when no period is known) of ticks with every step blocked, the budget
 *recovers*: one step per tick, the tick's first, when the median of the last 8 steps (same
 margins) fits the room, so the plan keeps being denoised and the window refills with fresh
 samples; if even that blocks for another `probe_after_s`, one probe step runs anyway at the
 start of a tick (a planner that became fast shows it there), and again on the next tick while
 the probes fit. It returns to the p95 as soon as the p95 estimate fits the room a tick had for
-its first step. One step per tick, not as many as the median allows: planning a whole tick on
-the median overshot the tick's end on up to a fifth of the ticks at 250 Hz (measured, 18:35
-UTC), each a miss and a held command. Recovery can still cost misses (a step slower than the
-room, or a probe that is still slow); they are counted like any other.
+its first step. One step per tick, not as many as the median allows: a whole tick planned on
+the median overshoots the tick's end often (up to a fifth of the ticks at 250 Hz on a loaded
+2-core machine), each overshoot a miss and a held command. Recovery can still cost misses (a
+step slower than the room, or a probe that is still slow); they are counted like any other.
 
 Before and after the command (the loop's early emit, `LoopConfig.emit_after_steps`). A step
 that overruns before the command is sent costs a deadline: the plant holds its old command. A
@@ -35,11 +36,12 @@ step that overruns after it costs only a later start of the next tick, which has
 early emit leaves. So a step before the command must fit by the tail (`emit_quantile`, p99 by
 default: `fits_before_emit`) of the ticks' *first* steps, kept in a window of their own, and
 never runs while the budget is recovering; the steps after it plan with the p95 of all steps
-and take recovery's first step and probes, where a slow one is harmless. Measured at 500 Hz on
-the 2-core VM: with the p95 of all steps, a first step started and then overran the command's
-deadline on 2-4 % of ticks; with the p99 of all steps, 0.2 %, the misses being first steps of
-0.9-1.1 ms against a window of mostly back-to-back steps of 0.3-0.5 ms (a tick's first step
-runs after the wait, the observation and the link's I/O, with colder caches).
+and take recovery's first step and probes, where a slow one is harmless. A tick's first step
+runs after the wait, the observation and the link's I/O, with colder caches, and is the slow
+one: on a 2-core VM at 500 Hz its tail reaches 0.9-1.1 ms while the window of all steps holds
+mostly back-to-back steps of 0.3-0.5 ms, so a first step planned with that window's p95 (or
+even its p99) overruns the command's deadline on a share of ticks that the first steps' own
+p99 avoids (docs/benchmarks.md, "Early emit").
 
 Before the first sample there is no evidence, so the estimate is `prior_step_ns` (make it
 pessimistic); `ControlLoop.warmup` feeds a few measured steps before the first tick.

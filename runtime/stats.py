@@ -173,7 +173,8 @@ class DeadlineStats:
         )
 
     def to_json(self, *, include_histograms: bool = False) -> dict[str, Any]:
-        """Plain-Python dict (json.dumps-able) with DESIGN's `run --json` names plus extras."""
+        """Plain-Python dict (json.dumps-able) with the `run --json` names (docs/architecture.md,
+        "The run JSON contract") plus extras."""
         out: dict[str, Any] = {
             "ticks": self.ticks,
             "misses": self.misses,

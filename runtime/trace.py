@@ -9,11 +9,11 @@ Why it looks like this:
   is about 10x slower (~400 ns a field), which is why the hot path deals in indices.
 - When a chunk fills, its number goes on a `queue.SimpleQueue` to a writer thread that copies
   the rows and writes `chunk_{n:06d}.npz` atomically (temp name in the same directory, fsync,
-  `os.replace`), so a reader never sees a half-written chunk under its final name. Measured on
-  the 2-core dev VM (2026-11-23, Da=7, 1024-row chunks): `next_slot()+commit()` ~130 ns; the
-  commit that ends a chunk ~5-10 us (waking the writer is a futex syscall); the writer spends
-  ~1.4 ms wall per chunk, ~0.2 ms of it in Python holding the GIL (`np.savez`), the rest in
-  fsync with the GIL released. That GIL time is the writer's real cost to the loop's jitter:
+  `os.replace`), so a reader never sees a half-written chunk under its final name. On a
+  2-core VM (Da=7, 1024-row chunks) `next_slot()+commit()` costs ~130 ns; the commit that ends
+  a chunk ~5-10 us (waking the writer is a futex syscall); the writer spends ~1.4 ms wall per
+  chunk, ~0.2 ms of it in Python holding the GIL (`np.savez`), the rest in fsync with the GIL
+  released. That GIL time is the writer's real cost to the loop's jitter:
   larger chunks make it rarer, `path=None` removes it.
 - No record is lost on wrap. Before the loop starts overwriting a ring chunk it checks, under
   a lock the writer holds only for a few bytecodes (never during a copy or I/O), whether the

@@ -167,7 +167,8 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
             cap_threads(1)  # the plant's own thread needs the other core
         remote = not args.plant.startswith("sim:")
         # early emit by default for anytime planners in realtime: their plan stays valid between
-        # steps; lockstep has no clock to beat and keeps refine-then-send (its results as before)
+        # steps; lockstep has no clock to beat and keeps refine-then-send (`--steps-per-tick K`
+        # evaluations mean the action after K steps)
         emit_after = getattr(args, "emit_after", None)
         if emit_after is None:
             emit_after = int(getattr(planner, "anytime", False) and args.refine == "sync"

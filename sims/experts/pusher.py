@@ -3,10 +3,10 @@
 The palm (the wrist-roll link, which carries the fork) follows a Cartesian target and a wanted
 orientation: fingers level and pointing along the push, the palm capsule level and across it,
 so the fork straddles the puck and the palm pushes it (without orientation control the palm
-capsule speared the puck end-on, and the fingers jammed into the table when it tried to go
-down). The 6-D error (position, rotation) is mapped to a joint step by damped least squares
-(the episode starts with the arm stretched, a singularity), a posture pull acts in the null
-space, and tau = Kp dq + Kpost null(q_post - q) - Kd qdot (the model has no gravity).
+capsule spears the puck end-on, and the fingers jam into the table on the way down). The 6-D
+error (position, rotation) is mapped to a joint step by damped least squares (the episode
+starts with the arm stretched, a singularity), a posture pull acts in the null space, and
+tau = Kp dq + Kpost null(q_post - q) - Kd qdot (the model has no gravity).
 
 The target is a small state machine on the geometry, recomputed every tick:
 

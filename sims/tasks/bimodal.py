@@ -1,11 +1,11 @@
 """`bimodal`: pass a block on a side the expert picks at random; the side is never observed.
 
-Design (the reasoning and every design tried, with measurements, are in docs/tasks.md): a
-velocity-controlled disc (the action is the velocity command, m/s) starts at y = 0 with x0
-drawn uniformly in [-0.3, 0.3] m, in front of a block 0.6 m wide at y = 1, and must cross the
-finish line y = 2 within 5 s. Touching the block ends the episode as a failure. The expert
-picks left or right with probability 1/2 and heads diagonally for a point beside the block, so
-its actions are bimodal from the first tick.
+Design (the reasoning is in docs/tasks.md, "bimodal"): a velocity-controlled disc (the action
+is the velocity command, m/s) starts at y = 0 with x0 drawn uniformly in [-0.3, 0.3] m, in
+front of a block 0.6 m wide at y = 1, and must cross the finish line y = 2 within 5 s. Touching
+the block ends the episode as a failure. The expert picks left or right with probability 1/2
+and heads diagonally for a point beside the block, so its actions are bimodal from the first
+tick.
 
 What keeps the mode hidden: the disc senses its *unsigned* lateral offset from the block's
 axis and its progress, state = (|x|, y) (a symmetric sensor, e.g. ranges to two beacons
@@ -16,8 +16,8 @@ tell the side; only a controller's memory of what it already commanded can. The 
 privileged teacher: it reads the true signed position from `info["xy"]`, which the env reports
 every tick (for the expert and for analysis; learned policies see only the state).
 
-Why not the signed position (x, y), the first design: position-only designs let an averaging
-policy succeed anyway (measured, docs/tasks.md): where the two modes' paths overlap, the
+Why not the signed position (x, y): with a signed state an averaging policy succeeds anyway
+(docs/tasks.md, "Why not the signed position"): where the two modes' paths overlap, the
 regressor's mean action keeps it between them until the paths separate, and from there the
 data show a feasible path to the nearer side. With the mirror-symmetric state the mean of
 the two modes has a zero lateral command everywhere, which meets the block head on.

@@ -23,8 +23,8 @@ from sims.tasks.base import TaskEnv, TaskInfo, gym_asset
 
 GOAL_TOL_M = 0.08
 # The MJCF's puck has density 0.01 (an 8 mg puck). MuJoCo's soft contacts scale their
-# stiffness with the bodies' effective mass, so the palm sank ~5 cm into that puck while
-# moving it at ~2 cm/s (measured; docs/tasks.md). A 0.1 kg puck (density 127 kg/m^3) is
+# stiffness with the bodies' effective mass, so the palm sinks ~5 cm into that puck and
+# moves it at ~2 cm/s (docs/tasks.md, "pusher"). A 0.1 kg puck (density 127 kg/m^3) is
 # pushed like a puck.
 PUCK_DENSITY_KG_M3 = 127.0
 
