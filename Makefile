@@ -19,6 +19,7 @@ venv: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check runtime policies sims hw_bridge tests
 	$(BIN)/mypy runtime hw_bridge policies sims
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/python -m pytest -m "not slow"
@@ -31,4 +32,4 @@ bench: $(STAMP)
 	$(BIN)/rtdiff bench bridge
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

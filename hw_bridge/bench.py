@@ -404,11 +404,25 @@ def _run_bench(
     return out
 
 
-def cli_bench_bridge(args: argparse.Namespace) -> int:
-    """`rtdiff bench bridge [--seconds S] [--json] [--rt-priority P]`; `args.mlock` and
-    `args.pin` (the mitigations, off unless the parser provides them)."""
-    from runtime.cli import CliError
+class BenchError(RuntimeError):
+    """The bridge benchmark failed (a server process, the link or a socket); the message is one
+    line for the user."""
 
+
+def cli_bench_bridge(args: argparse.Namespace) -> int:
+    """`rtdiff bench bridge`, the target the subcommand table names: runs
+    `runtime.cli.bench_bridge`, which calls `bench_bridge_from_args` and prints its `BenchError`
+    as the CLI's one-line error."""
+    from runtime.cli.bench_bridge import cli_bench_bridge as run_cli
+
+    return run_cli(args)
+
+
+def bench_bridge_from_args(args: argparse.Namespace) -> int:
+    """`rtdiff bench bridge [--seconds S] [--json] [--rt-priority P]`; `args.mlock` and
+    `args.pin` (the mitigations, off unless the parser provides them). Raises `BenchError`
+    (one line) when the benchmark fails.
+    """
     rt = getattr(args, "rt_priority", None)
     if rt:  # before the server processes start: they inherit the policy
         from runtime.rt import try_realtime
@@ -423,7 +437,7 @@ def cli_bench_bridge(args: argparse.Namespace) -> int:
         )
         res["rt_priority"] = rt
     except (BridgeError, OSError, zmq.ZMQError) as exc:
-        raise CliError(f"bridge benchmark failed: {exc}") from exc
+        raise BenchError(f"bridge benchmark failed: {exc}") from exc
     if args.json:
         print(json.dumps(res))
         return 0

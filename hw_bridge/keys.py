@@ -27,6 +27,11 @@ from zmq.auth.thread import ThreadAuthenticator
 ALLOWLIST = "authorized_clients"
 
 
+class KeysError(ValueError):
+    """`rtdiff keys` cannot run (a bad client name, an unwritable directory); the message is
+    one line for the user."""
+
+
 def make_keys(out: Path, *, client: str = "client") -> list[Path]:
     """Create the server pair (if missing) and the client pair `client`, and allow the client.
     Existing files are never overwritten. Returns the files written."""
@@ -80,16 +85,22 @@ def client_curve(sock: zmq.Socket[Any], keys_dir: Path, *, client: str = "client
 
 
 def cli_keys(args: argparse.Namespace) -> int:
-    """`rtdiff keys --out DIR [--client NAME]`."""
-    from runtime.cli import CliError
+    """`rtdiff keys`, the target the subcommand table names: runs `runtime.cli.keys`, which
+    calls `keys_from_args` and prints its `KeysError` as the CLI's one-line error."""
+    from runtime.cli.keys import cli_keys as run_cli
 
+    return run_cli(args)
+
+
+def keys_from_args(args: argparse.Namespace) -> int:
+    """`rtdiff keys --out DIR [--client NAME]`; raises `KeysError` (one line)."""
     client = getattr(args, "client", "client") or "client"
     if not client.replace("-", "").replace("_", "").isalnum():
-        raise CliError(f"--client {client!r}: use letters, digits, '-' and '_'")
+        raise KeysError(f"--client {client!r}: use letters, digits, '-' and '_'")
     try:
         written = make_keys(Path(args.out), client=client)
     except OSError as exc:
-        raise CliError(f"cannot write keys to {args.out}: {exc}") from exc
+        raise KeysError(f"cannot write keys to {args.out}: {exc}") from exc
     for p in written:
         print(p)
     if not written:

@@ -123,19 +123,27 @@ def load_planner(
 def model_rate_hz(ckpt: Checkpoint) -> float | None:
     """The control rate the checkpoint's demonstrations were recorded at (one plan token).
 
-    `rate_hz` in its training record when there is one; otherwise the rate of its task in the
-    simulated-task registry (`rtdiff collect` records at the task's own rate); None when
-    neither is known (then the planner runs at whatever rate the plant has, unwrapped).
+    `rate_hz` in its training record (`config.json`'s `train.rate_hz`): every shipped
+    checkpoint and every one `rtdiff train` writes from an `rtdiff collect` dataset has it, so
+    loading those imports no simulator. A checkpoint without it (written before the trainer
+    recorded the rate, or trained on data of unknown rate) gets the rate of its task in the
+    simulated-task registry, the one place this package reads `sims` while loading; None when
+    that is unknown too (then the planner runs at whatever rate the plant has, unwrapped).
     """
     recorded = (ckpt.train or {}).get("rate_hz")
     if isinstance(recorded, (int, float)) and recorded > 0:
         return float(recorded)
+    return _registry_rate_hz(ckpt.task)
+
+
+def _registry_rate_hz(task: str) -> float | None:
+    """The simulated task's own control rate, for checkpoints that do not record theirs."""
     try:
         from sims.registry import get_task
     except ImportError:
         return None
     try:
-        return float(get_task(ckpt.task).rate_hz)
+        return float(get_task(task).rate_hz)
     except (KeyError, ValueError):
         return None
 

@@ -45,7 +45,8 @@ Unknown fields, values of the wrong type and combinations `PlannerConfig` refuse
 one-line error (exit 2). The settings and the resulting surprise map are in the JSON (`set`,
 `planner`).
 
-Needs `sims` (imported only here, at the CLI boundary), one torch thread.
+Needs `sims` (imported inside `main` and `main_dither`, which make the plants, and by
+`policies.recovery` for the task geometry, all on first use), one torch thread.
 """
 
 from __future__ import annotations

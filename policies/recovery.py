@@ -30,12 +30,20 @@ a per-task predicate on the observed (state, goal), chosen by `--task` (`RECOVER
   `collisions` and the mode switches per episode as `dither` counts them.
 A push that has not recovered before the next push or the episode's end counts as not
 recovered (its ticks are reported as censored, not averaged in).
+
+Task geometry is not copied here: the rules take it as parameters (`links_m`, `geometry`), and
+when none is given they read it from the task modules of `sims`, the named entry points
+`sims.tasks.reacher_moving.link_lengths_m()` (the arm's links, from gymnasium's reacher.xml)
+and `sims.tasks.bimodal`'s `BLOCK_Y_M`, `BLOCK_HALF_M`, `AGENT_RADIUS_M` and `INFO.rate_hz`.
+Those imports happen on first use, inside the functions below.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,8 +54,58 @@ RecoveryPredicate = Callable[[np.ndarray, np.ndarray], bool]
 # recovery rule per task; a task not listed uses "angles"
 RECOVERY = {"double-pendulum": "angles", "reacher-moving": "fingertip", "bimodal": "course"}
 
-# gymnasium's reacher.xml: body1 sits 0.1 m along link0, the fingertip 0.11 m along link1
-REACHER_LINKS_M = (0.1, 0.11)
+
+
+@functools.cache
+def reacher_links_m() -> tuple[float, float]:
+    """The reacher's link lengths (m): body1 along link0, the fingertip along link1, as
+    `sims.tasks.reacher_moving.link_lengths_m()` reads them from the task's model."""
+    from sims.tasks.reacher_moving import link_lengths_m
+
+    return link_lengths_m()
+
+
+@dataclass(frozen=True)
+class BimodalGeometry:
+    """What the `course` rule needs of the bimodal task (m, s)."""
+
+    block_y_m: tuple[float, float]  # the block's near and far faces (y)
+    block_half_x_m: float  # the block's half width (x)
+    radius_m: float  # the disc's radius
+    dt_s: float  # the control period
+
+    @property
+    def clear_x_m(self) -> float:
+        """How far out (x) the disc's centre passes the block clear of it."""
+        return self.block_half_x_m + self.radius_m
+
+
+@functools.cache
+def bimodal_geometry() -> BimodalGeometry:
+    """The bimodal task's geometry, read from `sims.tasks.bimodal`."""
+    from sims.tasks.bimodal import AGENT_RADIUS_M, BLOCK_HALF_M, BLOCK_Y_M, INFO
+
+    return BimodalGeometry(
+        block_y_m=(BLOCK_Y_M - BLOCK_HALF_M[1], BLOCK_Y_M + BLOCK_HALF_M[1]),
+        block_half_x_m=BLOCK_HALF_M[0],
+        radius_m=AGENT_RADIUS_M,
+        dt_s=1.0 / INFO.rate_hz,
+    )
+
+
+# the task figures under their flat names, read from sims on first access
+_LAZY_NAMES: dict[str, Callable[[], Any]] = {
+    "REACHER_LINKS_M": reacher_links_m,
+    "BIMODAL_BLOCK_Y_M": lambda: bimodal_geometry().block_y_m,
+    "BIMODAL_CLEAR_X_M": lambda: bimodal_geometry().clear_x_m,
+    "BIMODAL_DT_S": lambda: bimodal_geometry().dt_s,
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_NAMES:
+        return _LAZY_NAMES[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def angles_within(angle_idx: Sequence[int], tol_rad: float) -> RecoveryPredicate:
@@ -60,61 +118,69 @@ def angles_within(angle_idx: Sequence[int], tol_rad: float) -> RecoveryPredicate
     return recovered
 
 
-def reacher_fingertip_xy(q0: float, q1: float) -> np.ndarray:
-    """The reacher's fingertip (x, y) in m for joint angles `q0`, `q1` (rad)."""
-    l0, l1 = REACHER_LINKS_M
+def reacher_fingertip_xy(
+    q0: float, q1: float, links_m: tuple[float, float] | None = None
+) -> np.ndarray:
+    """The reacher's fingertip (x, y) in m for joint angles `q0`, `q1` (rad); `links_m` the
+    two link lengths (default: the task's, `reacher_links_m()`)."""
+    l0, l1 = links_m if links_m is not None else reacher_links_m()
     return np.array(
         [l0 * math.cos(q0) + l1 * math.cos(q0 + q1), l0 * math.sin(q0) + l1 * math.sin(q0 + q1)]
     )
 
 
-def fingertip_on_target(tol_m: float) -> RecoveryPredicate:
+def fingertip_on_target(
+    tol_m: float, links_m: tuple[float, float] | None = None
+) -> RecoveryPredicate:
     """The fingertip (state[0:2] = joint angles) within `tol_m` of the target `goal` (x, y),
-    as the task counts it (distance <= tol)."""
+    as the task counts it (distance <= tol); `links_m` as in `reacher_fingertip_xy`."""
+    links = links_m if links_m is not None else reacher_links_m()
 
     def recovered(state: np.ndarray, goal: np.ndarray) -> bool:
         s = np.asarray(state, dtype=np.float64)
-        tip = reacher_fingertip_xy(float(s[0]), float(s[1]))
+        tip = reacher_fingertip_xy(float(s[0]), float(s[1]), links)
         return bool(np.linalg.norm(tip - np.asarray(goal, dtype=np.float64)[:2]) <= tol_m)
 
     return recovered
 
 
-# sims/tasks/bimodal.py's geometry (checked against it in the tests): the block's near and far
-# faces (y), its half width plus the disc's radius (x), the control period
-BIMODAL_BLOCK_Y_M = (0.9, 1.1)
-BIMODAL_CLEAR_X_M = 0.35
-BIMODAL_DT_S = 0.02
-
-
-def bimodal_course_side(xy: np.ndarray, vel: np.ndarray) -> int:
+def bimodal_course_side(
+    xy: np.ndarray, vel: np.ndarray, geometry: BimodalGeometry | None = None
+) -> int:
     """The side (-1 / +1) the disc is headed for: before the block's near face (less the disc's
     radius), the side of the point where its straight course (position `xy`, velocity `vel`,
     signed, m and m/s) meets that face's line; from there on, or when not moving forward, the
-    side it is on (0 exactly on the axis)."""
-    near = BIMODAL_BLOCK_Y_M[0] - (BIMODAL_CLEAR_X_M - 0.3)
+    side it is on (0 exactly on the axis). `geometry` defaults to the task's."""
+    g = geometry if geometry is not None else bimodal_geometry()
+    near = g.block_y_m[0] - g.radius_m
     x, y = float(xy[0]), float(xy[1])
     if y < near and vel[1] > 1e-9:
         x = x + (near - y) * float(vel[0]) / float(vel[1])
     return int(np.sign(x))
 
 
-def bimodal_on_course(xy: np.ndarray, vel: np.ndarray, side: int, min_forward: float) -> bool:
+def bimodal_on_course(
+    xy: np.ndarray,
+    vel: np.ndarray,
+    side: int,
+    min_forward: float,
+    geometry: BimodalGeometry | None = None,
+) -> bool:
     """Whether the disc at `xy` moving at `vel` (signed, m, m/s) is on a course that passes
     the block on `side`: moving forward at >= `min_forward` m/s, and, before the block's far
     face, its straight course meets the near face's line (or, beside the block, is) at least
-    `BIMODAL_CLEAR_X_M` out on that side. Past the far face any forward course counts (the side
-    is decided)."""
+    `clear_x_m` (half the block plus the disc's radius) out on that side. Past the far face any
+    forward course counts (the side is decided). `geometry` defaults to the task's."""
     if not float(vel[1]) >= min_forward:
         return False
-    r = BIMODAL_CLEAR_X_M - 0.3
-    near, far = BIMODAL_BLOCK_Y_M[0] - r, BIMODAL_BLOCK_Y_M[1] + r
+    g = geometry if geometry is not None else bimodal_geometry()
+    near, far = g.block_y_m[0] - g.radius_m, g.block_y_m[1] + g.radius_m
     x, y = float(xy[0]), float(xy[1])
     if y > far:
         return True
     if y < near:
         x = x + (near - y) * float(vel[0]) / float(vel[1])
-    return side != 0 and side * x >= BIMODAL_CLEAR_X_M
+    return side != 0 and side * x >= g.clear_x_m
 
 
 class BimodalCourse:
@@ -128,9 +194,16 @@ class BimodalCourse:
     push; `passed` the side each episode passed the block on (`info["side"]`, 0: never).
     """
 
-    def __init__(self, *, min_forward: float = 0.3, dt: float = BIMODAL_DT_S) -> None:
+    def __init__(
+        self,
+        *,
+        min_forward: float = 0.3,
+        dt: float | None = None,
+        geometry: BimodalGeometry | None = None,
+    ) -> None:
+        self.geometry = geometry if geometry is not None else bimodal_geometry()
         self.min_forward = min_forward
-        self.dt = dt
+        self.dt = self.geometry.dt_s if dt is None else dt
         self.xy = np.zeros(2)
         self.vel = np.zeros(2)
         self.side = 0
@@ -153,7 +226,7 @@ class BimodalCourse:
         pushed = "push" in info and bool(np.any(np.asarray(info["push"]) != 0))
         if pushed and not self._pushing:
             # the course before this tick's step, which the push already bent
-            self.side = bimodal_course_side(self.xy, self.vel)
+            self.side = bimodal_course_side(self.xy, self.vel, self.geometry)
             self.sides.append((self._episode, self._k, self.side, float(self.xy[1])))
         self._pushing = pushed
         self.vel = (xy - self.xy) / self.dt
@@ -163,14 +236,14 @@ class BimodalCourse:
         self.passed.append(int(info.get("side", 0)))
 
     def __call__(self, state: np.ndarray, goal: np.ndarray) -> bool:
-        return bimodal_on_course(self.xy, self.vel, self.side, self.min_forward)
+        return bimodal_on_course(self.xy, self.vel, self.side, self.min_forward, self.geometry)
 
     def summary(self) -> dict[str, Any]:
         """Pushes that began before the disc reached the block's near face: how many passed
         it on the side they were headed for at the push, on the other side, or not at all."""
         kept = switched = no_pass = 0
         for ep, _, side, y in self.sides:
-            if y >= BIMODAL_BLOCK_Y_M[0] or ep >= len(self.passed):
+            if y >= self.geometry.block_y_m[0] or ep >= len(self.passed):
                 continue
             passed = self.passed[ep]
             kept += passed != 0 and passed == side
@@ -185,12 +258,19 @@ class BimodalCourse:
 
 
 def recovery_predicate(
-    task: str, *, angle_idx: Sequence[int], tol_rad: float, tol_m: float
+    task: str,
+    *,
+    angle_idx: Sequence[int],
+    tol_rad: float,
+    tol_m: float,
+    links_m: tuple[float, float] | None = None,
+    geometry: BimodalGeometry | None = None,
 ) -> tuple[str, RecoveryPredicate]:
-    """The recovery rule `--task` chooses: its name and its predicate."""
+    """The recovery rule `--task` chooses: its name and its predicate. `links_m` (rule
+    `fingertip`) and `geometry` (rule `course`) default to the task's own."""
     rule = RECOVERY.get(task, "angles")
     if rule == "fingertip":
-        return rule, fingertip_on_target(tol_m)
+        return rule, fingertip_on_target(tol_m, links_m)
     if rule == "course":
-        return rule, BimodalCourse()
+        return rule, BimodalCourse(geometry=geometry)
     return rule, angles_within(angle_idx, tol_rad)

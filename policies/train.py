@@ -1,7 +1,10 @@
 """Training: diffusion forcing for the rolling denoiser, plain diffusion for the chunked ones, BC.
 
-`train(episodes, TrainConfig(...), task=...)` returns a `Checkpoint` holding the EMA weights;
-`cli_train` is `rtdiff train`. The loop, per step:
+`train(episodes, TrainConfig(...), task=..., rate_hz=...)` returns a `Checkpoint` holding the
+EMA weights and the control rate of the data (`train["rate_hz"]`, which loading reads instead
+of asking the simulator); `train_from_args` does the work of `rtdiff train` and raises
+`TrainError` (a `ValueError`, one line) for a request it cannot run, which the CLI layer
+(`runtime.cli.train`) prints as its one-line error. The loop, per step:
 
   1. draw a batch of windows (context, goal, H future tokens), normalized;
   2. draw per-token levels: `forcing` profile for `rolling` (independent levels mixed with the
@@ -46,6 +49,11 @@ from policies.schedule import ramp_levels, sample_train_levels
 
 TRAIN_KINDS = ("rolling", "chunked", "pertick", "mlp")
 DEFAULT_STEPS = {"rolling": 6000, "chunked": 6000, "pertick": 6000, "mlp": 4000}
+
+
+class TrainError(ValueError):
+    """A training request that cannot run (arguments, dataset, settings); the message is one
+    line for the user."""
 
 
 @dataclass(frozen=True)
@@ -146,8 +154,14 @@ def train(
     eval_every: int = 0,
     model_overrides: dict[str, Any] | None = None,
     planner_overrides: dict[str, Any] | None = None,
+    rate_hz: float | None = None,
 ) -> TrainResult:
     """Train a policy of `cfg.kind` on `episodes`; the checkpoint holds the EMA weights.
+
+    `rate_hz` is the control rate the episodes were recorded at (one plan token per tick at
+    that rate); the checkpoint records it as `train["rate_hz"]` (and every evaluation snapshot
+    carries it), so a planner loaded from it runs on that time base without asking the
+    simulator. None records nothing (loading then falls back to the task's registered rate).
 
     With `evaluate` and `eval_every > 0`, every `eval_every` steps a snapshot of the EMA weights
     (surprise-calibrated like the final one) is handed to `evaluate` and its one-line answer
@@ -155,6 +169,9 @@ def train(
     weights. `model_overrides` / `planner_overrides` replace fields of the default model and
     planner configs (the dims always come from the data).
     """
+    if rate_hz is not None and not (rate_hz > 0 and math.isfinite(rate_hz)):
+        raise ValueError(f"{rate_hz=} must be a positive finite rate")
+    record: dict[str, Any] = {} if rate_hz is None else {"rate_hz": float(rate_hz)}
     t_start = time.perf_counter()
     dev = torch.device(cfg.device)
     norm = fit_normalizer(episodes)
@@ -250,13 +267,15 @@ def train(
                 if isinstance(snap, Denoiser)
                 else pcfg
             )
-            line = evaluate(Checkpoint(cfg.kind, task, snap, norm, snap_cfg))
+            line = evaluate(Checkpoint(cfg.kind, task, snap, norm, snap_cfg, dict(record)))
             if log is not None:
                 log(f"step {step + 1}/{cfg.steps}  {line}")
     if isinstance(ema, Denoiser):
         pcfg = calibrate_surprise(ema, win, pcfg, seed=cfg.seed)
     ema.cpu()
-    ckpt = Checkpoint(kind=cfg.kind, task=task, model=ema, normalizer=norm, planner=pcfg)
+    ckpt = Checkpoint(
+        kind=cfg.kind, task=task, model=ema, normalizer=norm, planner=pcfg, train=dict(record)
+    )
     return TrainResult(ckpt, losses, first_loss, final_loss, time.perf_counter() - t_start)
 
 
@@ -375,26 +394,35 @@ def parse_settings(
 
 
 def cli_train(args: Any) -> int:
-    """`rtdiff train --task T --policy KIND --data DIR --out DIR [--steps N] [--device D]`."""
-    from runtime.cli import CliError
+    """`rtdiff train`, the target the subcommand table names: runs `runtime.cli.train`, which
+    calls `train_from_args` and prints its `TrainError` as the CLI's one-line error."""
+    from runtime.cli.train import cli_train as run_cli
 
+    return run_cli(args)
+
+
+def train_from_args(args: Any) -> int:
+    """`rtdiff train --task T --policy KIND --data DIR --out DIR [--steps N] [--device D]`.
+
+    Raises `TrainError` (one line) for a request it cannot run.
+    """
     if args.policy not in TRAIN_KINDS:
-        raise CliError(f"--policy {args.policy!r} must be one of {', '.join(TRAIN_KINDS)}")
+        raise TrainError(f"--policy {args.policy!r} must be one of {', '.join(TRAIN_KINDS)}")
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise CliError("--device cuda asked for, but torch sees no CUDA device")
+        raise TrainError("--device cuda asked for, but torch sees no CUDA device")
     try:
         from sims.datasets import load_episodes
     except ImportError as exc:
-        raise CliError(f"cannot load datasets: sims.datasets is unavailable ({exc})") from None
+        raise TrainError(f"cannot load datasets: sims.datasets is unavailable ({exc})") from None
     try:
         episodes = list(load_episodes(args.data))
     except (OSError, ValueError, KeyError) as exc:
-        raise CliError(f"cannot read dataset {args.data}: {exc}") from None
+        raise TrainError(f"cannot read dataset {args.data}: {exc}") from None
     if not episodes:
-        raise CliError(f"dataset {args.data} holds no episodes")
+        raise TrainError(f"dataset {args.data} holds no episodes")
     tasks = sorted({str(getattr(ep, "task", args.task)) for ep in episodes})
     if tasks != [args.task]:
-        raise CliError(f"dataset {args.data} holds task(s) {tasks}, not {args.task!r}")
+        raise TrainError(f"dataset {args.data} holds task(s) {tasks}, not {args.task!r}")
     if args.device == "cpu":
         # One thread: on a small shared VM a second thread mostly fights the other processes
         # (measured: 49 ms/step on 1 thread vs 800 ms/step on 2 under load).
@@ -411,25 +439,26 @@ def cli_train(args: Any) -> int:
             **train_set,
         )
     except (TypeError, ValueError) as exc:
-        raise CliError(str(exc)) from None
+        raise TrainError(str(exc)) from None
     _progress(f"{len(episodes)} episodes of {args.task}; {cfg.kind} for {cfg.steps} steps")
     eval_every = int(getattr(args, "eval_every", 0) or 0)
     eval_episodes = int(getattr(args, "eval_episodes", 5) or 0)
+    rate_hz = _dataset_rate_hz(args.data)
     evaluate = _sim_evaluator(args.task, episodes=eval_episodes, seed=10_000 + args.seed)
     if evaluate is None:
         _progress("no simulated plant available: no lockstep evaluation")
     try:
         res = train(
             episodes, cfg, task=args.task, log=_progress, evaluate=evaluate, eval_every=eval_every,
-            model_overrides=model_set, planner_overrides=planner_set,
+            model_overrides=model_set, planner_overrides=planner_set, rate_hz=rate_hz,
         )
     except (TypeError, ValueError) as exc:
-        raise CliError(str(exc)) from None
+        raise TrainError(str(exc)) from None
     ckpt = res.checkpoint
     ckpt.train = {
         "command": "rtdiff " + " ".join(sys.argv[1:]),
         # one plan token = one step of the data: `policies.tokenrate` runs faster plants
-        "rate_hz": _dataset_rate_hz(args.data),
+        "rate_hz": rate_hz,
         "config": asdict(cfg),
         "episodes": len(episodes),
         "first_loss": res.first_loss,

@@ -7,6 +7,10 @@ own errors lead to, labelled with how the expert gets back. The perturbation dra
 generator seeded with the base seed and draw the same numbers every tick, so a collection is
 reproducible.
 
+`collect_from_args` does the work of `rtdiff collect` and raises `CollectError` (a
+`ValueError`, one line) for a request it cannot run; the CLI layer (`runtime.cli.collect`)
+prints it as its one-line error.
+
 Atomicity: episodes are written into a hidden temp directory beside `--out` and renamed into
 place only when complete (`rtdiff.json`, written last, marks completeness). An interrupted or
 failed collection removes its temp directory; a killed one leaves only the hidden `.NAME.tmp-*`
@@ -33,6 +37,11 @@ from sims.plant import MujocoPlant
 from sims.registry import get_task
 
 NO_DEADLINE_NS = 2**62  # lockstep: the plant waits for the controller
+
+
+class CollectError(ValueError):
+    """A collection request that cannot run (unknown task, bad settings or output directory,
+    no HDF5 backend); the message is one line for the user."""
 
 
 @dataclass(frozen=True)
@@ -203,9 +212,18 @@ def collect(cfg: CollectConfig, *, progress: bool = True) -> dict[str, Any]:
 
 
 def cli_collect(args: argparse.Namespace) -> int:
-    """`rtdiff collect --task T --episodes N --out DIR [--seed S] [--dart-prob P]`."""
-    from runtime.cli import CliError
+    """`rtdiff collect`, the target the subcommand table names: runs `runtime.cli.collect`,
+    which calls `collect_from_args` and prints its `CollectError` as the CLI's one-line error."""
+    from runtime.cli.collect import cli_collect as run_cli
 
+    return run_cli(args)
+
+
+def collect_from_args(args: argparse.Namespace) -> int:
+    """`rtdiff collect --task T --episodes N --out DIR [--seed S] [--dart-prob P]`.
+
+    Raises `CollectError` (one line) for a request it cannot run.
+    """
     try:
         cfg = CollectConfig(
             task=args.task,
@@ -216,13 +234,13 @@ def cli_collect(args: argparse.Namespace) -> int:
         )
         _check_out(cfg.out)
     except KeyError as exc:
-        raise CliError(exc.args[0]) from None
+        raise CollectError(exc.args[0]) from None
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        raise CollectError(str(exc)) from None
     try:
         meta = collect(cfg)
     except ImportError as exc:
-        raise CliError(str(exc)) from None
+        raise CollectError(str(exc)) from None
     print(
         f"wrote {meta['episodes']} episodes ({meta['ticks']} ticks) of {cfg.task} to "
         f"{cfg.out}; expert success {meta['success_rate']:.0%}"

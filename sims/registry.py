@@ -1,7 +1,7 @@
 """The task registry: every task's `TaskInfo` and env factory, and `rtdiff tasks`.
 
 Library calls raise `KeyError` for an unknown task (message lists the known ones); the CLI
-entry points turn it into a one-line `CliError`.
+layer (`runtime.cli`) turns it into its one-line error.
 """
 
 from __future__ import annotations

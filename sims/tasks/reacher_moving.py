@@ -69,6 +69,17 @@ def reacher_model() -> mujoco.MjModel:
     return model
 
 
+def link_lengths_m() -> tuple[float, float]:
+    """The arm's two link lengths in m, read from gymnasium's reacher.xml: how far along link0
+    `body1` sits and how far along link1 the fingertip sits (the forward kinematics of the
+    fingertip that analysis code uses, e.g. `policies.recovery`)."""
+    model = reacher_model()
+    return (
+        float(np.linalg.norm(model.body("body1").pos)),
+        float(np.linalg.norm(model.body("fingertip").pos)),
+    )
+
+
 class ReacherMovingEnv(TaskEnv):
     def __init__(self, **config: Any) -> None:
         model = reacher_model()
