@@ -102,7 +102,16 @@ def test_rolling_planner_drives_a_served_plant_over_loopback(
     assert data.complete and data.warning is None
     assert len(data.records) == out["ticks_run"]
     assert np.all(np.isfinite(data.records["action"]))
-    assert np.all(data.records["steps"] >= 0)
+    steps = data.records["steps"]
+    # the trace holds the steps the run reported
+    assert steps.mean() == pytest.approx(out["steps_per_tick"]["mean"])
+    assert steps.max() == out["steps_per_tick"]["max"]
+    # a tick that spent time refining before its command counts that step
+    refined = data.records["refine_ns"] > 0
+    assert refined.sum() > out["ticks_run"] // 2 and np.all(steps[refined] >= 1)
+    # re-plans: the ticks that refined and sent their own action, per second of run
+    replans = np.count_nonzero((steps > 0) & (data.records["fallback"] == 0))
+    assert out["replans_per_s"] == pytest.approx(replans * RATE_HZ / out["ticks_run"])
     side = load_sidecar(trace)
     assert side is not None and side["levels"].shape == (out["ticks_run"], 4)
 

@@ -9,12 +9,16 @@ from hw_bridge.baseline import quantiles_us
 from hw_bridge.bench import run_bench
 
 
-def test_quantiles_are_in_microseconds_and_match_numpy() -> None:
-    ns = np.arange(1, 1001, dtype=np.int64) * 1000  # 1..1000 us
+def test_quantiles_are_in_microseconds_interpolated_and_rounded_to_tenths() -> None:
+    ns = np.arange(1000, 0, -1, dtype=np.int64) * 1000  # 1..1000 us, descending
     q = quantiles_us(ns)
-    assert q["n"] == 1000 and q["max"] == 1000.0
-    assert q["p50"] == round(float(np.percentile(ns / 1e3, 50)), 1)
-    assert np.isnan(quantiles_us(np.zeros(0, dtype=np.int64))["p50"])
+    # ranks 499.5, 989.01 and 998.001 of the sorted samples, in us, to 0.1 us
+    assert q == {"n": 1000, "p50": 500.5, "p99": 990.0, "p999": 999.0, "max": 1000.0}
+    q = quantiles_us(np.array([5678, 1234], dtype=np.int64))
+    # 1.234 and 5.678 us: the median 3.456 and the p99 5.63156 round to tenths
+    assert q == {"n": 2, "p50": 3.5, "p99": 5.6, "p999": 5.7, "max": 5.7}
+    empty = quantiles_us(np.zeros(0, dtype=np.int64))
+    assert empty["n"] == 0 and all(np.isnan(empty[k]) for k in ("p50", "p99", "p999", "max"))
 
 
 @pytest.mark.slow

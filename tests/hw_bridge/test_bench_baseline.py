@@ -3,11 +3,15 @@ on a fake clock and synthetic samples (no sockets, no sleeps)."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from hw_bridge import baseline
 from hw_bridge.baseline import (
     attribute_runs,
     attribute_window,
@@ -193,5 +197,41 @@ def test_read_steal_jiffies_reads_the_8th_value_of_the_cpu_line(tmp_path: Path) 
     assert read_steal_jiffies(str(tmp_path / "missing")) is None
 
 
-def test_mlockall_reports_instead_of_raising() -> None:
-    assert isinstance(try_mlockall(), str)
+class FakeLibc:
+    def __init__(self, rc: int) -> None:
+        self.rc = rc
+        self.flags: list[int] = []
+
+    def mlockall(self, flags: int) -> int:
+        self.flags.append(flags)
+        return self.rc
+
+
+def test_mlockall_locks_current_and_future_pages_or_says_why_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    libc = FakeLibc(0)
+    monkeypatch.setattr(baseline.sys, "platform", "linux")
+    monkeypatch.setattr(baseline.ctypes.util, "find_library", lambda name: "libc.so.6")
+    monkeypatch.setattr(baseline.ctypes, "CDLL", lambda name, use_errno=False: libc)
+    monkeypatch.setattr(baseline.ctypes, "get_errno", lambda: errno.EPERM)
+    assert try_mlockall() == "locked"
+    assert libc.flags == [3]  # MCL_CURRENT | MCL_FUTURE
+    libc.rc = -1
+    assert try_mlockall() == f"refused: {os.strerror(errno.EPERM)}"
+
+    def no_libc(name: str, use_errno: bool = False) -> None:
+        raise OSError("cannot open libc")
+
+    monkeypatch.setattr(baseline.ctypes, "CDLL", no_libc)
+    assert try_mlockall() == "failed: cannot open libc"
+    monkeypatch.setattr(baseline.ctypes.util, "find_library", lambda name: None)
+    assert try_mlockall() == "not supported on this platform"
+
+
+def test_mlockall_on_this_machine_locks_or_is_refused() -> None:
+    try:
+        got = try_mlockall()
+        assert got == "locked" or got.startswith("refused: "), got
+    finally:
+        baseline.munlockall()  # the rest of the test process stays unlocked

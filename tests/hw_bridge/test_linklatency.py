@@ -54,7 +54,7 @@ def test_matches_a_plain_sorted_reference() -> None:
     for x in xs:
         lat.add(int(x))
     last = np.sort(xs[-512:])
-    assert lat.quantile_ns() == int(last[int(np.ceil(0.99 * 512)) - 1])
+    assert lat.quantile_ns() == int(last[-6])  # p99 of 512: the 6th largest, never interpolated
     s = lat.summary_us()
     assert s["max"] == xs.max() / 1e3 and s["n"] == 700
 

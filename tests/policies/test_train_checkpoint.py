@@ -98,13 +98,17 @@ def test_training_is_deterministic_under_a_seed() -> None:
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    res = train(
-        toy_episodes(n=2, T=16),
-        TrainConfig(steps=5, batch_size=8, log_every=0),
-        task="toy",
-        model_cfg=TINY,
-    )
+    try:
+        res = train(
+            toy_episodes(n=2, T=16),
+            TrainConfig(steps=5, batch_size=8, log_every=0),
+            task="toy",
+            model_cfg=TINY,
+        )
+    finally:
+        torch.set_num_threads(threads)
     return save_checkpoint(res.checkpoint, tmp_path_factory.mktemp("ckpt") / "rolling-toy")
 
 

@@ -332,7 +332,14 @@ def test_an_episode_start_counts_against_the_plants_first_tick_and_resets_once()
     assert planner.resets == 3  # the three episodes, nothing twice
     assert r["missed"].sum() == 0 and r["skipped"].sum() == 0
     assert np.all(r["deadline_ns"] - r["scheduled_ns"] == T - 100_000)
-    assert np.all(r["lateness_ns"] >= 0)
+    # the run's first reset (0.4 ms) outlasts tick 0's phase (0.1 ms): tick 0 starts 0.3 ms
+    # late. Inside the run an episode's first tick counts from the plant's reset, after the
+    # tick began: it records no lateness (not a negative one). The rest start on time.
+    firsts = [20, 40]
+    assert np.all(r["start_ns"][firsts] - r["scheduled_ns"][firsts] == -100_000)
+    expected = np.zeros(len(r), dtype=np.int64)
+    expected[0] = 300_000
+    np.testing.assert_array_equal(r["lateness_ns"], expected)
 
 
 def test_a_reset_that_outlasts_the_plants_first_tick_is_counted() -> None:
@@ -355,6 +362,20 @@ def test_a_planner_that_can_bound_its_reset_gets_the_time_to_the_first_command()
     assert planner.budgets[0] is None and len(planner.budgets) == 3
     assert all(b is not None and b < 950_000 for b in planner.budgets[1:])
     assert r["skipped"].sum() == 0 and r["missed"].sum() == 0
+
+
+def test_a_tick_that_starts_late_records_exactly_how_late() -> None:
+    clock = FakeClock()
+    planner = CostPlanner(clock, step_ns=100_000)
+    planner.overrun_at = 5
+    planner.overrun_ns = 1_300_000  # tick 5's step ends 0.3 ms into tick 6's period
+    loop = realtime_loop(clock, planner, steps_per_tick=1)
+    r = loop.run(ticks=10).records
+    assert r["skipped"].sum() == 0
+    assert r["start_ns"][6] - r["scheduled_ns"][6] == 300_000
+    expected = np.zeros(10, dtype=np.int64)
+    expected[6] = 300_000
+    np.testing.assert_array_equal(r["lateness_ns"], expected)
 
 
 def test_transport_margin_counts_a_miss_but_sends_the_ticks_action_and_true_deadline() -> None:

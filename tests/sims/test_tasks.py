@@ -13,7 +13,7 @@ from sims.registry import get_task, make_env, plant_spec, task_names
 TASKS = task_names()
 
 
-def test_the_registry_holds_the_five_tasks_of_issue_3():
+def test_the_registry_holds_the_five_benchmark_tasks():
     assert set(TASKS) >= {"double-pendulum", "reacher-moving", "pointmaze", "pusher", "bimodal"}
 
 
