@@ -99,7 +99,10 @@ def _add_collect(sp: argparse._SubParsersAction[_Parser]) -> None:
         default=None,
         help="probability of executing a perturbed action (default: the task's setting)",
     )
-    _target(p, "sims.collect:cli_collect")
+    _target(p, "runtime.cli.collect:cli_collect")
+
+
+DEFAULT_RT_PRIORITY = 20  # `rtdiff run` in realtime; a served plant takes one level above
 
 
 def _add_rt_priority(p: argparse.ArgumentParser, who: str, default: int | None = None) -> None:
@@ -133,7 +136,7 @@ def _add_train(sp: argparse._SubParsersAction[_Parser]) -> None:
         help="a model, training or planner setting, e.g. n_embd=128, model.n_past=0, "
         "train.p_ramp=0.3, planner.clean_ticks=4 (repeatable; recorded in the checkpoint)",
     )
-    _target(p, "policies.train:cli_train")
+    _target(p, "runtime.cli.train:cli_train")
 
 
 def _add_serve(sp: argparse._SubParsersAction[_Parser]) -> None:
@@ -153,6 +156,11 @@ def _add_serve(sp: argparse._SubParsersAction[_Parser]) -> None:
         default=100.0,
         help="realtime: no valid command this long -> the safe action",
     )
+    p.add_argument(
+        "--plan-max-age-ms", type=positive_float, default=None,
+        help="realtime: never execute a plan computed from an observation older than this "
+             "(default: the watchdog's time; a plan also ends with its own horizon)",
+    )
     _add_rt_priority(p, "this process")
     _target(p, "runtime.cli.serve:cli_serve")
 
@@ -161,7 +169,7 @@ def _add_keys(sp: argparse._SubParsersAction[_Parser]) -> None:
     p = sp.add_parser("keys", help="make CurveZMQ key pairs for an authenticated link")
     p.add_argument("--out", required=True, help="directory for the key files")
     p.add_argument("--client", default="client", help="name of the client key pair to add")
-    _target(p, "hw_bridge.keys:cli_keys")
+    _target(p, "runtime.cli.keys:cli_keys")
 
 
 def _add_run(sp: argparse._SubParsersAction[_Parser]) -> None:
@@ -194,14 +202,30 @@ def _add_run(sp: argparse._SubParsersAction[_Parser]) -> None:
         help="realtime: spin (not sleep) the last N us before each tick; a value >= the "
              "period keeps the core busy, and the model in its caches, between ticks",
     )
+    p.add_argument(
+        "--no-plan-ahead", action="store_true",
+        help="realtime: send each command without the planner's plan for the next ticks "
+             "(by default a plant that executes plans applies it when a command is late)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    _add_rt_priority(p, "this process")
+    p.add_argument(
+        "--rt-priority", type=positive_int, default=None, metavar="P",
+        help="SCHED_FIFO priority (1-99); realtime runs ask for priority "
+             f"{DEFAULT_RT_PRIORITY} by default where the OS allows it (Linux with "
+             "CAP_SYS_NICE or an rtprio limit) and say what they got",
+    )
+    p.add_argument("--no-rt", action="store_true", help="do not ask for SCHED_FIFO")
+    p.add_argument(
+        "--ready-file", default=None, metavar="PATH",
+        help="write PATH once the loop is ticking (for a supervisor, e.g. `bench stalls`)",
+    )
     _target(p, "runtime.cli.run:cli_run")
 
 
 def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
-    p = sp.add_parser("bench", help="benchmarks: tick | bridge | deadline")
-    bp = p.add_subparsers(dest="bench", metavar="{tick,bridge,deadline}", parser_class=_Parser)
+    p = sp.add_parser("bench", help="benchmarks: tick | bridge | deadline | stalls")
+    bp = p.add_subparsers(dest="bench", metavar="{tick,bridge,deadline,stalls}",
+                          parser_class=_Parser)
     bp.required = True
 
     t = bp.add_parser("tick", help="Python tick-loop jitter with a synthetic planner")
@@ -241,7 +265,7 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     b.add_argument("--pin", action="store_true",
                    help="pin the plant server and the client to different CPUs")
     _add_rt_priority(b, "both ends")
-    _target(b, "hw_bridge.bench:cli_bench_bridge")
+    _target(b, "runtime.cli.bench_bridge:cli_bench_bridge")
 
     d = bp.add_parser("deadline", help="planners x rates in realtime over the bridge")
     d.add_argument("--out", default="runs/deadline", help="run directory to write")
@@ -260,6 +284,29 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     _add_rt_priority(d, "controller and plant (the plant one level higher)")
     d.add_argument("--json", action="store_true")
     _target(d, "runtime.cli.bench_deadline:cli_bench_deadline")
+
+    s = bp.add_parser("stalls", help="stop the controller on purpose; what the plant applied")
+    s.add_argument("--task", default="double-pendulum")
+    s.add_argument("--rate", type=positive_float, default=None, help="plant rate (Hz)")
+    s.add_argument("--planners", default="rolling,expert,mlp",
+                   help="comma list of the `bench deadline` planners without overrides")
+    s.add_argument("--stall-ms", default="5,20,50,80,100,200",
+                   help="comma list of stall lengths in ms (0: no injection, the host only)")
+    s.add_argument("--every-s", type=positive_float, default=0.25,
+                   help="one stall every this many seconds (with --quota: the cgroup period)")
+    s.add_argument("--plan-ahead", choices=["on", "off", "both"], default="both")
+    s.add_argument("--quota", type=positive_float, default=None, metavar="PCT",
+                   help="instead of SIGSTOP: limit the controller to PCT %% of a CPU per "
+                        "period with the cpu cgroup's bandwidth limit (no SCHED_FIFO then)")
+    s.add_argument("--seconds", type=positive_float, default=20.0, help="per run")
+    s.add_argument("--seeds", type=positive_int, default=3, help="seeds per cell")
+    s.add_argument("--seed", type=nonnegative_int, default=0, help="first seed")
+    s.add_argument("--out", default="runs/stalls", help="run directory to write")
+    s.add_argument("--rt-priority", type=positive_int, default=DEFAULT_RT_PRIORITY, metavar="P",
+                   help="SCHED_FIFO priority of the controllers (the plant one level higher)")
+    s.add_argument("--no-rt", action="store_true", help="do not ask for SCHED_FIFO")
+    s.add_argument("--json", action="store_true")
+    _target(s, "runtime.cli.bench_stalls:cli_bench_stalls")
 
 
 def _add_report(sp: argparse._SubParsersAction[_Parser]) -> None:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from runtime.cli import CliError
+from runtime.cli import DEFAULT_RT_PRIORITY, CliError
 from runtime.clock import MonotonicClock
 from runtime.fallback import make_fallback
 from runtime.loop import ControlLoop, EpisodeResult, LoopConfig, RunResult
@@ -50,6 +52,31 @@ def make_plant(address: str, *, mode: str, seed: int, rate_hz: float | None) -> 
     raise CliError(f"--plant must be sim:TASK, tcp://HOST:PORT or ipc://PATH, got {address!r}")
 
 
+def rt_priority(args: argparse.Namespace) -> int | None:
+    """The SCHED_FIFO priority `rtdiff run` asks for: `--rt-priority`, else the default in
+    realtime mode; None with `--no-rt` (and in lockstep unless asked)."""
+    if getattr(args, "no_rt", False):
+        return None
+    given: int | None = getattr(args, "rt_priority", None)
+    if given is not None:
+        return given
+    return DEFAULT_RT_PRIORITY if getattr(args, "mode", "") == "realtime" else None
+
+
+def busy_warning(load_per_cpu: float = 0.5) -> str | None:
+    """A warning line when the machine is busy (1-minute load above `load_per_cpu` per CPU)
+    and the run has no realtime priority to protect its deadlines; None otherwise."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return None
+    cpus = os.cpu_count() or 1
+    if load <= load_per_cpu * cpus:
+        return None
+    return (f"running without SCHED_FIFO on a busy machine (load {load:.1f} on {cpus} CPUs): "
+            "expect deadline misses; see --rt-priority")
+
+
 def make_planner(
     policy: str, plant: Plant, *, device: str, seed: int, overrides: dict[str, Any] | None = None
 ) -> Planner:
@@ -78,13 +105,18 @@ def make_planner(
 
 
 class Progress:
-    """One status line on stderr, rewritten about once a second (only on a terminal)."""
+    """One status line on stderr, rewritten about once a second (only on a terminal); and,
+    for a supervisor, `ready_file` written at the first call (the loop is ticking)."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, ready_file: str | None = None) -> None:
         self.enabled = enabled
+        self.ready_file = ready_file
         self._last = 0.0
 
     def __call__(self, ticks: int, misses: int, episodes: list[EpisodeResult]) -> None:
+        if self.ready_file is not None:
+            Path(self.ready_file).write_text(f"{os.getpid()}\n")
+            self.ready_file = None
         if not self.enabled:
             return
         now = time.monotonic()
@@ -106,7 +138,7 @@ class Progress:
 def summary_table(out: dict[str, Any]) -> str:
     lat, comp = out["lateness_ms"], out["compute_ms"]
     lines = [
-        f"rtdiff run: {out['policy']} on {out['plant']} ({out['mode']}, {out['rate_hz']:g} Hz)",
+        f"rtdiff run: {out['policy']} on {out['plant_spec']} ({out['mode']}, {out['rate_hz']:g} Hz)",
         f"  ticks {out['ticks']}   misses {out['misses']} ({100 * out['miss_rate']:.3f} %)"
         + (f"   plant saw {out['plant_misses']} late" if "plant_misses" in out else ""),
         f"  lateness ms  p50 {lat['p50']:.3f}  p99 {lat['p99']:.3f}  p99.9 {lat['p999']:.3f}"
@@ -122,6 +154,16 @@ def summary_table(out: dict[str, Any]) -> str:
         "  fallbacks "
         + (", ".join(f"{k} {v}" for k, v in out["fallbacks"].items() if v) or "none"),
     ]
+    if "plant" in out:
+        age = out["action_age_ms"]
+        lines.append(
+            "  plant applied  " + "  ".join(f"{k} {v}" for k, v in out["plant"].items())
+            + ("" if age["p50"] is None else
+               f"   action age ms p50 {age['p50']:.1f}  p99 {age['p99']:.1f}")
+            + ("   (plan-ahead on)" if out.get("plan_ahead") else "")
+        )
+    if out.get("steal_s") is not None:
+        lines.append(f"  host steal during the run {out['steal_s']:.2f} s")
     if "trace" in out:
         lines.append(f"  trace written to {out['trace']}")
     return "\n".join(lines)
@@ -131,9 +173,14 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
     """Build plant, planner and loop from parsed `rtdiff run` arguments and run it."""
     # First, so that every thread made below (the simulated plant's, ZeroMQ's I/O thread, an
     # async refinement worker) inherits the policy.
-    rt_report = try_realtime(args.rt_priority) if getattr(args, "rt_priority", None) else []
+    rt_report = try_realtime(rt_priority(args)) if rt_priority(args) else []
     for line in rt_report:
         sys.stderr.write(f"rtdiff run: {line}\n")
+    if args.mode == "realtime" and not any(r.startswith("SCHED_FIFO priority") and "not" not in r
+                                           and "refused" not in r for r in rt_report):
+        warn = busy_warning()
+        if warn:
+            sys.stderr.write(f"rtdiff run: warning: {warn}\n")
     plant = make_plant(args.plant, mode=args.mode, seed=args.seed, rate_hz=args.rate)
     served_mode = getattr(plant, "mode", args.mode)  # a served plant has its own mode
     if served_mode != args.mode:
@@ -176,6 +223,7 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
         config = LoopConfig(
             rate_hz=rate, mode=args.mode, refine=args.refine, steps_per_tick=args.steps_per_tick,
             emit_after_steps=emit_after,
+            plan_ahead=not getattr(args, "no_plan_ahead", False),
             # Loopback delivery p99.9 is well under 0.3 ms (docs/benchmarks.md, bench bridge);
             # a command emitted later than that before its deadline counts as a miss here too.
             transport_margin_s=TRANSPORT_MARGIN_S if remote else 0.0,
@@ -197,7 +245,8 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
             expected = (round(args.seconds * rate) if args.seconds is not None
                         else (episodes or 1) * max(spec.episode_ticks, 1))
             sidecar = Sidecar(expected + 16, spec.state_dim, len(levels()) if levels else 0)
-        progress = Progress(enabled=sys.stderr.isatty() and not args.json)
+        progress = Progress(enabled=sys.stderr.isatty() and not args.json,
+                            ready_file=getattr(args, "ready_file", None))
         loop = ControlLoop(
             plant, planner, MonotonicClock(spin_ns=round(getattr(args, "spin_us", 200.0) * 1e3)),
             config,
@@ -205,14 +254,15 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
             gc_policy=GcPolicy("frozen") if realtime else None,
             progress=progress, progress_every=max(1, round(rate / 10)),
         )
+        plan_ahead = loop.plan_source() is not None
         result = loop.run(seconds=args.seconds, episodes=episodes, seed=args.seed)
         progress.done()
     finally:
         plant.close()
     out = result.to_json()
-    out.update(policy=args.policy, plant=args.plant, task=task, refine=args.refine,
+    out.update(policy=args.policy, plant_spec=args.plant, task=task, refine=args.refine,
                seed=args.seed, steps_cap=args.steps_per_tick, emit_after_steps=emit_after,
-               rt=rt_report)
+               rt=rt_report, plan_ahead=plan_ahead)
     link = getattr(plant, "latency", None)  # a bridge plant: measured send-to-plant times
     if link is not None and realtime:
         out["link_latency_us"] = link.summary_us()

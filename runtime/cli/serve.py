@@ -44,9 +44,14 @@ def cli_serve(args: argparse.Namespace) -> int:
         # The plant's pacing thread shares the GIL with the server loop: a spin that kept it
         # would hold every command that arrives in the last 100 us before a tick until after
         # the tick, and the server would count it late.
+        # a plan is executed for at most the watchdog's time after its observation (the
+        # watchdog then stops the plant anyway), unless told otherwise
+        watchdog_ms = getattr(args, "watchdog_ms", 100.0)
+        max_age_ms = getattr(args, "plan_max_age_ms", None) or watchdog_ms
         plant = make_plant(args.task, mode=mode, seed=args.seed,
                            clock=MonotonicClock(spin_ns=100_000, yield_in_spin=True),
-                           rate_hz=getattr(args, "rate", None))
+                           rate_hz=getattr(args, "rate", None),
+                           plan_max_age_s=max_age_ms / 1e3)
     except (KeyError, ValueError) as exc:
         raise CliError(str(exc).strip("'\"")) from None
     if mode == "realtime":

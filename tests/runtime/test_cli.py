@@ -115,13 +115,30 @@ def test_run_summary_says_when_the_command_leaves_before_the_refinement_ends() -
     from runtime.cli.run import summary_table
 
     q = {"p50": 0.1, "p99": 0.2, "p999": 0.3, "max": 0.4}
-    out = {"policy": "rolling:double-pendulum", "plant": "sim:double-pendulum",
+    out = {"policy": "rolling:double-pendulum", "plant_spec": "sim:double-pendulum",
            "mode": "realtime", "rate_hz": 100.0, "ticks": 10, "misses": 0, "miss_rate": 0.0,
            "lateness_ms": q, "compute_ms": q, "episodes": 0, "success_rate": 0.0,
            "mean_return": 0.0, "fallbacks": {}, "emit_after_steps": 1,
            "steps_per_tick": {"mean": 8.0, "min": 8, "max": 8}}
     assert "command sent after 1 step, refined on after it" in summary_table(out)
     assert "command sent after" not in summary_table({**out, "emit_after_steps": 0})
+
+
+def test_run_summary_shows_what_the_plant_applied_and_the_host_steal() -> None:
+    from runtime.cli.run import summary_table
+
+    q = {"p50": 0.1, "p99": 0.2, "p999": 0.3, "max": 0.4}
+    out = {"policy": "rolling:double-pendulum", "plant_spec": "tcp://127.0.0.1:5555",
+           "mode": "realtime", "rate_hz": 100.0, "ticks": 10, "misses": 2, "miss_rate": 0.2,
+           "lateness_ms": q, "compute_ms": q, "episodes": 0, "success_rate": 0.0,
+           "mean_return": 0.0, "fallbacks": {}, "emit_after_steps": 1,
+           "steps_per_tick": {"mean": 8.0, "min": 8, "max": 8},
+           "plant": {"fresh": 8, "plan_fed": 2, "fallback": 0, "safe": 0, "dry": 0},
+           "action_age_ms": {"p50": 10.0, "p99": 24.5}, "plan_ahead": True, "steal_s": 1.25}
+    text = summary_table(out)
+    assert "fresh 8  plan_fed 2  fallback 0  safe 0  dry 0" in text
+    assert "p99 24.5" in text and "(plan-ahead on)" in text
+    assert "host steal during the run 1.25 s" in text
 
 
 def test_bench_deadline_help_names_every_planner_it_knows() -> None:
