@@ -374,10 +374,9 @@ def new_encoder() -> Callable[[Mapping[str, Any]], bytes]:
     return pack
 
 
-def message(
-    kind: str, seq: int, t_ns: int, *, v: int = PROTOCOL_VERSION, **fields: Any
-) -> dict[str, Any]:
-    """Build a message map with the common header (`v`: the session's protocol version)."""
+def message(kind: str, seq: int, t_ns: int, *, v: int = 1, **fields: Any) -> dict[str, Any]:
+    """Build a message map with the common header (`v`: the session's protocol version;
+    1, the version every peer speaks, unless given)."""
     return {"v": v, "type": kind, "seq": seq, "t_ns": t_ns, **fields}
 
 

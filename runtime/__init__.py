@@ -5,14 +5,25 @@ lazily, inside the subcommand that needs them).
 """
 
 from runtime.clock import FakeClock, MonotonicClock
-from runtime.protocols import Clock, Command, Observation, Planner, Plant, PlantSpec
+from runtime.protocols import (
+    Clock,
+    Command,
+    ExecutesPlans,
+    Observation,
+    Planner,
+    PlanSource,
+    Plant,
+    PlantSpec,
+)
 
 __all__ = [
     "Clock",
     "Command",
+    "ExecutesPlans",
     "FakeClock",
     "MonotonicClock",
     "Observation",
+    "PlanSource",
     "Planner",
     "Plant",
     "PlantSpec",

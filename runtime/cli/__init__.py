@@ -326,6 +326,11 @@ def _add_demo(sp: argparse._SubParsersAction[_Parser]) -> None:
         "--fast-rate", type=nonnegative_float, default=500.0,
         help="also run the rolling planner with the plant served at this rate (0: skip)",
     )
+    p.add_argument(
+        "--stall-ms", type=nonnegative_float, default=50.0,
+        help="also run the rolling planner stopped this long every second, plan-ahead on and "
+             "off (0: skip)",
+    )
     _add_rt_priority(p, "controller and plant (the plant one level higher)", default=10)
     p.add_argument("--no-rt", action="store_true", help="do not ask for SCHED_FIFO")
     _target(p, "runtime.cli.demo:cli_demo")

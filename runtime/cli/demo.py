@@ -9,8 +9,12 @@
    (default 500 Hz): the same 100 Hz model, re-planning every tick (`policies.tokenrate`),
    once sending each command after its first refine step (the default, docs/runtime.md "Early
    emit") and once refining first and sending last (`-late`), to show what the order costs.
-4. The side-by-side table (miss rate, lateness p99, compute p99, re-plans per second, success)
-   and `rtdiff report`'s plots, written to `--out` (default `runs/demo/`).
+   Then the rolling planner from a controller process that is stopped for `--stall-ms`
+   (default 50 ms) every second, with plan-ahead on and off (`rtdiff bench stalls`): what the
+   plant does with a controller that goes silent.
+4. The side-by-side table (miss rate, lateness p99, compute p99, re-plans per second, success,
+   what the plant applied, the host steal during each run) and `rtdiff report`'s plots,
+   written to `--out` (default `runs/demo/`), and the host steal over the whole demo.
 
 Plant and controller ask for SCHED_FIFO (`--rt-priority`, default 10; `--no-rt` to not ask);
 where the OS refuses, the demo says so and runs with the default policy.
@@ -43,32 +47,39 @@ def _shipped() -> set[str]:
 def _row(name: str, out: dict[str, Any]) -> str:
     lat, comp = out["lateness_ms"], out["compute_ms"]
     success = f"{100 * out['success_rate']:>9.1f}" if out["episodes"] else f"{'-':>9}"
+    plant = out.get("plant")
+    fed = f"{plant['plan_fed']}/{plant['fallback']}" if plant else "-"
+    steal = f"{out['steal_s']:>7.2f}" if out.get("steal_s") is not None else f"{'-':>7}"
     return (f"{name:<26}{out['rate_hz']:>6g}{out['ticks']:>7}{out['misses']:>8}"
             f"{out.get('plant_misses', '-'):>8}"
             f"{100 * out['miss_rate']:>9.3f}{lat['p99']:>10.3f}{comp['p99']:>10.3f}"
             f"{out['steps_per_tick']['mean']:>7.2f}{out.get('replans_per_s', 0.0):>8.0f}"
-            f"{out['episodes']:>6}{success}")
+            f"{out['episodes']:>6}{success}{fed:>11}{steal}")
 
 
 def table(rows: dict[str, dict[str, Any]]) -> str:
     lines = [
         f"{'planner':<26}{'rate':>6}{'ticks':>7}{'misses':>8}{'plant':>8}{'miss %':>9}"
-        f"{'late p99':>10}{'cmp p99':>10}{'steps':>7}{'replans':>8}{'eps':>6}{'success':>9}",
+        f"{'late p99':>10}{'cmp p99':>10}{'steps':>7}{'replans':>8}{'eps':>6}{'success':>9}"
+        f"{'plan/hold':>11}{'steal':>7}",
         f"{'(realtime, over the bridge)':<26}{'Hz':>6}{'':>7}{'':>8}{'late':>8}{'':>9}"
-        f"{'ms':>10}{'ms':>10}{'/tick':>7}{'/s':>8}{'':>6}{'%':>9}",
+        f"{'ms':>10}{'ms':>10}{'/tick':>7}{'/s':>8}{'':>6}{'%':>9}{'ticks':>11}{'s':>7}",
     ]
     lines += [_row(name, out) for name, out in rows.items()]
     return "\n".join(lines)
 
 
 def cli_demo(args: argparse.Namespace) -> int:
+    from runtime.cli.bench_stalls import run_one
     from runtime.cli.bench_tick import cli_bench_tick
     from runtime.cli.report import make_report
     from runtime.cli.run import execute
     from runtime.cli.served import plant_server, run_args
+    from runtime.rt import read_steal_s
 
     out_dir = Path(args.out)
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
+    steal0 = read_steal_s()
     rt = None if getattr(args, "no_rt", False) else getattr(args, "rt_priority", None)
     if rt:
         from runtime.rt import try_realtime
@@ -112,6 +123,20 @@ def cli_demo(args: argparse.Namespace) -> int:
             print(f"   (not shipped in this build, skipped: {', '.join(missing)})")
         for policy in planners:
             drive(policy, policy.split(":")[0], address, None)
+        stall_ms = getattr(args, "stall_ms", 50.0)
+        if stall_ms and f"rolling:{TASK}" in planners:
+            print(f"   the rolling planner's controller process stopped {stall_ms:g} ms every "
+                  "second (SIGSTOP/SIGCONT), plan-ahead on, then off:", flush=True)
+            for on in (True, False):
+                name = f"rolling-stop{stall_ms:g}ms-{'on' if on else 'off'}"
+                print(f"   {name} ...", flush=True)
+                out = run_one(f"rolling:{TASK}", address, seed=args.seed,
+                              seconds=10.0 * args.episodes, plan_ahead=on, stall_ms=stall_ms,
+                              every_s=1.0, quota=None, rt=rt, extra={})
+                out["planner"] = f"rolling-stop{stall_ms:g}ms-{'on' if on else 'off'}"
+                out.pop("trace", None)
+                (out_dir / "runs" / f"{name}.json").write_text(json.dumps(out))
+                rows[name] = out
     fast = f"rolling:{TASK}"
     if args.fast_rate and fast in planners:
         with plant_server(TASK, seed=args.seed, rate_hz=args.fast_rate, rt_priority=rt) as address:
@@ -124,6 +149,10 @@ def cli_demo(args: argparse.Namespace) -> int:
 
     print("\n== 3/3  results ==")
     print(table(rows))
+    steal1 = read_steal_s()
+    if steal0 is not None and steal1 is not None:
+        print(f"host steal over the demo: {steal1 - steal0:.2f} s (/proc/stat; the time the "
+              "hypervisor gave this machine's CPUs to others)")
     made = make_report(out_dir, out_dir / "report")
     print(f"\nruns in {out_dir / 'runs'}; report with {len(made) - 1} plots in "
           f"{out_dir / 'report' / 'report.md'}")

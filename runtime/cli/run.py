@@ -138,7 +138,8 @@ class Progress:
 def summary_table(out: dict[str, Any]) -> str:
     lat, comp = out["lateness_ms"], out["compute_ms"]
     lines = [
-        f"rtdiff run: {out['policy']} on {out['plant_spec']} ({out['mode']}, {out['rate_hz']:g} Hz)",
+        f"rtdiff run: {out['policy']} on {out['plant_spec']} "
+        f"({out['mode']}, {out['rate_hz']:g} Hz)",
         f"  ticks {out['ticks']}   misses {out['misses']} ({100 * out['miss_rate']:.3f} %)"
         + (f"   plant saw {out['plant_misses']} late" if "plant_misses" in out else ""),
         f"  lateness ms  p50 {lat['p50']:.3f}  p99 {lat['p99']:.3f}  p99.9 {lat['p999']:.3f}"

@@ -33,7 +33,7 @@ def run_args(policy: str, plant: str, *, seed: int, seconds: float | None = None
     """`rtdiff run` arguments (realtime, JSON), parsed by the real parser: one set of defaults."""
     argv = ["run", "--policy", policy, "--plant", plant, "--mode", "realtime",
             "--seed", str(seed), "--json"]
-    argv += ["--rt-priority", str(rt_priority)] if rt_priority else []
+    argv += ["--rt-priority", str(rt_priority)] if rt_priority else ["--no-rt"]
     argv += ["--seconds", f"{seconds:g}"] if seconds is not None else []
     argv += ["--episodes", str(episodes)] if episodes is not None else []
     argv += ["--trace", trace] if trace is not None else []

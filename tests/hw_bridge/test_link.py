@@ -122,11 +122,11 @@ def test_layout_and_version_mismatch_are_refused(serve) -> None:
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(rs.address)
     try:
-        sock.send(encode(message("hello", 1, 0, versions=[2, 3], role="control")))
+        sock.send(encode(message("hello", 1, 0, versions=[3, 4], role="control")))
         assert sock.poll(2000)
         err = decode(sock.recv())
         assert (err["type"], err["code"], err["fatal"]) == ("error", "bad_version", True)
-        assert "server speaks [1], client offered [2, 3]" in err["message"]
+        assert "server speaks [1, 2], client offered [3, 4]" in err["message"]
         sock.send(command(2, [0.1]))  # no session: refused, never applied
         assert sock.poll(2000) and decode(sock.recv())["code"] == "unknown_peer"
     finally:

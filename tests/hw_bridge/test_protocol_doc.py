@@ -51,5 +51,14 @@ def test_doc_hex_dump_is_the_encoded_command_example() -> None:
     text = DOC.read_text()
     hexdump = re.search(r"```hex\n(.*?)```", text, re.S)
     assert hexdump is not None
-    (cmd,) = [m for m in _examples() if m["type"] == "command"]
-    assert bytes.fromhex("".join(hexdump.group(1).split())) == encode(cmd)
+    v1, v2 = [m for m in _examples() if m["type"] == "command"]
+    assert v2["v"] == 2
+    assert v1["v"] == 1 and "plan" not in v1
+    assert bytes.fromhex("".join(hexdump.group(1).split())) == encode(v1)
+
+
+def test_doc_v2_command_example_carries_a_plan_for_the_ticks_after_its_own() -> None:
+    (cmd,) = [m for m in _examples() if m["type"] == "command" and m["v"] == 2]
+    plan = decode_array(cmd["plan"], field="plan")
+    assert plan.shape == (2, 1)
+    assert cmd["plan_t0_ns"] > cmd["deadline_ns"] and cmd["plan_dt_ns"] == 5_000_000
