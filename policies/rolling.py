@@ -46,7 +46,9 @@ from runtime.protocols import Observation, PlantSpec
 
 
 class RollingPlanner(TorchPlannerBase):
-    """Implements `runtime.Planner`; also exposes `surprise` and `noise_levels()`.
+    """Implements `runtime.Planner` and declares the optional capabilities (`runtime.protocols`)
+    `Anytime`, `BoundedReset`, `ReportsSurprise`, `ReportsNoiseLevels`, `Refreshes` and
+    `PlanSource`.
 
     Example:
         planner = RollingPlanner(model, normalizer, spec, PlannerConfig())

@@ -30,12 +30,24 @@ Rates below the model's would need several shifts per tick and are refused at lo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from runtime.protocols import Observation, Planner
+from runtime.protocols import (
+    Anytime,
+    BoundedReset,
+    Closes,
+    FloatArray,
+    Observation,
+    Planner,
+    PlanSource,
+    Refreshes,
+    ReportsNoiseLevels,
+    ReportsSurprise,
+)
 
 
 class TokenRate:
@@ -45,9 +57,22 @@ class TokenRate:
         planner = TokenRate(load_planner("rolling:double-pendulum", spec=spec500), 500, 100)
         # or simply load_planner(...) with a 500 Hz spec, which wraps it itself
 
-    Every attribute the wrapper does not define (`noise_levels`, `surprise`, `close`, ...) is
-    the inner planner's.
+    The wrapper declares exactly the optional capabilities (`runtime.protocols`) the inner
+    planner declares, and forwards them: `anytime`, `bounded_reset` (its `reset` passes the
+    budget on), `surprise` (the inner planner's, as of its last reset or observation),
+    `noise_levels`, `refresh` and `close`. It is a `runtime.PlanSource` whatever the inner
+    planner: its plan is the inner planner's held over each token's plant ticks, and empty
+    when the inner planner has none. `renoise_level` reads the inner planner's, for the
+    push-recovery evaluation.
     """
+
+    # the inner planner's capabilities: set in __init__ when, and only when, it declares them
+    anytime: bool
+    bounded_reset: bool
+    surprise: float
+    noise_levels: Callable[[], FloatArray]
+    refresh: Callable[[Observation], bool]
+    close: Callable[[], None]
 
     def __init__(self, inner: Planner, plant_rate_hz: float, model_rate_hz: float) -> None:
         if not (model_rate_hz > 0 and plant_rate_hz > 0):
@@ -62,25 +87,47 @@ class TokenRate:
         self.ticks_per_token = ratio
         self.plant_rate_hz = float(plant_rate_hz)
         self.model_rate_hz = float(model_rate_hz)
-        self._refresh = getattr(inner, "refresh", None)
-        self._plan_into = getattr(inner, "plan_into", None)
+        self._bounded = inner if isinstance(inner, BoundedReset) else None
+        self._surprising = inner if isinstance(inner, ReportsSurprise) else None
+        self._refresh = inner.refresh if isinstance(inner, Refreshes) else None
+        self._plan_into = inner.plan_into if isinstance(inner, PlanSource) else None
+        # Instance attributes, not properties: a run's capability checks (`isinstance` against
+        # the runtime-checkable protocols) then see what the inner planner declares.
+        if isinstance(inner, Anytime):
+            self.anytime = inner.anytime
+        if self._bounded is not None:
+            self.bounded_reset = self._bounded.bounded_reset
+        if self._surprising is not None:
+            self.surprise = self._surprising.surprise
+        if isinstance(inner, ReportsNoiseLevels):
+            self.noise_levels = inner.noise_levels
+        if self._refresh is not None:
+            self.refresh = self._refresh
+        if isinstance(inner, Closes):
+            self.close = inner.close
         self._tokens = np.zeros((0, 0))  # the inner planner's plan, one row per token
         self._phase = 0.0  # plant ticks since the last token boundary
         self._last_seq: int | None = None
         self.token_ticks = 0  # ticks that moved the plan a token
         self.sub_ticks = 0  # ticks that only refreshed it
 
-    def __getattr__(self, name: str) -> Any:
-        # only reached for names this class does not define
-        return getattr(self.__dict__["inner"], name)
+    @property
+    def renoise_level(self) -> float:
+        """The inner planner's re-noising level at its last observation (AttributeError when
+        it has none, so `getattr(planner, "renoise_level", default)` works on the wrapper)."""
+        inner: Any = self.inner
+        return float(inner.renoise_level)
 
     def reset(self, obs: Observation, budget_ns: int | None = None) -> None:
-        if budget_ns is None:
+        bounded = self._bounded
+        if budget_ns is None or bounded is None:
             self.inner.reset(obs)
-        else:  # only asked of an inner planner with `bounded_reset`
-            self.inner.reset(obs, budget_ns=budget_ns)  # type: ignore[call-arg]
+        else:  # only asked when the inner planner declares `bounded_reset`
+            bounded.reset(obs, budget_ns=budget_ns)
         self._phase = 0.0
         self._last_seq = obs.seq
+        if self._surprising is not None:
+            self.surprise = self._surprising.surprise
 
     def observe(self, obs: Observation) -> None:
         last = self._last_seq
@@ -96,11 +143,12 @@ class TokenRate:
             )
             self.token_ticks += 1
             self.inner.observe(obs)
-            return
-        self.sub_ticks += 1
-        if self._refresh is not None:
-            self._refresh(obs)
-
+        else:
+            self.sub_ticks += 1
+            if self._refresh is not None:
+                self._refresh(obs)
+        if self._surprising is not None:
+            self.surprise = self._surprising.surprise
     def refine(self, budget_ns: int) -> int:
         return self.inner.refine(budget_ns)
 

@@ -1,15 +1,20 @@
 """The control loop: wait for the tick, observe, refine within the budget, emit before the deadline.
 
-Per tick `k` (period `T`, scheduled start `t0 + k*T`, deadline `t0 + k*T + T - margin`):
+Per tick `k` (period `T`, scheduled start `t0 + k*T`, deadline `t0 + k*T + T - margin`),
+`ControlLoop.run` calls one method per phase:
 
-1. wait for the tick's start (`Ticker`; realtime mode) or start at once (lockstep mode);
-2. observe the plant and hand the observation to the planner (which shifts its plan);
-3. refine: sync mode calls `planner.refine` while the step-latency estimate says one more step
-   fits before `refine_end = min(deadline - emit_reserve, start + budget_fraction * T)`, capped
-   by `steps_per_tick`; async mode instead waits until `refine_end` while a worker refines;
-4. emit: take `planner.action()`, replace it by the fallback if it is not finite or the
+1. `_wait`: wait for the tick's start (`Ticker`; realtime mode) or start at once (lockstep
+   mode), and follow the transport margin a plant behind a link measures;
+2. `_observe`: observe the plant and hand the observation to the planner (which shifts its
+   plan); when an episode ended, `_restart_episode` starts the next one;
+3. `_refine`: sync mode calls `planner.refine` while the step-latency estimate says one more
+   step fits before `refine_end = min(deadline - emit_reserve, start + budget_fraction * T)`,
+   capped by `steps_per_tick`; async mode instead waits until `refine_end` while a worker
+   refines;
+4. `_emit`: take `planner.action()`, replace it by the fallback if it is not finite or the
    deadline has already passed, clip it into the action limits, hand the `Command` to the plant;
-5. record a `TickRecord` in the preallocated trace ring.
+5. `_refine_on`: after an early command, refine on for the ticks to come;
+6. `_record`: record a `TickRecord` in the preallocated trace ring.
 
 Plan-ahead (`LoopConfig.plan_ahead`, realtime): when the planner holds a plan
 (`runtime.PlanSource`) and the plant executes plans (`runtime.ExecutesPlans`), each command
@@ -17,11 +22,12 @@ also carries the planner's actions for the plant ticks after the command's own, 
 whose controller stalls applies the plan instead of holding one stale command
 (`runtime.planfeed`).
 
-Early emit (`emit_after_steps=N`, sync mode): step 3 stops after N steps (each must fit by the
-budget's tail estimate before the command), step 4 sends the command, and the planner then
-refines on, for the ticks to come, until `budget_fraction` of the period (or the reserve before
-the next tick). The command leaves early, so a stall after it costs no deadline; the steps after
-it make the next ticks' plan. The trace's `steps` counts both, `refine_ns` the ones before.
+Early emit (`emit_after_steps=N`, sync mode): `_refine` stops after N steps (each must fit by
+the budget's tail estimate before the command), `_emit` sends the command, and `_refine_on`
+lets the planner refine on, for the ticks to come, until `budget_fraction` of the period (or
+the reserve before the next tick). The command leaves early, so a stall after it costs no
+deadline; the steps after it make the next ticks' plan. The trace's `steps` counts both,
+`refine_ns` the ones before.
 
 Modes:
 - `realtime`: the plant runs on its own clock; a command later than its deadline is discarded
@@ -31,8 +37,10 @@ Modes:
   exactly `steps_per_tick` refine steps (default 1) whatever they cost; misses against the
   virtual deadline `start + T - margin` are still counted, but nothing is dropped.
 
-The per-tick path takes no decisions that could be made at start-up: limits, buffers and the
-record layout are fixed before the first tick.
+The per-tick path takes no decisions that could be made at start-up: limits, buffers, the
+record layout and the optional capabilities of planner and plant (`runtime.protocols`) are
+fixed before the first tick (`_Run`), and the phases hand each other the tick's values in one
+preallocated `_Tick`.
 """
 
 from __future__ import annotations
@@ -50,29 +58,285 @@ from runtime.handover import LatestAction, RefineWorker
 from runtime.loopconfig import LoopConfig
 from runtime.planfeed import MAX_PLAN_TICKS
 from runtime.protocols import (
+    BoundedReset,
     Clock,
     Command,
     ExecutesPlans,
+    FloatArray,
+    FreshObservations,
+    MeasuresTransport,
     Observation,
     Planner,
     PlanSource,
     Plant,
+    ReportsNoiseLevels,
+    ReportsSurprise,
 )
 from runtime.result import EpisodeResult, RunResult
 from runtime.rt import GcPolicy, read_steal_s
 from runtime.sidecar import Sidecar
 from runtime.ticker import Ticker
-from runtime.trace import TraceRing, read_trace
+from runtime.trace import TickColumns, TraceRing, read_trace
 
 __all__ = ["ControlLoop", "EpisodeResult", "LoopConfig", "ProgressFn", "RunResult"]
 
 _LIMIT, _BLOCKED, _IDLE = 0, 1, 2  # why a run of refine steps stopped
+
+# the per-tick path calls these every tick: looked up once
+_isfinite, _maximum, _minimum, _copyto = math.isfinite, np.maximum, np.minimum, np.copyto
 
 ProgressFn = Callable[[int, int, list[EpisodeResult]], None]  # (ticks, misses, episodes)
 
 
 def _counter_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: int(v) - int(before.get(k, 0)) for k, v in after.items()}
+
+
+class _Tick:
+    """The values one tick's phases hand each other, each written by the phase that knows it.
+
+    One instance per run, rewritten by every tick: the per-tick path allocates nothing here.
+    """
+
+    __slots__ = (
+        "blocked",
+        "code",
+        "deadline",
+        "emit_by",
+        "k",
+        "missed",
+        "more",
+        "refine_end",
+        "refine_ns",
+        "room",
+        "sched",
+        "skipped",
+        "spent",
+        "start",
+        "started",
+        "steps",
+        "surprise",
+        "t_emit",
+        "t_obs",
+        "t_ref",
+    )
+
+    def __init__(self) -> None:
+        # _wait (and _restart_episode, which moves the tick onto the plant's new schedule)
+        self.k = 0  # the tick's number
+        self.sched = 0  # its scheduled start (ns)
+        self.start = 0  # its actual start (ns)
+        self.skipped = 0  # scheduled ticks that passed without running, just before it
+        self.deadline = 0  # the plant's deadline for its command (ns)
+        self.emit_by = 0  # the command must leave by then: the deadline less the margin
+        self.refine_end = 0  # refinement before the command ends by then
+        # _observe
+        self.t_obs = 0  # the planner has the observation
+        self.started = False  # the tick starts an episode
+        # _refine, _refine_on
+        self.steps = 0  # refine steps: before the command, then also after it
+        self.spent = 0  # time in refine of the last `_refine_until`
+        self.refine_ns = 0  # time in refine before the command
+        self.more = False  # early emit: the planner may take more steps after the command
+        self.blocked = False  # the budget blocked a step (for `StepBudget.end_tick`)
+        self.room: int | None = None  # time left when the steps began (for `end_tick`)
+        self.t_ref = 0  # refinement before the command ended
+        # _emit
+        self.code = CODE_NONE  # the fallback that replaced the action, if one did
+        self.t_emit = 0  # the command was in the plant's hands
+        self.missed = False  # ... later than `emit_by`
+        self.surprise = 0.0  # the planner's surprise at the tick's observation
+
+
+class _Run:
+    """What a run fixes at its start and what it carries from tick to tick.
+
+    Fixed: the plant and planner and their optional capabilities (looked up here, once:
+    `runtime.protocols`), the offsets of each tick's instants from its scheduled start, the
+    step caps, the buffers. Carried: the newest observation, the episode's bookkeeping, the
+    counts. One instance per run.
+    """
+
+    __slots__ = (
+        "bounded",
+        "budget",
+        "budget_off",
+        "cap",
+        "clock",
+        "cols",
+        "counters_before",
+        "deadline_off",
+        "early",
+        "emit_by_off",
+        "ep_index",
+        "ep_return",
+        "ep_seed",
+        "ep_ticks",
+        "episode_results",
+        "episodes",
+        "estimate_start",
+        "fallback",
+        "fresh",
+        "gc_policy",
+        "high",
+        "k_local",
+        "last",
+        "last_seq",
+        "levels_fn",
+        "low",
+        "margin",
+        "margin_floor",
+        "margin_max",
+        "measured_margin",
+        "misses",
+        "now_ns",
+        "obs",
+        "observe",
+        "out",
+        "period",
+        "phase_ns",
+        "plan_buf",
+        "plan_src",
+        "plan_t0_off",
+        "planner",
+        "planner_ready",
+        "plant",
+        "post_off",
+        "pre_cap",
+        "progress",
+        "realtime",
+        "refine_off",
+        "reserve_ns",
+        "sidecar",
+        "slack_gc",
+        "stale",
+        "steal_before",
+        "steps_seen",
+        "surprising",
+        "switch_before",
+        "switch_s",
+        "ticker",
+        "trace",
+        "worker",
+    )
+
+    obs: Observation  # the newest observation: the episode's first from `_start`, then `_observe`'s
+
+    def __init__(
+        self, loop: ControlLoop, trace: TraceRing, *, episodes: int | None, seed: int
+    ) -> None:
+        cfg = loop.config
+        plant, planner = loop.plant, loop.planner
+        self.plant, self.planner, self.clock = plant, planner, loop.clock
+        self.now_ns = loop.clock.now_ns  # bound once: the tick path reads the clock ~6 times
+        self.budget = loop.budget
+        self.trace: TraceRing = trace
+        self.cols: TickColumns = trace.cols
+        self.fallback = loop.fallback
+        self.sidecar = loop.sidecar
+        self.progress = loop.progress if loop.progress_every else None
+        self.gc_policy = loop.gc_policy
+        self.realtime = realtime = cfg.mode == "realtime"
+        self.slack_gc = loop.gc_policy if realtime else None  # collects in a realtime tick's slack
+        self.period = period = loop.period_ns
+
+        # -- offsets from a tick's scheduled start ----------------------------------------
+        phase_ns = 0
+        if realtime and cfg.align_to_plant:
+            phase_ns = round(cfg.phase_offset_s * 1e9) if cfg.phase_offset_s is not None else min(
+                500_000, period // 5
+            )
+        self.phase_ns = phase_ns
+        # Aligned, tick k starts phase_ns after plant tick k: the plant applies at its tick k+1.
+        self.deadline_off = period - phase_ns - round(cfg.deadline_margin_s * 1e9)
+        self.switch_s = 0.0
+        if cfg.refine == "async":
+            self.switch_s = cfg.gil_switch_s if cfg.gil_switch_s is not None else min(
+                100e-6, period / 20e9
+            )
+        # async: the tick thread wakes at refine_end and may wait up to one switch interval
+        # for the GIL the worker holds; it keeps two of them in reserve before emitting
+        self.reserve_ns = round(max(cfg.emit_reserve_s, 2 * self.switch_s) * 1e9)
+        self.budget_off = round(cfg.budget_fraction * period)
+        self.margin_floor = self.margin = self.margin_max = round(cfg.transport_margin_s * 1e9)
+        self.emit_by_off = self.refine_off = 0
+        self.set_margin(self.margin)
+        # early emit: where the steps after the command must end (before the next tick's
+        # start, less the reserve, within the budget fraction)
+        self.post_off = min(self.budget_off, period - self.reserve_ns)
+        # plan-ahead: row 0 of a command's plan is for the plant tick after the command's own
+        self.plan_t0_off = 2 * period - phase_ns
+
+        # -- steps per tick -----------------------------------------------------------------
+        self.cap: int = cfg.steps_per_tick if cfg.steps_per_tick is not None else (
+            1 if not realtime else 1 << 30
+        )
+        # early emit: the steps before the command
+        self.early = cfg.emit_after_steps > 0 and cfg.refine == "sync"
+        self.pre_cap = min(self.cap, cfg.emit_after_steps) if self.early else self.cap
+
+        # -- buffers --------------------------------------------------------------------------
+        self.out, self.last, self.low, self.high = loop._out, loop._last, loop._low, loop._high
+        self.plan_buf = loop._plan
+
+        # -- optional capabilities, looked up once ---------------------------------------------
+        self.plan_src: PlanSource | None = loop.plan_source()
+        self.surprising: ReportsSurprise | None = (
+            planner if isinstance(planner, ReportsSurprise) else None
+        )
+        self.bounded: BoundedReset | None = (
+            planner if isinstance(planner, BoundedReset) and planner.bounded_reset else None
+        )
+        # noise levels only in sync mode: in async mode the worker owns the planner
+        self.levels_fn: Callable[[], FloatArray] | None = (
+            planner.noise_levels
+            if isinstance(planner, ReportsNoiseLevels) and cfg.refine == "sync" else None
+        )
+        # A plant behind a link may measure how long its commands take to arrive: the margin
+        # follows it (never below the configured one, never over half a period), looked at
+        # every 32 ticks.
+        self.measured_margin: Callable[[], int | None] | None = (
+            plant.transport_margin_ns
+            if realtime and isinstance(plant, MeasuresTransport) else None
+        )
+        # A plant that can wait for a fresh state gets `fresh_wait_s` for it at each tick.
+        self.observe: Callable[[], Observation] = plant.observe
+        if realtime and isinstance(plant, FreshObservations):
+            wait_s = cfg.fresh_wait_s if cfg.fresh_wait_s is not None else min(
+                1e-3, period / 5e9
+            )
+            if wait_s > 0:
+                self.observe = functools.partial(plant.next_observation, wait_s)
+
+        # -- carried from tick to tick ------------------------------------------------------
+        self.worker: RefineWorker | None = None  # async mode: set by `_start`
+        self.ticker: Ticker | None = None  # realtime mode: set by `_start`
+        self.fresh = True  # `obs` starts an episode: the tick does not `observe` it
+        # Realtime: the planner already holds `obs` (reset by `_start`), so the first tick does
+        # not pay for a second reset (and its warm-up) inside its deadline. Lockstep resets it
+        # again in the first tick, where time does not count (the random draws of that second
+        # reset are part of every lockstep result).
+        self.planner_ready = realtime
+        self.last_seq = 0
+        self.episodes = episodes
+        self.episode_results: list[EpisodeResult] = []
+        self.ep_index, self.ep_ticks, self.ep_return, self.ep_seed = 0, 0, 0.0, seed
+        self.k_local = 0
+        self.misses = 0
+        self.stale = 0
+        self.steps_seen = 0  # async mode: the worker's step count at the previous tick
+        self.counters_before: dict[str, int] = {}
+        self.steal_before: float | None = None
+        self.switch_before = 0.0
+        self.estimate_start = 0
+
+    def set_margin(self, margin_ns: int) -> None:
+        """Take `margin_ns` as the transport margin: the command's emit-by and the end of the
+        refinement before it move with it."""
+        self.margin = margin_ns
+        self.margin_max = max(self.margin_max, margin_ns)
+        self.emit_by_off = self.deadline_off - margin_ns  # the command must leave by then
+        self.refine_off = min(self.emit_by_off - self.reserve_ns, self.budget_off)
 
 
 class ControlLoop:
@@ -180,6 +444,32 @@ class ControlLoop:
         if seconds is not None:
             by_time = max(1, round(seconds * 1e9 / self.period_ns))
             ticks = by_time if ticks is None else min(ticks, by_time)
+        r = _Run(self, self._trace_for(ticks, episodes), episodes=episodes, seed=seed)
+        self._start(r)
+        t = _Tick()
+        wait, observe, refine, emit, refine_on, record = (
+            self._wait, self._observe, self._refine, self._emit, self._refine_on, self._record
+        )
+        ticker = r.ticker
+        try:
+            # `ticks` counts scheduled ticks: a run of S seconds at R Hz ends at tick S*R even
+            # if some were skipped (they are counted as misses, not made up for).
+            while not self._stop and (
+                ticks is None or (ticker.next_k if ticker is not None else r.k_local) < ticks
+            ):
+                wait(r, t)
+                if not observe(r, t):
+                    break  # the run's last episode ended
+                refine(r, t)
+                emit(r, t)
+                refine_on(r, t)
+                record(r, t)
+        finally:
+            self._finish(r)
+        return self._result(r)
+
+    def _trace_for(self, ticks: int | None, episodes: int | None) -> TraceRing:
+        """The loop's trace ring; without one, an in-memory ring large enough for the run."""
         if self.trace is None:
             expected = ticks or (max(self.spec.episode_ticks, 1) * (episodes or 1) + 16)
             self.trace = TraceRing(
@@ -187,362 +477,336 @@ class ControlLoop:
                 chunk_ticks=1024,
                 n_chunks=max(2, math.ceil(expected / 1024) + 1),
             )
-        cfg = self.config
-        clock = self.clock
-        now_ns = clock.now_ns  # bound once: the tick path reads the clock ~6 times per tick
-        has_surprise = hasattr(self.planner, "surprise")
-        bounded_reset = bool(getattr(self.planner, "bounded_reset", False))
-        maximum, minimum, isfinite = np.maximum, np.minimum, math.isfinite
-        planner = self.planner
-        plant = self.plant
-        trace = self.trace
-        c = trace.cols
-        period = self.period_ns
-        realtime = cfg.mode == "realtime"
-        phase_ns = 0
-        if realtime and cfg.align_to_plant:
-            phase_ns = round(cfg.phase_offset_s * 1e9) if cfg.phase_offset_s is not None else min(
-                500_000, period // 5
-            )
-        # Aligned, tick k starts phase_ns after plant tick k: the plant applies at its tick k+1.
-        deadline_off = period - phase_ns - round(cfg.deadline_margin_s * 1e9)
-        # plan-ahead: row 0 of a command's plan is for the plant tick after the command's own
-        plan_src = self.plan_source()
-        plan_buf, plan_t0_off = self._plan, 2 * period - phase_ns
-        margin_floor = margin = round(cfg.transport_margin_s * 1e9)
-        # A plant behind a link may measure how long its commands take to arrive
-        # (`RemotePlant.transport_margin_ns()`): the margin follows it (never below the
-        # configured one, never over half a period), looked at every 32 ticks.
-        measured_margin: Callable[[], int | None] | None = (
-            getattr(plant, "transport_margin_ns", None) if realtime else None
-        )
-        margin_max = margin
-        switch_s = 0.0
-        if cfg.refine == "async":
-            switch_s = cfg.gil_switch_s if cfg.gil_switch_s is not None else min(
-                100e-6, period / 20e9
-            )
-        # async: the tick thread wakes at refine_end and may wait up to one switch interval
-        # for the GIL the worker holds; it keeps two of them in reserve before emitting
-        reserve_ns = round(max(cfg.emit_reserve_s, 2 * switch_s) * 1e9)
-        budget_off = round(cfg.budget_fraction * period)
+        return self.trace
 
-        def offsets(margin_ns: int) -> tuple[int, int]:
-            """(emit_by, refine_end) offsets from the tick's start, for a transport margin."""
-            emit_off = deadline_off - margin_ns  # the command must leave by then
-            return emit_off, min(emit_off - reserve_ns, budget_off)
+    def _start(self, r: _Run) -> None:
+        """Reset plant and planner, warm the planner up, start the worker and the ticks.
 
-        emit_by_off, refine_off = offsets(margin)
-        cap = cfg.steps_per_tick if cfg.steps_per_tick is not None else (
-            1 if not realtime else 1 << 30
-        )
-        # early emit: the steps before the command, and where the steps after it must end
-        # (before the next tick's start, less the reserve, within the budget fraction)
-        early = cfg.emit_after_steps > 0 and cfg.refine == "sync"
-        pre_cap = min(cap, cfg.emit_after_steps) if early else cap
-        post_off = min(budget_off, period - reserve_ns)
-        budget = self.budget
-
-        def refine_until(end_ns: int, steps: int, limit: int, tail: bool) -> tuple[int, int, int]:
-            """Refine while `steps < limit` and the budget says a step fits before `end_ns`
-            (by the first steps' tail when `tail`: before an early command). Returns (steps,
-            time spent in refine, why it stopped: _LIMIT, _BLOCKED or _IDLE)."""
-            spent = 0
-            while steps < limit:
-                t0 = now_ns()
-                left = end_ns - t0
-                if realtime and not (
-                    budget.fits_before_emit(left) if tail else budget.fits(left, steps == 0)
-                ):
-                    return steps, spent, _BLOCKED
-                n = planner.refine(left)
-                t1 = now_ns()
-                if n <= 0:
-                    return steps, spent, _IDLE  # nothing left to refine this tick
-                budget.record((t1 - t0) // n, steps == 0)
-                spent += t1 - t0
-                steps += n
-            return steps, spent, _LIMIT
-
-        fallback = self.fallback
-        out, last, low, high = self._out, self._last, self._low, self._high
-        episode_results: list[EpisodeResult] = []
-        ep_index, ep_ticks, ep_return, ep_seed = 0, 0, 0.0, seed
-
-        # Everything slow happens before the episode's final reset: a realtime plant starts
-        # moving at that reset, and each millisecond until the first command is uncontrolled.
-        # A plant's counters run for its lifetime (a served plant outlives many controllers):
-        # this run reports what changed from just before that reset to its end.
-        counters_before = dict(plant.counters())
-        steal_before = read_steal_s()
-        gc_policy = self.gc_policy
+        Everything slow happens before the episode's final reset: a realtime plant starts
+        moving at that reset, and each millisecond until the first command is uncontrolled.
+        A plant's counters run for its lifetime (a served plant outlives many controllers):
+        the run reports what changed from just before that reset to its end.
+        """
+        cfg, plant, planner = self.config, r.plant, r.planner
+        r.counters_before = dict(plant.counters())
+        r.steal_before = read_steal_s()
+        gc_policy = r.gc_policy
         if gc_policy is not None:
             gc_policy.start()  # gc.collect() + freeze: tens of ms with torch loaded
-        switch_before = sys.getswitchinterval()
-        if switch_s > 0:
-            sys.setswitchinterval(switch_s)
+        r.switch_before = sys.getswitchinterval()
+        if r.switch_s > 0:
+            sys.setswitchinterval(r.switch_s)
         try:
-            obs = plant.reset(seed=ep_seed)
+            obs = plant.reset(seed=r.ep_seed)
             planner.reset(obs)
             if cfg.refine == "sync" and cfg.warmup_steps:
                 self.warmup(obs)
                 # A realtime plant kept moving, uncontrolled, while the planner warmed up (and a
-                # remote one may have tripped its watchdog): start the episode afresh. The same seed
-                # gives the same initial state and disturbances.
-                counters_before = dict(plant.counters())  # the warm-up's ticks are not the run's
-                obs = plant.reset(seed=ep_seed)
-                anchor = self._anchor(obs, phase_ns) if realtime and phase_ns else None
-                if bounded_reset and anchor is not None:
+                # remote one may have tripped its watchdog): start the episode afresh. The same
+                # seed gives the same initial state and disturbances.
+                r.counters_before = dict(plant.counters())  # the warm-up's ticks are not the run's
+                obs = plant.reset(seed=r.ep_seed)
+                anchor = self._anchor(obs, r.phase_ns) if r.realtime and r.phase_ns else None
+                if r.bounded is not None and anchor is not None:
                     # the plant is moving: the first command is due at its first tick
-                    planner.reset(  # type: ignore[call-arg]
-                        obs, budget_ns=anchor + refine_off - now_ns() - self.budget.estimate_ns)
+                    r.bounded.reset(
+                        obs, budget_ns=anchor + r.refine_off - r.now_ns() - self.budget.estimate_ns
+                    )
                 else:
                     planner.reset(obs)
-            worker: RefineWorker | None = None
-            steps_seen = 0
             if cfg.refine == "async":
                 latest = LatestAction(self.spec.action_dim)  # the worker's hand-over slot
                 latest.publish(planner.action(), obs.seq, 0)
-                worker = RefineWorker(planner, latest, step_budget_ns=period)
+                worker = r.worker = RefineWorker(planner, latest, step_budget_ns=r.period)
                 worker.mailbox.post(obs, reset=True)
                 worker.start()
-            observe: Callable[[], Observation] = plant.observe
-            next_observation = getattr(plant, "next_observation", None)
-            if realtime and next_observation is not None:
-                wait_s = cfg.fresh_wait_s if cfg.fresh_wait_s is not None else min(
-                    1e-3, period / 5e9
-                )
-                if wait_s > 0:
-                    observe = functools.partial(next_observation, wait_s)
-            ticker = Ticker(clock, period) if realtime else None
-            if ticker is not None and phase_ns:
-                # the planner's reset may have run past tick 0's start (bounded to end before
-                # its command is due): tick 0 then starts late, its command still in time
-                self._align(ticker, obs, phase_ns, late_ok_ns=refine_off - phase_ns)
-            estimate_start = self.budget.estimate_ns
-            fresh = True  # `obs` starts an episode: the tick does not `observe` it
-            # Realtime: the planner already holds `obs` (reset above), so the first tick does
-            # not pay for a second reset (and its warm-up) inside its deadline. Lockstep keeps
-            # resetting in the tick, where time does not count, as it always did (the same
-            # random draws: lockstep results stay reproducible across versions).
-            planner_ready = realtime
-            sidecar = self.sidecar
-            levels_fn = getattr(planner, "noise_levels", None)
-            last_seq = obs.seq
-            k_local = 0
-            misses = 0
-            stale = 0
+            if r.realtime:
+                ticker = r.ticker = Ticker(self.clock, r.period)
+                if r.phase_ns:
+                    # the planner's reset may have run past tick 0's start (bounded to end
+                    # before its command is due): tick 0 then starts late, its command in time
+                    self._align(ticker, obs, r.phase_ns, late_ok_ns=r.refine_off - r.phase_ns)
+            r.estimate_start = self.budget.estimate_ns
+            r.obs, r.last_seq = obs, obs.seq
             self._stop = False
         except BaseException:
             if gc_policy is not None:
                 gc_policy.stop()  # never leave the process with automatic GC off
-            sys.setswitchinterval(switch_before)
+            sys.setswitchinterval(r.switch_before)
             raise
-        try:
-            # `ticks` counts scheduled ticks: a run of S seconds at R Hz ends at tick S*R even
-            # if some were skipped (they are counted as misses, not made up for).
-            while not self._stop and (
-                ticks is None or (ticker.next_k if ticker is not None else k_local) < ticks
+
+    # -- the phases of a tick -------------------------------------------------------------
+
+    def _wait(self, r: _Run, t: _Tick) -> None:
+        """Tick start: wait for it (realtime) or start now (lockstep); follow the transport
+        margin the plant measures (every 32 ticks); set the tick's deadline, emit-by and
+        refine end."""
+        ticker = r.ticker
+        if ticker is not None:
+            ts = ticker.wait()
+            k, sched = ts.k, ts.scheduled_ns
+            t.start, t.skipped = ts.start_ns, ts.skipped
+        else:
+            k, sched = r.k_local, r.now_ns()
+            t.start, t.skipped = sched, 0
+        t.k, t.sched = k, sched
+        measured = r.measured_margin
+        if measured is not None and not k & 31:
+            m = measured()
+            if m is not None:
+                m = min(max(m, r.margin_floor), r.period // 2)
+                if m != r.margin:
+                    r.set_margin(m)
+        t.deadline = sched + r.deadline_off
+        t.emit_by = sched + r.emit_by_off
+        t.refine_end = sched + r.refine_off
+
+    def _observe(self, r: _Run, t: _Tick) -> bool:
+        """Observe the plant (an episode's first observation is the reset's), count stale
+        states and reward, start the next episode when this one ended, and hand the
+        observation to the planner. False when the run's last episode ended."""
+        if not r.fresh:
+            obs = r.obs = r.observe()
+            r.stale += obs.stale  # flagged by the plant, never invented; counted
+            if obs.seq != r.last_seq:
+                r.ep_return += obs.reward
+                r.last_seq = obs.seq
+            if obs.done and not self._restart_episode(r, t):
+                return False
+        t.t_obs = r.now_ns()
+        t.started = fresh = r.fresh
+        if fresh and r.planner_ready:
+            pass  # reset already, by `_start` or `_restart_episode`
+        elif r.worker is not None:
+            r.worker.mailbox.post(r.obs, reset=fresh)
+        elif fresh:
+            r.planner.reset(r.obs)
+        else:
+            r.planner.observe(r.obs)
+        r.fresh = r.planner_ready = False
+        return True
+
+    def _restart_episode(self, r: _Run, t: _Tick) -> bool:
+        """Close the episode `r.obs` ended and reset the plant for the next, unless it was the
+        run's last (then False). Realtime: reset the planner too, and move this tick onto the
+        plant's new schedule."""
+        r.episode_results.append(
+            EpisodeResult(r.ep_index, r.ep_ticks, r.ep_return,
+                          bool(r.obs.info.get("success", False)))
+        )
+        r.ep_index += 1
+        if r.episodes is not None and r.ep_index >= r.episodes:
+            return False
+        r.ep_seed += 1
+        obs = r.obs = r.plant.reset(seed=r.ep_seed)
+        r.last_seq = obs.seq
+        r.ep_ticks, r.ep_return = 0, 0.0
+        r.fresh = True
+        if not r.realtime:
+            return True  # lockstep resets the planner in `_observe`, where time does not count
+        # The plant restarted its schedule at the reset: this tick's command is for the
+        # plant's first tick of the new episode, so its deadline is that tick's. Reset the
+        # planner first (its warm-up counts against that deadline), then move the ticks.
+        anchor = self._anchor(obs, r.phase_ns) if r.phase_ns else None
+        if r.worker is not None:
+            r.worker.mailbox.post(obs, reset=True)
+        elif r.bounded is not None and anchor is not None:
+            # a planner that can cut its warm-up short gets the time until the first
+            # command, less one step for sending it
+            r.bounded.reset(
+                obs, budget_ns=anchor + r.refine_off - r.now_ns() - r.budget.estimate_ns
+            )
+        else:
+            r.planner.reset(obs)
+        r.planner_ready = True
+        if anchor is not None and r.ticker is not None:
+            # plant ticks the resets already outlasted got no command: skipped, and counted
+            # as misses like any skipped tick
+            late_by = r.now_ns() - anchor - r.refine_off
+            if late_by > 0:
+                gone = -(-late_by // r.period)  # ceil
+                anchor += gone * r.period
+                t.skipped += gone
+            t.sched = anchor  # the tick counts from there (lateness >= 0)
+            t.deadline = anchor + r.deadline_off
+            t.emit_by = anchor + r.emit_by_off
+            t.refine_end = anchor + r.refine_off
+            r.ticker.realign(anchor + r.period)
+        return True
+
+    def _refine(self, r: _Run, t: _Tick) -> None:
+        """Refine before the command: while a step fits before `refine_end` (by the tail of
+        the ticks' first steps before an early command), up to the cap; async mode waits for
+        `refine_end` while the worker refines."""
+        t.more = t.blocked = False  # more: early emit may take steps after the command
+        t.room = None
+        t.steps = 0
+        worker = r.worker
+        if worker is None:
+            if r.early:  # before the command: by the tail; recovery waits for after
+                t.more = self._refine_until(r, t, t.refine_end, r.pre_cap, tail=True) != _IDLE
+            else:
+                t.room = t.refine_end - r.now_ns()
+                t.blocked = self._refine_until(r, t, t.refine_end, r.cap, tail=False) == _BLOCKED
+            t.refine_ns = t.spent
+        else:
+            t.refine_ns = 0
+            r.clock.sleep_until_ns(t.refine_end)
+            worker.check()
+        t.t_ref = r.now_ns()
+
+    def _refine_until(self, r: _Run, t: _Tick, end_ns: int, limit: int, *, tail: bool) -> int:
+        """Refine while `t.steps < limit` and the budget says a step fits before `end_ns` (by
+        the first steps' tail when `tail`: before an early command). Adds the steps to
+        `t.steps`, puts the time they took in `t.spent`, and says why it stopped: `_LIMIT`,
+        `_BLOCKED` or `_IDLE`."""
+        now_ns, budget, planner, realtime = r.now_ns, r.budget, r.planner, r.realtime
+        steps, spent, why = t.steps, 0, _LIMIT
+        while steps < limit:
+            t0 = now_ns()
+            left = end_ns - t0
+            if realtime and not (
+                budget.fits_before_emit(left) if tail else budget.fits(left, steps == 0)
             ):
-                # 1. tick start
-                if ticker is not None:
-                    ts = ticker.wait()
-                    k, sched, start, skipped = ts.k, ts.scheduled_ns, ts.start_ns, ts.skipped
-                else:
-                    start = now_ns()
-                    k, sched, skipped = k_local, start, 0
-                if measured_margin is not None and not k & 31:
-                    m = measured_margin()
-                    if m is not None:
-                        m = min(max(m, margin_floor), period // 2)
-                        if m != margin:
-                            margin = m
-                            margin_max = max(margin_max, m)
-                            emit_by_off, refine_off = offsets(m)
-                deadline = sched + deadline_off
-                emit_by = sched + emit_by_off
-                refine_end = sched + refine_off
-                # 2. observe
-                if not fresh:
-                    obs = observe()
-                    stale += obs.stale  # flagged by the plant, never invented; counted
-                    if obs.seq != last_seq:
-                        ep_return += obs.reward
-                        last_seq = obs.seq
-                    if obs.done:
-                        episode_results.append(
-                            EpisodeResult(ep_index, ep_ticks, ep_return,
-                                          bool(obs.info.get("success", False)))
-                        )
-                        ep_index += 1
-                        if episodes is not None and ep_index >= episodes:
-                            break
-                        ep_seed += 1
-                        obs = plant.reset(seed=ep_seed)
-                        last_seq = obs.seq
-                        ep_ticks, ep_return = 0, 0.0
-                        fresh = True
-                        if realtime:
-                            # The plant restarted its schedule at the reset: this tick's
-                            # command is for the plant's first tick of the new episode, so
-                            # its deadline is that tick's. Reset the planner first (its
-                            # warm-up counts against that deadline), then move the ticks.
-                            anchor = self._anchor(obs, phase_ns) if phase_ns else None
-                            if worker is not None:
-                                worker.mailbox.post(obs, reset=True)
-                            elif bounded_reset and anchor is not None:
-                                # a planner that can cut its warm-up short gets the time
-                                # until the first command, less one step for sending it
-                                planner.reset(  # type: ignore[call-arg]
-                                    obs, budget_ns=anchor + refine_off - now_ns()
-                                    - self.budget.estimate_ns)
-                            else:
-                                planner.reset(obs)
-                            planner_ready = True
-                            if anchor is not None and ticker is not None:
-                                # plant ticks the resets already outlasted got no command:
-                                # skipped, and counted as misses like any skipped tick
-                                late_by = now_ns() - anchor - refine_off
-                                if late_by > 0:
-                                    gone = -(-late_by // period)  # ceil
-                                    anchor += gone * period
-                                    skipped += gone
-                                sched = anchor  # the tick counts from there (lateness >= 0)
-                                deadline = anchor + deadline_off
-                                emit_by = anchor + emit_by_off
-                                refine_end = anchor + refine_off
-                                ticker.realign(anchor + period)
-                t_obs = now_ns()
-                started = fresh
-                if fresh and planner_ready:
-                    pass  # reset already, above or before the loop
-                elif worker is not None:
-                    worker.mailbox.post(obs, reset=fresh)
-                elif fresh:
-                    planner.reset(obs)
-                else:
-                    planner.observe(obs)
-                fresh = planner_ready = False
-                # 3. refine
-                more = False  # early emit: the planner may take more steps after the command
-                blocked, room = False, None  # for the budget: see StepBudget.end_tick
-                if worker is None:
-                    if early:  # before the command: by the tail; recovery waits for after
-                        steps, refine_ns, stop = refine_until(refine_end, 0, pre_cap, True)
-                        more = stop != _IDLE
-                    else:
-                        room = refine_end - now_ns()
-                        steps, refine_ns, stop = refine_until(refine_end, 0, cap, False)
-                        blocked = stop == _BLOCKED
-                else:
-                    steps = refine_ns = 0
-                    clock.sleep_until_ns(refine_end)
-                    worker.check()
-                t_ref = now_ns()
-                # 4. emit
-                if worker is not None:  # async: the worker's newest published action
-                    _, total = worker.latest.read(out)
-                    steps, steps_seen = total - steps_seen, total
-                    surprise = worker.surprise
-                    action_ok = isfinite(out @ out)
-                else:
-                    a = planner.action()
-                    # a @ a is finite iff every element is (NaN and inf propagate; the only
-                    # false alarm is |a| > 1e154, which is no command to send either).
-                    action_ok = isfinite(a @ a)
-                    if action_ok:
-                        np.copyto(out, a)
-                code = CODE_NONE
-                # Past the plant's deadline the command is late whatever the link does: the
-                # plant will hold, the trace records what stands in. Inside the transport margin
-                # (after emit_by, before the deadline) it is counted a miss below, but this
-                # tick's action still goes out with the true deadline: the plant applies it if
-                # it arrives in time (most do: the margin is a p99) and holds if not.
-                if realtime and t_ref > deadline:
-                    code = fallback.code
-                    fallback.fill(out, last, obs.state)
-                elif not action_ok:
-                    code = CODE_NONFINITE
-                    fallback.fill(out, last, obs.state)
-                maximum(out, low, out=out)  # np.clip costs 2 us here, this pair 0.8 us
-                minimum(out, high, out=out)
-                np.copyto(last, out)
-                n_plan = (
-                    plan_src.plan_into(plan_buf)
-                    if plan_src is not None and code == CODE_NONE else 0
-                )
-                t_emit0 = now_ns()
-                plant.apply(Command(
-                    k, t_emit0, out.copy(), deadline, FALLBACK_NAMES[code],
-                    plan_buf[:n_plan] if n_plan else None, sched + plan_t0_off, period, obs.t_ns,
-                ))
-                t_emit = now_ns()
-                missed = t_emit > emit_by
-                misses += missed
-                if worker is None:
-                    if more and steps < cap:  # early emit: GC in the slack, then refine on
-                        if gc_policy is not None and ticker is not None:
-                            gc_policy.collect_in_slack(sched + post_off - t_emit)
-                        room = sched + post_off - now_ns()
-                        # (the trace's refine_ns keeps the time before the command only)
-                        steps, _, stop = refine_until(sched + post_off, steps, cap, False)
-                        blocked = stop == _BLOCKED
-                    budget.end_tick(steps, blocked, room)
-                    surprise = planner.surprise if has_surprise else 0.0  # type: ignore[attr-defined]
-                # 5. record
-                i = trace.next_slot()
-                c.tick[i] = k
-                c.scheduled_ns[i] = sched
-                c.start_ns[i] = start
-                c.observe_ns[i] = t_obs
-                c.refine_end_ns[i] = t_ref
-                c.emit_ns[i] = t_emit
-                c.deadline_ns[i] = deadline
-                c.refine_ns[i] = refine_ns
-                c.steps[i] = steps
-                c.missed[i] = missed
-                c.lateness_ns[i] = max(0, start - sched)  # an episode's first tick may be early
-                c.skipped[i] = skipped
-                c.surprise[i] = surprise
-                c.fallback[i] = code
-                c.episode[i] = ep_index
-                c.action[i] = out
-                trace.commit()
-                if sidecar is not None:  # levels only in sync mode: the worker owns the planner
-                    levels = levels_fn() if (levels_fn is not None and worker is None) else None
-                    sidecar.record(obs, levels=levels, reset=started)
-                k_local += 1
-                ep_ticks += 1
-                if self.progress is not None and self.progress_every and (
-                    k_local % self.progress_every == 0
-                ):
-                    self.progress(k_local, misses, episode_results)
-                if gc_policy is not None and ticker is not None:
-                    gc_policy.collect_in_slack(sched + period - now_ns())
-        finally:
-            if worker is not None:
-                worker.stop()
-            sys.setswitchinterval(switch_before)
-            if gc_policy is not None:
-                gc_policy.stop()
-            trace.close()
-            if self.sidecar is not None and trace.path is not None:
-                self.sidecar.save(trace.path)
+                why = _BLOCKED
+                break
+            n = planner.refine(left)
+            t1 = now_ns()
+            if n <= 0:
+                why = _IDLE  # nothing left to refine this tick
+                break
+            budget.record((t1 - t0) // n, steps == 0)
+            spent += t1 - t0
+            steps += n
+        t.steps, t.spent = steps, spent
+        return why
+
+    def _emit(self, r: _Run, t: _Tick) -> None:
+        """Build the command and hand it to the plant: the planner's action (the worker's
+        newest in async mode), the fallback's if it is not finite or the deadline passed,
+        clipped into the limits; the plan for the following plant ticks when plan-ahead is
+        on. Counts a miss when it left after `emit_by`."""
+        out, obs = r.out, r.obs
+        worker = r.worker
+        if worker is not None:  # async: the worker's newest published action
+            _, total = worker.latest.read(out)
+            t.steps, r.steps_seen = total - r.steps_seen, total
+            t.surprise = worker.surprise
+            action_ok = _isfinite(out @ out)
+        else:
+            a = r.planner.action()
+            # a @ a is finite iff every element is (NaN and inf propagate; the only false
+            # alarm is |a| > 1e154, which is no command to send either).
+            action_ok = _isfinite(a @ a)
+            if action_ok:
+                _copyto(out, a)
+        code = CODE_NONE
+        # Past the plant's deadline the command is late whatever the link does: the plant
+        # will hold, the trace records what stands in. Inside the transport margin (after
+        # emit_by, before the deadline) it is counted a miss below, but this tick's action
+        # still goes out with the true deadline: the plant applies it if it arrives in time
+        # (most do: the margin is a p99) and holds if not.
+        if r.realtime and t.t_ref > t.deadline:
+            code = r.fallback.code
+            r.fallback.fill(out, r.last, obs.state)
+        elif not action_ok:
+            code = CODE_NONFINITE
+            r.fallback.fill(out, r.last, obs.state)
+        _maximum(out, r.low, out=out)  # np.clip costs 2 us here, this pair 0.8 us
+        _minimum(out, r.high, out=out)
+        _copyto(r.last, out)
+        plan_src, plan = r.plan_src, r.plan_buf
+        n_plan = plan_src.plan_into(plan) if plan_src is not None and code == CODE_NONE else 0
+        t_emit0 = r.now_ns()
+        r.plant.apply(Command(
+            t.k, t_emit0, out.copy(), t.deadline, FALLBACK_NAMES[code],
+            plan[:n_plan] if n_plan else None, t.sched + r.plan_t0_off, r.period, obs.t_ns,
+        ))
+        t_emit = t.t_emit = r.now_ns()
+        t.code = code
+        missed = t.missed = t_emit > t.emit_by
+        r.misses += missed
+
+    def _refine_on(self, r: _Run, t: _Tick) -> None:
+        """Refine after the command (early emit): collect garbage in the slack, then refine
+        for the ticks to come until the budget fraction or the reserve before the next tick.
+        Then close the tick's budget and read the planner's surprise (sync mode)."""
+        if r.worker is not None:
+            return
+        if t.more and t.steps < r.cap:
+            end = t.sched + r.post_off
+            if r.slack_gc is not None:
+                r.slack_gc.collect_in_slack(end - t.t_emit)
+            t.room = end - r.now_ns()
+            # (the trace's refine_ns keeps the time before the command only)
+            t.blocked = self._refine_until(r, t, end, r.cap, tail=False) == _BLOCKED
+        r.budget.end_tick(t.steps, t.blocked, t.room)
+        surprising = r.surprising
+        t.surprise = surprising.surprise if surprising is not None else 0.0
+
+    def _record(self, r: _Run, t: _Tick) -> None:
+        """Write the tick's record into the trace ring (and the sidecar), count the tick,
+        report progress, and collect garbage in the slack before the next tick (realtime)."""
+        trace, c = r.trace, r.cols
+        i = trace.next_slot()
+        c.tick[i] = t.k
+        c.scheduled_ns[i] = t.sched
+        c.start_ns[i] = t.start
+        c.observe_ns[i] = t.t_obs
+        c.refine_end_ns[i] = t.t_ref
+        c.emit_ns[i] = t.t_emit
+        c.deadline_ns[i] = t.deadline
+        c.refine_ns[i] = t.refine_ns
+        c.steps[i] = t.steps
+        c.missed[i] = t.missed
+        c.lateness_ns[i] = max(0, t.start - t.sched)  # an episode's first tick may be early
+        c.skipped[i] = t.skipped
+        c.surprise[i] = t.surprise
+        c.fallback[i] = t.code
+        c.episode[i] = r.ep_index
+        c.action[i] = r.out
+        trace.commit()
+        if r.sidecar is not None:
+            levels_fn = r.levels_fn
+            r.sidecar.record(r.obs, levels=levels_fn() if levels_fn is not None else None,
+                             reset=t.started)
+        r.k_local += 1
+        r.ep_ticks += 1
+        if r.progress is not None and r.k_local % self.progress_every == 0:
+            r.progress(r.k_local, r.misses, r.episode_results)
+        if r.slack_gc is not None:
+            r.slack_gc.collect_in_slack(t.sched + r.period - r.now_ns())
+
+    # -- after the run --------------------------------------------------------------------
+
+    def _finish(self, r: _Run) -> None:
+        """Stop the worker, restore the interpreter's settings, close the trace."""
+        if r.worker is not None:
+            r.worker.stop()
+        sys.setswitchinterval(r.switch_before)
+        if r.gc_policy is not None:
+            r.gc_policy.stop()
+        r.trace.close()
+        if self.sidecar is not None and r.trace.path is not None:
+            self.sidecar.save(r.trace.path)
+
+    def _result(self, r: _Run) -> RunResult:
         steal_after = read_steal_s()
+        trace = r.trace
         records = trace.records() if trace.path is None else read_trace(trace.path).records
         self._last_records = records
         return RunResult(
             records=records,
-            episodes=episode_results,
-            plant_counters=_counter_delta(counters_before, plant.counters()),
-            period_ns=period,
-            mode=cfg.mode,
+            episodes=r.episode_results,
+            plant_counters=_counter_delta(r.counters_before, r.plant.counters()),
+            period_ns=r.period,
+            mode=self.config.mode,
             trace_path=None if trace.path is None else str(trace.path),
-            stale_observations=stale,
-            step_estimate_ns=(estimate_start, self.budget.estimate_ns),
-            transport_margin_ns=(margin_floor, margin, margin_max),
-            steal_s=None if steal_before is None or steal_after is None
-            else steal_after - steal_before,
+            stale_observations=r.stale,
+            step_estimate_ns=(r.estimate_start, self.budget.estimate_ns),
+            transport_margin_ns=(r.margin_floor, r.margin, r.margin_max),
+            steal_s=None if r.steal_before is None or steal_after is None
+            else steal_after - r.steal_before,
         )
 
     def _anchor(self, obs: Observation, phase_ns: int) -> int | None:

@@ -37,9 +37,10 @@ class LoopConfig:
         the deadline falls on the plant's next tick.
     phase_offset_s: how long after the plant's tick the controller's tick starts; None picks
         min(0.5 ms, T/5), room for the plant's own jitter and the state's delivery.
-    fresh_wait_s: realtime only, for plants that offer `next_observation(timeout_s)` (the
-        bridge's `RemotePlant`): wait up to this long at the tick's start for a state newer
-        than the last one, before taking the stale one. None picks min(1 ms, T/5); 0 never waits.
+    fresh_wait_s: realtime only, for plants that offer `next_observation(timeout_s)`
+        (`runtime.protocols.FreshObservations`: the bridge's `RemotePlant`): wait up to this
+        long at the tick's start for a state newer than the last one, before taking the stale
+        one. None picks min(1 ms, T/5); 0 never waits.
     emit_after_steps: sync only: emit the action as soon as this many refine steps are done
         (or the planner has no more work, or the budget says no more fit before the command
         must leave), then keep refining the plan for the coming ticks until `budget_fraction`

@@ -5,12 +5,17 @@ A MuJoCo simulation (`sims`), the ZeroMQ client (`hw_bridge`) and a user's hardw
 implement `Plant`; the rolling diffusion planner, the chunked baselines and the task experts all
 implement `Planner`. The `ControlLoop` talks only to these protocols.
 
+Optional capabilities are protocols of their own (`PlanSource`, `ExecutesPlans`, and the
+planner and plant capabilities at the end of this module). A run checks them once, at its
+start, with `isinstance` (and the declared flag where the protocol has one), never per tick.
+
 Units live in names: `*_ns` are integer nanoseconds on the clock that made them, `*_s` are float
 seconds, `rate_hz` is ticks per second.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -207,3 +212,88 @@ class Planner(Protocol):
     def refine(self, budget_ns: int) -> int: ...
 
     def action(self) -> FloatArray: ...
+
+
+# -- optional planner capabilities ----------------------------------------------------------
+
+
+@runtime_checkable
+class Anytime(Protocol):
+    """A planner whose every refine step leaves a valid plan and action, when `anytime` is
+    True: the loop may send the command after a tick's first step and refine on for the
+    ticks to come (`LoopConfig.emit_after_steps`; `rtdiff run` picks it in realtime)."""
+
+    anytime: bool
+
+
+@runtime_checkable
+class BoundedReset(Protocol):
+    """A planner whose reset fits a time budget, when `bounded_reset` is True.
+
+    `reset(obs, budget_ns=...)` cuts its warm-up short once the next step would not fit
+    (after at least one step); `budget_ns=None` is the full reset. The loop passes a budget
+    at realtime episode starts, where the plant is already moving."""
+
+    bounded_reset: bool
+
+    def reset(self, obs: Observation, *, budget_ns: int | None = None) -> None: ...
+
+
+@runtime_checkable
+class ReportsSurprise(Protocol):
+    """A planner that measures how far its observation was from its plan at `observe`
+    (`surprise`, planner-defined, unitless); the trace records it every tick."""
+
+    surprise: float
+
+
+@runtime_checkable
+class ReportsNoiseLevels(Protocol):
+    """A planner with per-token noise levels: `noise_levels()` returns them (a planner-owned
+    array, overwritten later) for the sidecar beside a trace."""
+
+    def noise_levels(self) -> FloatArray: ...
+
+
+@runtime_checkable
+class Refreshes(Protocol):
+    """A planner that takes in a fresh state without moving its plan: `refresh(obs)` for the
+    ticks between plan tokens (`policies.tokenrate`). True when something changed."""
+
+    def refresh(self, obs: Observation) -> bool: ...
+
+
+@runtime_checkable
+class Closes(Protocol):
+    """A planner that holds resources (a worker thread, a device) until `close()`."""
+
+    def close(self) -> None: ...
+
+
+# -- optional plant capabilities ------------------------------------------------------------
+
+
+@runtime_checkable
+class FreshObservations(Protocol):
+    """A plant that can wait for a new state: `next_observation(timeout_s)` returns one newer
+    than the last it returned, or the last one (flagged stale) after `timeout_s` (the
+    bridge's `RemotePlant`; `LoopConfig.fresh_wait_s`)."""
+
+    def next_observation(self, timeout_s: float) -> Observation: ...
+
+
+@runtime_checkable
+class MeasuresTransport(Protocol):
+    """A plant behind a link that measures how long commands take to reach the plant:
+    `transport_margin_ns()` is how long before its deadline a command should leave, or None
+    while nothing is measured. The loop's transport margin follows it."""
+
+    def transport_margin_ns(self) -> int | None: ...
+
+
+@runtime_checkable
+class KeepsAlive(Protocol):
+    """A plant whose session needs tending: `with plant.kept_alive():` keeps it (and its
+    control lease) alive while the caller does slow set-up work without touching it."""
+
+    def kept_alive(self) -> AbstractContextManager[Any]: ...

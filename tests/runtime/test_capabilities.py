@@ -1,0 +1,154 @@
+"""Optional capabilities (`runtime.protocols`): declared, checked once per run, never required."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.clock import FakeClock
+from runtime.loop import ControlLoop, LoopConfig
+from runtime.protocols import (
+    Anytime,
+    BoundedReset,
+    Closes,
+    FreshObservations,
+    KeepsAlive,
+    MeasuresTransport,
+    Observation,
+    Planner,
+    Refreshes,
+    ReportsNoiseLevels,
+    ReportsSurprise,
+)
+from runtime.sidecar import Sidecar
+
+from .toys import IntegratorPlant
+
+PLANNER_CAPABILITIES = (Anytime, BoundedReset, ReportsSurprise, ReportsNoiseLevels, Refreshes,
+                        Closes)
+
+
+class Bare:
+    """A P-controller with only the four `Planner` methods; each step costs 50 us of fake time."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.x = 0.0
+        self._a = np.zeros(1)
+
+    def reset(self, obs: Observation) -> None:
+        self.x = float(obs.state[0])
+
+    def observe(self, obs: Observation) -> None:
+        self.x = float(obs.state[0])
+
+    def refine(self, budget_ns: int) -> int:
+        self.clock.advance_ns(50_000)
+        return 1
+
+    def action(self) -> np.ndarray:
+        self._a[0] = -5.0 * self.x
+        return self._a
+
+
+class Capable(Bare):
+    """`Bare` with every optional planner capability, recording what reaches it."""
+
+    anytime = True
+    bounded_reset = True
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.surprise = 0.5
+        self.budgets: list[int | None] = []
+        self.refreshed: list[int] = []
+        self.closed = False
+        self.levels = np.array([0.0, 0.5, 1.0], dtype=np.float32)
+
+    def reset(self, obs: Observation, budget_ns: int | None = None) -> None:
+        super().reset(obs)
+        self.budgets.append(budget_ns)
+        self.surprise = 0.0
+
+    def observe(self, obs: Observation) -> None:
+        super().observe(obs)
+        self.surprise = float(obs.seq)
+
+    def noise_levels(self) -> np.ndarray:
+        return self.levels
+
+    def refresh(self, obs: Observation) -> bool:
+        self.refreshed.append(obs.seq)
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _obs(seq: int) -> Observation:
+    return Observation(seq=seq, t_ns=0, state=np.zeros(1))
+
+
+@pytest.mark.parametrize("realtime", [False, True])
+def test_a_planner_without_optional_capabilities_runs(realtime: bool) -> None:
+    clock = FakeClock(start_ns=10_000_000)
+    plant = IntegratorPlant(rate_hz=1000, episode_ticks=20, clock=clock)
+    planner = Bare(clock)
+    assert isinstance(planner, Planner)
+    assert not any(isinstance(planner, cap) for cap in PLANNER_CAPABILITIES)
+    assert not any(isinstance(plant, cap)
+                   for cap in (FreshObservations, MeasuresTransport, KeepsAlive))
+    car = Sidecar(capacity=64, state_dim=1, levels_dim=0)
+    cfg = LoopConfig(mode="realtime", emit_after_steps=1, phase_offset_s=100e-6) if realtime \
+        else LoopConfig(mode="lockstep")
+    result = ControlLoop(plant, planner, clock, cfg, sidecar=car).run(episodes=2)
+    r = result.records
+    assert len(result.episodes) == 2
+    assert len(r) == 40 and np.all(r["steps"] >= 1)
+    assert np.all(r["surprise"] == 0.0)  # no surprise reported: the trace records 0
+    assert r["fallback"].sum() == 0
+
+
+def test_token_rate_declares_exactly_the_inner_planners_capabilities() -> None:
+    from policies.tokenrate import TokenRate
+
+    clock = FakeClock()
+
+    class NotAnytime(Capable):
+        anytime = False
+        bounded_reset = False
+
+    for inner in (Bare(clock), Capable(clock), NotAnytime(clock)):
+        tr = TokenRate(inner, 300, 100)
+        for cap in PLANNER_CAPABILITIES:
+            assert isinstance(tr, cap) == isinstance(inner, cap), (type(inner).__name__, cap)
+        for flag in ("anytime", "bounded_reset"):
+            assert getattr(tr, flag, None) == getattr(inner, flag, None)
+        assert not hasattr(inner, "renoise_level") and not hasattr(tr, "renoise_level")
+
+    # what it declares reaches the inner planner
+    cap_ = Capable(clock)
+    tr = TokenRate(cap_, 300, 100)
+    assert tr.surprise == 0.5
+    tr.reset(_obs(0), budget_ns=123_000)
+    assert cap_.budgets == [123_000] and tr.surprise == 0.0
+    tr.observe(_obs(1))  # a sub-tick: a refresh, the plan stays
+    assert cap_.refreshed == [1] and tr.surprise == 0.0
+    tr.observe(_obs(2))
+    tr.observe(_obs(3))  # a token tick: the inner planner observes and reports its surprise
+    assert cap_.refreshed == [1, 2] and tr.surprise == 3.0
+    assert tr.noise_levels() is cap_.levels
+    tr.refresh(_obs(4))
+    assert cap_.refreshed == [1, 2, 4]
+    tr.close()
+    assert cap_.closed
+
+
+def test_the_loop_runs_a_token_rate_planner_over_a_plain_inner_one() -> None:
+    from policies.tokenrate import TokenRate
+
+    clock = FakeClock(start_ns=10_000_000)
+    plant = IntegratorPlant(rate_hz=1000, episode_ticks=20, clock=clock)
+    result = ControlLoop(plant, TokenRate(Bare(clock), 1000, 500), clock,
+                         LoopConfig(mode="realtime", phase_offset_s=100e-6)).run(episodes=2)
+    assert len(result.records) == 40 and np.all(result.records["surprise"] == 0.0)
