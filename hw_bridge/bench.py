@@ -18,7 +18,7 @@ What is measured, per transport (loopback TCP, IPC), in one run:
   deadline with `select()` (the call the client waits in) and records how late it woke. A
   wake-up more than 0.5 period late is a *stall*: the platform held a process that did nothing
   but wait off the CPU for as long as a stream gap over 1.5 periods. Same window as the stream.
-  (The timer loop, steal and context-switch readings and the attribution: `hw_bridge.baseline`.)
+  (The timer loop, steal and context-switch readings and the attribution: `hw_bridge.platform`.)
 
 New `stream` keys, for attributing the gaps (all over the measured windows, runs pooled):
 `gaps` (each gap over 1.5 periods: `run`, `t_ms` since its run's window opened, `gap_us`,
@@ -67,7 +67,9 @@ import msgpack
 import numpy as np
 import zmq
 
-from hw_bridge.baseline import (
+from hw_bridge.client import BridgeError, RemotePlant
+from hw_bridge.driver import FirstOrderMotor
+from hw_bridge.platform import (
     attribute_runs,
     munlockall,
     nivcsw,
@@ -80,8 +82,6 @@ from hw_bridge.baseline import (
     timer_loop,
     try_mlockall,
 )
-from hw_bridge.client import BridgeError, RemotePlant
-from hw_bridge.driver import FirstOrderMotor
 from hw_bridge.server import PlantServer
 from runtime.clock import MonotonicClock
 from runtime.protocols import Command

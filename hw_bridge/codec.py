@@ -142,10 +142,6 @@ def _k_u32(x: Any) -> bool:
     return type(x) is int and 0 <= x < _U32_END
 
 
-def _k_num(x: Any) -> bool:
-    return type(x) is float or type(x) is int
-
-
 def _k_bool(x: Any) -> bool:
     return x is True or x is False
 

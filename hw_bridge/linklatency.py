@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from runtime.stats import percentiles
+
 
 class LinkLatency:
     """Send-to-plant latencies (ns) and the transport margin they call for.
@@ -100,6 +102,6 @@ class LinkLatency:
         n = len(self)
         if n == 0:
             return {}
-        p50, p99 = np.percentile(self._ring[:n], [50, 99], method="higher")
-        return {"p50": float(p50) / 1e3, "p99": float(p99) / 1e3, "max": self.max_ns / 1e3,
+        q = percentiles(self._ring[:n], (50, 99), method="higher")
+        return {"p50": q["p50"] / 1e3, "p99": q["p99"] / 1e3, "max": self.max_ns / 1e3,
                 "n": float(self._n)}

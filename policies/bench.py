@@ -29,18 +29,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from runtime.stats import percentiles
+
 
 def _q(values_ns: list[int]) -> dict[str, float]:
+    """`n`, then `p50_us`, `p99_us`, `p999_us` and `max_us`, rounded to 0.1 us."""
     if not values_ns:
         return {"n": 0}
-    a = np.asarray(values_ns, dtype=np.float64) / 1e3
-    return {
-        "n": int(a.size),
-        "p50_us": round(float(np.percentile(a, 50)), 1),
-        "p99_us": round(float(np.percentile(a, 99)), 1),
-        "p999_us": round(float(np.percentile(a, 99.9)), 1),
-        "max_us": round(float(a.max()), 1),
-    }
+    q = percentiles(np.asarray(values_ns, dtype=np.float64) / 1e3)
+    return {"n": len(values_ns), **{f"{k}_us": round(v, 1) for k, v in q.items()}}
 
 
 def _idle(ns: int, spin: bool) -> None:

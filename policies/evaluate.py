@@ -66,7 +66,9 @@ from policies.config import PlannerConfig
 from policies.model import Denoiser
 from policies.recovery import BimodalCourse, RecoveryPredicate, recovery_predicate
 from policies.rolling import RollingPlanner
-from runtime.protocols import Command
+from runtime.lockstep import PlantTap, run_lockstep
+from runtime.protocols import Command, Observation
+from runtime.stats import percentiles
 
 VARIANTS = ("renoise", "none", "blank")
 
@@ -114,11 +116,10 @@ def planner_settings(settings: Sequence[str], cfg: PlannerConfig) -> PlannerConf
 
 def _stats(ticks: list[int]) -> dict[str, float | None]:
     rec = np.asarray(ticks, dtype=np.float64)
-    return {
-        "mean": round(float(rec.mean()), 1) if rec.size else None,
-        "p50": float(np.percentile(rec, 50)) if rec.size else None,
-        "p90": float(np.percentile(rec, 90)) if rec.size else None,
-    }
+    if not rec.size:
+        return {"mean": None, "p50": None, "p90": None}
+    q = percentiles(rec, (50, 90))
+    return {"mean": round(float(rec.mean()), 1), "p50": q["p50"], "p90": q["p90"]}
 
 
 class PushTracker:
@@ -234,6 +235,88 @@ def paired_difference(
     }
 
 
+class _Switches:
+    """Mode switches per episode: sign changes of the lateral command (|a| > deadband) while
+    the agent is still before the obstacle (state[along] < until)."""
+
+    def __init__(self, lateral: int, along: int, until: float, deadband: float) -> None:
+        self.lateral, self.along, self.until, self.deadband = lateral, along, until, deadband
+        self.per_episode: list[int] = []
+        self._n, self._sign = 0, 0
+
+    def start(self) -> None:
+        self._n, self._sign = 0, 0
+
+    def command(self, state: np.ndarray, action: np.ndarray) -> None:
+        a = action[self.lateral]
+        if float(np.asarray(state)[self.along]) < self.until and abs(a) > self.deadband:
+            sign = 1 if a > 0 else -1
+            self._n += self._sign != 0 and sign != self._sign
+            self._sign = sign
+
+    def end(self) -> None:
+        self.per_episode.append(self._n)
+
+    def summary(self) -> dict[str, Any]:
+        sw = np.asarray(self.per_episode, dtype=np.float64)
+        return {
+            "switches_per_episode": round(float(sw.mean()), 2),
+            "episodes_with_switch": int((sw > 0).sum()),
+        }
+
+
+class _Scored(PlantTap):
+    """The evaluated plant: feeds every step to the push tracker, the bimodal course rule and
+    the switch counter, and counts the ticks the planner re-noised."""
+
+    def __init__(
+        self,
+        plant: Any,
+        planner: Any,
+        recovered: RecoveryPredicate,
+        switches: _Switches | None,
+    ) -> None:
+        super().__init__(plant)
+        self.planner = planner
+        self.pushes = PushTracker(recovered)
+        self.course = recovered if isinstance(recovered, BimodalCourse) else None
+        self.switches = switches
+        self.collided = 0
+        self.ticks = self.renoise_ticks = self.renoise_goal_ticks = 0
+        self._k = 0  # ticks stepped in this episode
+
+    def started(self, obs: Observation) -> None:
+        self._k = 0
+        if self.course is not None:
+            self.course.reset(obs.info)
+        self.pushes.start(obs.state, obs.goal)
+        if self.switches is not None:
+            self.switches.start()
+
+    def applied(self, cmd: Command) -> None:
+        assert self.last is not None
+        if self._k > 0:  # the planner observed `last` this tick (an episode's first: reset)
+            self.ticks += 1
+            renoised = getattr(self.planner, "renoise_level", 0.0) > 0.0
+            self.renoise_ticks += renoised
+            self.renoise_goal_ticks += renoised and "goal_switch" in self.last.info
+        if self.switches is not None:
+            self.switches.command(self.last.state, cmd.action)
+
+    def observed(self, obs: Observation) -> None:
+        self._k += 1
+        if self.course is not None:
+            self.course.update(obs.info)
+        self.pushes.tick(self._k, obs.state, obs.goal, obs.info)
+        if obs.done:
+            self.pushes.end()
+            if self.course is not None:
+                self.course.end(obs.info)
+            self.collided += bool(obs.info.get("collided", False))
+            if self.switches is not None:
+                self.switches.end()
+
+
 def run_episodes(
     planner: Any,
     plant: Any,
@@ -246,71 +329,47 @@ def run_episodes(
 ) -> dict[str, Any]:
     """Lockstep episodes with push bookkeeping. `dither` = (lateral index, along index, until,
     deadband) also counts mode switches per episode as `run_dither` does."""
-    successes = 0
-    renoise_ticks = renoise_goal_ticks = ticks = 0
-    pushes = PushTracker(recovered)
-    course = recovered if isinstance(recovered, BimodalCourse) else None
-    switches: list[int] = []
-    collided = 0
-    for ep in range(episodes):
-        obs = plant.reset(seed=seed + ep)
-        planner.reset(obs)
-        if course is not None:
-            course.reset(obs.info)
-        pushes.start(obs.state, obs.goal)
-        k, n_sw, last_sign = 0, 0, 0
-        while True:
-            if k > 0:
-                planner.observe(obs)
-                ticks += 1
-                renoised = getattr(planner, "renoise_level", 0.0) > 0.0
-                renoise_ticks += renoised
-                renoise_goal_ticks += renoised and "goal_switch" in obs.info
-            for _ in range(steps_per_tick):
-                if planner.refine(0) <= 0:
-                    break
-            a = planner.action().copy()
-            if dither is not None:  # as run_dither counts them
-                lateral, along, until, deadband = dither
-                if float(np.asarray(obs.state)[along]) < until and abs(a[lateral]) > deadband:
-                    sign = 1 if a[lateral] > 0 else -1
-                    n_sw += last_sign != 0 and sign != last_sign
-                    last_sign = sign
-            plant.apply(Command(seq=k, t_ns=0, action=a, deadline_ns=0))
-            obs = plant.observe()
-            k += 1
-            if course is not None:
-                course.update(obs.info)
-            pushes.tick(k, obs.state, obs.goal, obs.info)
-            if obs.done:
-                pushes.end()
-                if course is not None:
-                    course.end(obs.info)
-                break
-        successes += bool(obs.info.get("success", False))
-        collided += bool(obs.info.get("collided", False))
-        switches.append(n_sw)
+    switches = None if dither is None else _Switches(*dither)
+    scored = _Scored(plant, planner, recovered, switches)
+    res = run_lockstep(scored, planner, episodes=episodes, seed=seed,
+                       steps_per_tick=steps_per_tick)
     extra: dict[str, Any] = {}
-    if course is not None:
-        extra.update(course.summary(), collisions=collided)
-    if dither is not None:
-        sw = np.asarray(switches, dtype=np.float64)
-        extra.update(
-            switches_per_episode=round(float(sw.mean()), 2),
-            episodes_with_switch=int((sw > 0).sum()),
-        )
+    if scored.course is not None:
+        extra.update(scored.course.summary(), collisions=scored.collided)
+    if switches is not None:
+        extra.update(switches.summary())
+    ticks = scored.ticks
     return {
         "episodes": episodes,
-        "success_rate": successes / episodes,
-        **pushes.summary(),
+        "success_rate": sum(e.success for e in res.episodes) / episodes,
+        **scored.pushes.summary(),
         **extra,
-        "_log": pushes.log,
-        "renoise_tick_fraction": round(renoise_ticks / max(1, ticks), 3),
+        "_log": scored.pushes.log,
+        "renoise_tick_fraction": round(scored.renoise_ticks / max(1, ticks), 3),
         # re-noised ticks that were not a goal change (surprise alone)
         "surprise_renoise_tick_fraction": round(
-            (renoise_ticks - renoise_goal_ticks) / max(1, ticks), 3
+            (scored.renoise_ticks - scored.renoise_goal_ticks) / max(1, ticks), 3
         ),
     }
+
+
+class _Switching(PlantTap):
+    """The plant of the dither comparison: feeds every command to the switch counter."""
+
+    def __init__(self, plant: Any, switches: _Switches) -> None:
+        super().__init__(plant)
+        self.switches = switches
+
+    def started(self, obs: Observation) -> None:
+        self.switches.start()
+
+    def applied(self, cmd: Command) -> None:
+        assert self.last is not None
+        self.switches.command(self.last.state, cmd.action)
+
+    def observed(self, obs: Observation) -> None:
+        if obs.done:
+            self.switches.end()
 
 
 def run_dither(
@@ -327,35 +386,13 @@ def run_dither(
 ) -> dict[str, Any]:
     """Success and mode switches: sign changes of the lateral command (|a| > deadband) while the
     agent is still before the obstacle (state[along_idx] < until)."""
-    successes, switches = 0, []
-    for ep in range(episodes):
-        obs = plant.reset(seed=seed + ep)
-        planner.reset(obs)
-        k, n_sw, last_sign = 0, 0, 0
-        while True:
-            if k > 0:
-                planner.observe(obs)
-            for _ in range(steps_per_tick):
-                if planner.refine(0) <= 0:
-                    break
-            a = planner.action().copy()
-            if float(np.asarray(obs.state)[along_idx]) < until and abs(a[lateral_idx]) > deadband:
-                sign = 1 if a[lateral_idx] > 0 else -1
-                n_sw += last_sign != 0 and sign != last_sign
-                last_sign = sign
-            plant.apply(Command(seq=k, t_ns=0, action=a, deadline_ns=0))
-            obs = plant.observe()
-            k += 1
-            if obs.done:
-                break
-        successes += bool(obs.info.get("success", False))
-        switches.append(n_sw)
-    sw = np.asarray(switches, dtype=np.float64)
+    switches = _Switches(lateral_idx, along_idx, until, deadband)
+    res = run_lockstep(_Switching(plant, switches), planner, episodes=episodes, seed=seed,
+                       steps_per_tick=steps_per_tick)
     return {
         "episodes": episodes,
-        "success_rate": successes / episodes,
-        "switches_per_episode": round(float(sw.mean()), 2),
-        "episodes_with_switch": int((sw > 0).sum()),
+        "success_rate": sum(e.success for e in res.episodes) / episodes,
+        **switches.summary(),
     }
 
 

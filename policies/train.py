@@ -310,26 +310,13 @@ def calibrate_surprise(
 
 def lockstep_eval(planner: Any, plant: Any, *, episodes: int, seed: int) -> dict[str, float]:
     """Run `episodes` lockstep episodes, one refine step per tick; success rate and return."""
-    from runtime.protocols import Command
+    from runtime.lockstep import run_lockstep
 
-    successes, returns = 0, []
-    for ep in range(episodes):
-        obs = plant.reset(seed=seed + ep)
-        planner.reset(obs)
-        total, k = 0.0, 0
-        while True:
-            if k > 0:
-                planner.observe(obs)
-            planner.refine(0)
-            plant.apply(Command(seq=k, t_ns=0, action=planner.action().copy(), deadline_ns=0))
-            obs = plant.observe()
-            total += float(obs.reward)
-            k += 1
-            if obs.done:
-                break
-        successes += bool(obs.info.get("success", False))
-        returns.append(total)
-    return {"success_rate": successes / episodes, "mean_return": float(np.mean(returns))}
+    done = run_lockstep(plant, planner, episodes=episodes, seed=seed).episodes
+    return {
+        "success_rate": sum(e.success for e in done) / episodes,
+        "mean_return": float(np.mean([e.episode_return for e in done])),
+    }
 
 
 def _progress(line: str) -> None:

@@ -207,8 +207,3 @@ class StepBudget:
             self._starved = self.config.probe_after_ticks
         else:
             self._starved = self._starved + 1 if (steps == 0 and blocked) else 0
-
-    def steps_that_fit(self, remaining_ns: int) -> int:
-        if remaining_ns <= 0:
-            return 0
-        return remaining_ns // self._estimate_ns

@@ -19,7 +19,9 @@ import numpy as np
 
 from runtime.protocols import FloatArray
 
-# Codes stored in TickRecord.fallback; 0 means the planner's own action went out.
+# Codes stored in TickRecord.fallback (the trace's int8 column); 0 means the planner's own
+# action went out. FALLBACK_NAMES is the one table of their names: `Command.fallback` carries
+# the name ("" for code 0, as on the wire) and run summaries count fallbacks by name.
 CODE_NONE = 0
 CODE_HOLD = 1
 CODE_DECAY = 2

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, insort
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from runtime.trace import FALLBACK_NAMES
+from runtime.fallback import CODE_NONE, FALLBACK_NAMES
 
 __all__ = [
     "DeadlineStats",
@@ -41,16 +42,28 @@ __all__ = [
 ArrayLike = npt.ArrayLike
 
 
-def percentiles(x: ArrayLike) -> dict[str, float]:
-    """p50, p99, p99.9 (key "p999") and max of `x` (any shape, flattened), as Python floats.
+def percentiles(
+    x: ArrayLike,
+    qs: Sequence[float] = (50.0, 99.0, 99.9),
+    *,
+    method: Literal["linear", "higher"] = "linear",
+) -> dict[str, float]:
+    """The `qs` percentiles and the max of `x` (any shape, flattened), as Python floats.
 
-    Same numbers as `np.percentile(x, [50, 99, 99.9])` (default 'linear' method). Empty -> 0.0s.
+    Keys: "p" and the percentile with its point dropped (50 -> "p50", 99.9 -> "p999"), in the
+    order of `qs`, then "max". Same numbers as `np.percentile(x, qs, method=method)`: 'linear'
+    (numpy's default) interpolates between samples, 'higher' takes the sample at or above.
+    Empty -> 0.0 for every key. The one percentile summary of the project: every report that
+    prints quantiles builds on it.
     """
     a = np.asarray(x, dtype=np.float64).ravel()
+    keys = ["p" + f"{q:g}".replace(".", "") for q in qs]
     if a.size == 0:
-        return {"p50": 0.0, "p99": 0.0, "p999": 0.0, "max": 0.0}
-    p50, p99, p999 = np.percentile(a, [50.0, 99.0, 99.9])
-    return {"p50": float(p50), "p99": float(p99), "p999": float(p999), "max": float(a.max())}
+        return dict.fromkeys([*keys, "max"], 0.0)
+    values = np.percentile(a, list(qs), method=method)
+    out = {k: float(v) for k, v in zip(keys, values, strict=True)}
+    out["max"] = float(a.max())
+    return out
 
 
 @dataclass(frozen=True)
@@ -88,8 +101,8 @@ def histogram(x: ArrayLike, bins: int | ArrayLike = 50) -> Histogram:
 def _spread(a: npt.NDArray[np.float64]) -> dict[str, float]:
     if a.size == 0:
         return {"std": 0.0, "p99_p1": 0.0}
-    p1, p99 = np.percentile(a, [1.0, 99.0])
-    return {"std": float(a.std()), "p99_p1": float(p99 - p1)}
+    q = percentiles(a, (1.0, 99.0))
+    return {"std": float(a.std()), "p99_p1": q["p99"] - q["p1"]}
 
 
 @dataclass(frozen=True)
@@ -116,7 +129,7 @@ class DeadlineStats:
     refine_ms: dict[str, float]  # inside planner.refine
     overhead_us: dict[str, float]  # (emit - start) - refine
     steps_per_tick: dict[str, float]  # {mean, min, max}
-    fallbacks: dict[str, int]  # by name (FALLBACK_CODES minus "none"): ticks that used it
+    fallbacks: dict[str, int]  # by name (`FALLBACK_NAMES` but code 0): ticks that used it
     histograms: dict[str, Histogram] = field(default_factory=dict)  # lateness_ms, compute_ms
 
     @classmethod
@@ -145,7 +158,7 @@ class DeadlineStats:
         fallbacks = {
             name: int(np.count_nonzero(codes == code))
             for code, name in FALLBACK_NAMES.items()
-            if code != 0
+            if code != CODE_NONE
         }
         return cls(
             period_ns=int(period_ns),

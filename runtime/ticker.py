@@ -68,9 +68,6 @@ class Ticker:
             j = 0
         self.t0_ns = anchor_ns + j * self.period_ns - self._next_k * self.period_ns
 
-    def scheduled_ns(self, k: int) -> int:
-        return self.t0_ns + k * self.period_ns
-
     def wait(self) -> TickStart:
         """Sleep until the next tick is due; skip (and count) ticks whose start already passed."""
         k = self._next_k

@@ -49,11 +49,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from runtime.fallback import FALLBACK_NAMES as _FALLBACK_NAMES
-
 __all__ = [
-    "FALLBACK_CODES",
-    "FALLBACK_NAMES",
     "TICK_DTYPE",
     "TickColumns",
     "TraceData",
@@ -63,11 +59,6 @@ __all__ = [
 
 FORMAT = "rtdiff-trace"
 FORMAT_VERSION = 1
-
-# Fallback codes stored in TickRecord.fallback (int8).
-# The codes are owned by runtime.fallback (one source of truth); "none" is code 0.
-FALLBACK_NAMES: dict[int, str] = {c: (n or "none") for c, n in _FALLBACK_NAMES.items()}
-FALLBACK_CODES: dict[str, int] = {n: c for c, n in FALLBACK_NAMES.items()}
 
 # Field order is the memory layout: 8-byte fields first, then 4-byte, then 1-byte, so every
 # field is naturally aligned without padding (packed and aligned layouts coincide).
@@ -105,7 +96,7 @@ def TICK_DTYPE(action_dim: int) -> np.dtype[np.void]:
     | steps | int32 | refinement steps done this tick (with early emit, after the command too) |
     | skipped | int32 | ticks skipped just before this one by the overrun policy |
     | episode | int32 | episode index |
-    | fallback | int8 | `FALLBACK_CODES`: 0 none, 1 hold, 2 decay, 3 safe, 4 nonfinite, 5 zero |
+    | fallback | int8 | 0 none, 1 hold, 2 decay, 3 safe, 4 nonfinite, 5 zero (`runtime.fallback`) |
     | missed | bool | emit_ns > deadline_ns: the command came too late |
     """
     if not isinstance(action_dim, int | np.integer) or action_dim < 1:
@@ -381,12 +372,6 @@ class TraceRing:
     def total(self) -> int:
         """Records committed so far."""
         return self._total
-
-    @property
-    def chunks_written(self) -> int:
-        """Chunks the writer has finished (written or failed)."""
-        with self._lock:
-            return self._written
 
     def sync(self, timeout_s: float | None = None) -> bool:
         """Block until every chunk handed to the writer so far is written; False on timeout.

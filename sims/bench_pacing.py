@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from runtime import Command, MonotonicClock
+from runtime.stats import percentiles
 from sims.experts import make_expert
 from sims.plant import MujocoPlant
 
@@ -60,22 +61,13 @@ def run(
     lateness_ms = np.array(plant.tick_lateness_ns, dtype=np.float64) * 1e-6
     plant.close()
     sim_s = counters["ticks"] * spec.period_s
-
-    def q(pct: float) -> float:
-        return float(np.percentile(lateness_ms, pct)) if lateness_ms.size else 0.0
-
     return {
         "task": task,
         "rate_hz": spec.rate_hz,
         "wall_s": wall_s,
         "sim_s": sim_s,
         "sim_over_wall": sim_s / wall_s,
-        "tick_lateness_ms": {
-            "p50": q(50),
-            "p99": q(99),
-            "p999": q(99.9),
-            "max": float(lateness_ms.max()) if lateness_ms.size else 0.0,
-        },
+        "tick_lateness_ms": percentiles(lateness_ms),
         "counters": counters,
         "resets": resets,
     }

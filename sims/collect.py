@@ -30,13 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from runtime import Command
+from runtime import Command, Observation, PlantSpec
+from runtime.lockstep import PlantTap, run_lockstep
 from sims.datasets import Episode, is_dataset, require_hdf5, write_dataset
 from sims.experts import make_expert
 from sims.plant import MujocoPlant
 from sims.registry import get_task
-
-NO_DEADLINE_NS = 2**62  # lockstep: the plant waits for the controller
 
 
 class CollectError(ValueError):
@@ -51,7 +50,7 @@ class CollectConfig:
     out: Path
     seed: int = 0  # episode i is reset with seed + i
     dart_prob: float | None = None  # None: the task's default
-    refine_steps: int = 1  # `refine` calls per tick (sampling experts iterate this often)
+    refine_steps: int = 1  # `refine` steps per tick (sampling experts iterate this often)
 
     def __post_init__(self) -> None:
         get_task(self.task)  # KeyError naming the known tasks
@@ -61,81 +60,131 @@ class CollectConfig:
             raise ValueError(f"--seed must be >= 0, got {self.seed}")
         if self.dart_prob is not None and not (0.0 <= self.dart_prob <= 1.0):
             raise ValueError(f"--dart-prob must be in [0, 1], got {self.dart_prob}")
-        if self.refine_steps < 0:
-            raise ValueError(f"{self.refine_steps=} must be >= 0")
+        if self.refine_steps < 1:
+            raise ValueError(f"{self.refine_steps=} must be >= 1")
+
+
+class _Dart:
+    """The expert as the loop's planner, executed DART-style: on a share `prob` of the ticks
+    `action()` adds Gaussian noise (std `noise` times the action half-range) to the expert's
+    action, clipped into the limits. The clean action stays in `label`. Every tick draws the
+    same numbers from `rng`, perturbed or not."""
+
+    def __init__(
+        self, expert: Any, spec: PlantSpec, rng: np.random.Generator, prob: float, noise: float
+    ) -> None:
+        self.expert, self.spec, self.rng, self.prob, self.noise = expert, spec, rng, prob, noise
+        self.half = (spec.action_high - spec.action_low) / 2  # (Da,)
+        self.label = np.zeros(spec.action_dim)  # the expert's action of the last tick
+
+    def reset(self, obs: Observation) -> None:
+        self.expert.reset(obs)
+
+    def observe(self, obs: Observation) -> None:
+        self.expert.observe(obs)
+
+    def refine(self, budget_ns: int) -> int:
+        return int(self.expert.refine(budget_ns))
+
+    def action(self) -> np.ndarray:
+        self.label = self.expert.action()
+        u, eps = self.rng.random(), self.rng.standard_normal(self.spec.action_dim)
+        a = self.label + (eps * self.noise * self.half if u < self.prob else 0.0)
+        return np.clip(a, self.spec.action_low, self.spec.action_high)
+
+
+class _Recorder(PlantTap):
+    """The collection's plant: records each step (the expert's label, the executed action and
+    what the plant did) and closes each episode into an `Episode`."""
+
+    def __init__(
+        self,
+        plant: MujocoPlant,
+        dart: _Dart,
+        task: str,
+        progress: Callable[[int, int, int], None] | None,
+        total: int,
+    ) -> None:
+        super().__init__(plant)
+        self.dart, self.task, self.progress, self.total = dart, task, progress, total
+        self.episodes: list[Episode] = []
+        self.ends: list[tuple[np.ndarray, bool]] = []
+        self.successes = 0
+        self._steps: dict[str, list[Any]] = {}
+
+    def started(self, obs: Observation) -> None:
+        self._steps = {k: [] for k in ("states", "goals", "labels", "executed", "rewards",
+                                       "push", "switch", "acted", "mode")}
+        self._steps["states"].append(obs.state.copy())
+        self._steps["goals"].append(obs.goal.copy())
+
+    def applied(self, cmd: Command) -> None:
+        self._steps["labels"].append(self.dart.label)
+        self._steps["executed"].append(cmd.action)
+        self._steps["mode"].append(int(getattr(self.dart.expert, "mode", 0)))
+
+    def observed(self, obs: Observation) -> None:
+        st = self._steps
+        st["states"].append(obs.state.copy())
+        st["goals"].append(obs.goal.copy())
+        st["rewards"].append(obs.reward)
+        st["push"].append(obs.info.get("push", np.zeros(3)))
+        st["switch"].append("goal_switch" in obs.info)
+        st["acted"].append(obs.info["executed"])
+        if obs.done:
+            self._end(obs)
+
+    def _end(self, obs: Observation) -> None:
+        st = self._steps
+        expert = self.dart.expert
+        success = bool(obs.info.get("success", False))
+        self.successes += success
+        dist: dict[str, np.ndarray] = {
+            "push_n": np.array(st["push"], dtype=np.float32),
+            "goal_switch": np.array(st["switch"], dtype=bool),
+            "acted": np.array(st["acted"], dtype=np.float32),
+        }
+        if hasattr(expert, "mode"):
+            dist["mode"] = np.array(st["mode"], dtype=np.int8)
+        goals = st["goals"]
+        self.episodes.append(
+            Episode(
+                task=self.task,
+                states=np.array(st["states"], dtype=np.float32),
+                goals=np.array(goals, dtype=np.float32).reshape(len(goals), -1),
+                actions=np.array(st["labels"], dtype=np.float32),
+                executed=np.array(st["executed"], dtype=np.float32),
+                rewards=np.array(st["rewards"], dtype=np.float32),
+                success=success,
+                disturbances=dist,
+            )
+        )
+        # the label at the final observation, which the loop hands no planner
+        expert.observe(obs)
+        self.ends.append((expert.action(), bool(obs.terminated)))
+        if self.progress is not None:
+            self.progress(len(self.episodes), self.total, self.successes)
 
 
 def collect_episodes(
     cfg: CollectConfig, progress: Callable[[int, int, int], None] | None = None
 ) -> tuple[list[Episode], list[tuple[np.ndarray, bool]]]:
-    """Run the expert for `cfg.episodes` episodes; returns the episodes and, per episode,
-    (the expert's label (Da,) at the final observation, terminated?)."""
+    """Run the expert for `cfg.episodes` lockstep episodes; returns the episodes and, per
+    episode, (the expert's label (Da,) at the final observation, terminated?)."""
     info = get_task(cfg.task)
     dart_prob = info.dart_prob if cfg.dart_prob is None else cfg.dart_prob
     plant = MujocoPlant(cfg.task, seed=cfg.seed)
     spec = plant.spec()
     expert = make_expert(cfg.task, spec, seed=cfg.seed)
-    half = (spec.action_high - spec.action_low) / 2  # (Da,)
-    rng = np.random.default_rng([cfg.seed, 0xDA27])
-    episodes: list[Episode] = []
-    ends: list[tuple[np.ndarray, bool]] = []
-    n_success = 0
+    dart = _Dart(expert, spec, np.random.default_rng([cfg.seed, 0xDA27]), dart_prob,
+                 info.dart_noise)
+    recorder = _Recorder(plant, dart, cfg.task, progress, cfg.episodes)
     try:
-        for i in range(cfg.episodes):
-            obs = plant.reset(seed=cfg.seed + i)
-            expert.reset(obs)
-            states, goals = [obs.state.copy()], [obs.goal.copy()]
-            labels, executed, rewards = [], [], []
-            push, switch, acted, mode = [], [], [], []
-            k = 0
-            while not obs.done:
-                for _ in range(cfg.refine_steps):
-                    if expert.refine(NO_DEADLINE_NS) == 0:
-                        break
-                label = expert.action()
-                u, eps = rng.random(), rng.standard_normal(spec.action_dim)
-                a = label + (eps * info.dart_noise * half if u < dart_prob else 0.0)
-                a = np.clip(a, spec.action_low, spec.action_high)
-                plant.apply(Command(seq=k, t_ns=0, action=a, deadline_ns=NO_DEADLINE_NS))
-                k += 1
-                obs = plant.observe()
-                expert.observe(obs)
-                states.append(obs.state.copy())
-                goals.append(obs.goal.copy())
-                labels.append(label)
-                executed.append(a)
-                rewards.append(obs.reward)
-                push.append(obs.info.get("push", np.zeros(3)))
-                switch.append("goal_switch" in obs.info)
-                acted.append(obs.info["executed"])
-                mode.append(int(getattr(expert, "mode", 0)))
-            success = bool(obs.info.get("success", False))
-            n_success += success
-            dist: dict[str, np.ndarray] = {
-                "push_n": np.array(push, dtype=np.float32),
-                "goal_switch": np.array(switch, dtype=bool),
-                "acted": np.array(acted, dtype=np.float32),
-            }
-            if hasattr(expert, "mode"):
-                dist["mode"] = np.array(mode, dtype=np.int8)
-            episodes.append(
-                Episode(
-                    task=cfg.task,
-                    states=np.array(states, dtype=np.float32),
-                    goals=np.array(goals, dtype=np.float32).reshape(len(goals), -1),
-                    actions=np.array(labels, dtype=np.float32),
-                    executed=np.array(executed, dtype=np.float32),
-                    rewards=np.array(rewards, dtype=np.float32),
-                    success=success,
-                    disturbances=dist,
-                )
-            )
-            ends.append((expert.action(), bool(obs.terminated)))
-            if progress is not None:
-                progress(i + 1, cfg.episodes, n_success)
+        run_lockstep(recorder, dart, episodes=cfg.episodes, seed=cfg.seed,
+                     steps_per_tick=cfg.refine_steps)
     finally:
         plant.close()
-    return episodes, ends
+    return recorder.episodes, recorder.ends
 
 
 class _Progress:

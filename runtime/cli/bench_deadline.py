@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.cli import CliError
-from runtime.cli.served import plant_server, run_args
+from runtime.cli.plantproc import plant_server, run_args
 
 # planner name -> (policy argument with {task}, planner config overrides)
 # name -> (policy, planner-setting overrides, extra `rtdiff run` options)

@@ -39,7 +39,7 @@ from typing import Any
 
 from runtime.cli import CliError
 from runtime.cli.bench_deadline import PLANNERS
-from runtime.cli.served import plant_server
+from runtime.cli.plantproc import plant_server
 from runtime.planfeed import AGE_KEYS, SOURCE_NAMES, age_quantiles
 from runtime.rt import read_steal_s
 

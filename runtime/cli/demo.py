@@ -72,9 +72,9 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
 def cli_demo(args: argparse.Namespace) -> int:
     from runtime.cli.bench_stalls import run_one
     from runtime.cli.bench_tick import cli_bench_tick
+    from runtime.cli.plantproc import plant_server, run_args
     from runtime.cli.report import make_report
     from runtime.cli.run import execute
-    from runtime.cli.served import plant_server, run_args
     from runtime.rt import read_steal_s
 
     out_dir = Path(args.out)

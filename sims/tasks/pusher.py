@@ -97,9 +97,6 @@ class PusherEnv(TaskEnv):
         self.data.qvel[:] = rng.uniform(-0.005, 0.005, size=self.model.nv)
         self.data.qvel[-4:] = 0.0
 
-    def puck_xy(self) -> np.ndarray:
-        return np.array(self.data.xpos[self._obj][:2], dtype=np.float64)
-
     def _state(self) -> np.ndarray:
         d = self.data
         return np.concatenate(

@@ -13,7 +13,7 @@ pytest.importorskip("torch")
 pytest.importorskip("mujoco")
 
 from runtime.cli.bench_stalls import run_one
-from runtime.cli.served import plant_server
+from runtime.cli.plantproc import plant_server
 
 
 def test_a_stopped_controllers_ticks_are_fed_from_its_plan() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hw_bridge.baseline import quantiles_us
 from hw_bridge.bench import run_bench
+from hw_bridge.platform import quantiles_us
 
 
 def test_quantiles_are_in_microseconds_interpolated_and_rounded_to_tenths() -> None:

@@ -11,16 +11,6 @@ def test_before_any_sample_the_prior_plus_margins_is_used() -> None:
     assert not b.fits(1_000_000)
 
 
-def test_steps_that_fit_never_exceed_the_remaining_time() -> None:
-    b = StepBudget(BudgetConfig(margin_frac=0.1, margin_ns=5_000))
-    for ns in (90_000, 100_000, 110_000) * 50:
-        b.record(ns)
-    for remaining in range(0, 3_000_000, 7_919):
-        n = b.steps_that_fit(remaining)
-        assert n * b.estimate_ns <= max(remaining, 0)
-        assert b.fits(remaining) == (n >= 1)
-
-
 def test_a_lone_outlier_does_not_move_the_estimate() -> None:
     b = StepBudget(BudgetConfig(margin_frac=0.0, margin_ns=0))
     for _ in range(128):

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from runtime.fallback import CODE_HOLD, CODE_NONFINITE
 from runtime.stats import DeadlineStats, SlidingQuantile, histogram, percentiles
-from runtime.trace import FALLBACK_CODES, TICK_DTYPE
+from runtime.trace import TICK_DTYPE
 
 DIST_KEYS = {"p50", "p99", "p999", "max"}
 
@@ -40,6 +41,17 @@ def test_percentiles_interpolate_linearly_between_ranks(
 
 def test_percentiles_of_nothing_are_zeros() -> None:
     assert percentiles([]) == {"p50": 0.0, "p99": 0.0, "p999": 0.0, "max": 0.0}
+    assert percentiles([], (50, 90)) == {"p50": 0.0, "p90": 0.0, "max": 0.0}
+
+
+def test_percentiles_take_other_quantiles_and_the_higher_method() -> None:
+    x = [4.0, 1.0, 3.0, 2.0]
+    # keys in the order asked, the point dropped; ranks 0.03, 1.5 and 2.7
+    assert list(percentiles(x, (1, 50, 90))) == ["p1", "p50", "p90", "max"]
+    assert percentiles(x, (1, 50, 90)) == pytest.approx(
+        {"p1": 1.03, "p50": 2.5, "p90": 3.7, "max": 4.0}, abs=1e-12)
+    # 'higher': the sample at or above the rank, never interpolated
+    assert percentiles(x, (50, 99), method="higher") == {"p50": 3.0, "p99": 4.0, "max": 4.0}
 
 
 def test_histogram_counts_equal_bins_and_given_edges_and_handles_empty() -> None:
@@ -69,8 +81,7 @@ def handmade_records() -> np.ndarray:
     r["deadline_ns"] = r["scheduled_ns"] + 1_000_000
     r["missed"] = r["emit_ns"] > r["deadline_ns"]  # only tick 5 (1.24 ms after its start)
     r["steps"] = [4, 5, 6, 9, 3, 0]
-    hold, nonfinite = FALLBACK_CODES["hold"], FALLBACK_CODES["nonfinite"]
-    r["fallback"] = [0, 0, 0, hold, hold, nonfinite]
+    r["fallback"] = [0, 0, 0, CODE_HOLD, CODE_HOLD, CODE_NONFINITE]
     return r
 
 

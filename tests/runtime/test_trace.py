@@ -14,7 +14,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from runtime.trace import FALLBACK_CODES, FALLBACK_NAMES, TICK_DTYPE, TraceRing, read_trace
+from runtime.fallback import FALLBACK_NAMES
+from runtime.stats import DeadlineStats
+from runtime.trace import TICK_DTYPE, TraceRing, read_trace
 
 DA = 3
 
@@ -88,11 +90,44 @@ def test_tick_dtype_has_every_field_with_its_type() -> None:
     assert dt["action"].shape == (4,) and dt["action"].base == np.float32
     for name in ("scheduled_ns", "start_ns", "observe_ns", "refine_end_ns", "emit_ns"):
         assert dt[name] == np.int64
-    assert FALLBACK_CODES["none"] == 0 and FALLBACK_CODES["hold"] == 1
-    assert FALLBACK_CODES["decay"] == 2 and FALLBACK_CODES["nonfinite"] == 4
-    assert FALLBACK_NAMES == {code: name for name, code in FALLBACK_CODES.items()}
     with pytest.raises(ValueError, match="action_dim=0 must be an int >= 1"):
         TICK_DTYPE(0)
+
+
+# The on-disk layout of format version 1, spelled out field by field (not via TICK_DTYPE), so a
+# change to the layout or to the meaning of the fallback codes fails here.
+_V1_FIELDS = [
+    ("tick", "<i8"), ("scheduled_ns", "<i8"), ("start_ns", "<i8"), ("observe_ns", "<i8"),
+    ("refine_end_ns", "<i8"), ("emit_ns", "<i8"), ("deadline_ns", "<i8"), ("refine_ns", "<i8"),
+    ("lateness_ns", "<i8"), ("action", "<f4", (2,)), ("surprise", "<f4"), ("steps", "<i4"),
+    ("skipped", "<i4"), ("episode", "<i4"), ("fallback", "i1"), ("missed", "?"),
+]
+
+
+def test_a_version_1_trace_written_by_hand_reads_back_with_its_fallback_names(
+    tmp_path: Path,
+) -> None:
+    records = np.zeros(6, dtype=_V1_FIELDS)
+    records["tick"] = np.arange(6)
+    records["scheduled_ns"] = records["start_ns"] = np.arange(6) * 1_000_000
+    records["emit_ns"] = records["start_ns"] + 100_000
+    records["deadline_ns"] = records["scheduled_ns"] + 1_000_000
+    records["fallback"] = [0, 1, 2, 3, 4, 5]  # none, hold, decay, safe, nonfinite, zero
+    meta = {
+        "format": "rtdiff-trace", "format_version": 1, "action_dim": 2, "chunk_ticks": 8,
+        "n_chunks": 2, "fields": [f[0] for f in _V1_FIELDS], "records": 6, "chunks": 1,
+        "overflows": 0, "write_errors": [], "clean_close": True, "rate_hz": 1000,
+    }
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    np.savez(tmp_path / "chunk_000000.npz", records=records, allow_pickle=False)
+
+    data = read_trace(tmp_path)
+    assert data.complete and data.records.dtype == TICK_DTYPE(2)
+    np.testing.assert_array_equal(data.records.view(np.uint8), records.view(np.uint8))
+    names = [FALLBACK_NAMES[int(c)] for c in data.records["fallback"]]
+    assert names == ["", "hold", "decay", "safe", "nonfinite", "zero"]
+    stats = DeadlineStats.from_records(data.records, period_ns=1_000_000)
+    assert stats.fallbacks == {"hold": 1, "decay": 1, "safe": 1, "nonfinite": 1, "zero": 1}
 
 
 def test_in_memory_ring_keeps_the_last_capacity_records_in_order() -> None:

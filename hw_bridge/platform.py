@@ -22,31 +22,19 @@ from typing import Any
 import numpy as np
 
 from runtime.rt import read_steal_jiffies as read_steal_jiffies  # re-exported
+from runtime.stats import percentiles
 
 STEAL_SAMPLE_NS = 10_000_000  # the baseline's steal sampling interval (one jiffy here)
 MAX_LISTED = 100  # stalls listed per transport (all are counted)
 
 
 def quantiles_us(samples_ns: np.ndarray[Any, Any]) -> dict[str, float]:
+    """`n`, then p50, p99, p99.9 (`p999`) and max in microseconds, rounded to 0.1 us; NaN for
+    every quantile when there is no sample."""
     if samples_ns.size == 0:
-        return {
-            "n": 0,
-            "p50": float("nan"),
-            "p99": float("nan"),
-            "p999": float("nan"),
-            "max": float("nan"),
-        }
-    us = samples_ns.astype(np.float64) / 1e3
-    p50, p99, p999 = np.percentile(us, [50, 99, 99.9])
-    return {
-        "n": int(us.size),
-        "p50": round(float(p50), 1),
-        "p99": round(float(p99), 1),
-        "p999": round(float(p999), 1),
-        "max": round(float(us.max()), 1),
-    }
-
-
+        return {"n": 0, **dict.fromkeys(("p50", "p99", "p999", "max"), float("nan"))}
+    q = percentiles(samples_ns.astype(np.float64) / 1e3)
+    return {"n": int(samples_ns.size), **{k: round(v, 1) for k, v in q.items()}}
 
 
 def nivcsw() -> tuple[int, int]:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from runtime.cli import CliError
-from runtime.cli.served import wait_for_server
+from runtime.cli.plantproc import wait_for_server
 
 
 class Lines(io.StringIO):

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hw_bridge import baseline
-from hw_bridge.baseline import (
+from hw_bridge import platform
+from hw_bridge.platform import (
     attribute_runs,
     attribute_window,
     gap_intervals,
@@ -211,10 +211,10 @@ def test_mlockall_locks_current_and_future_pages_or_says_why_not(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     libc = FakeLibc(0)
-    monkeypatch.setattr(baseline.sys, "platform", "linux")
-    monkeypatch.setattr(baseline.ctypes.util, "find_library", lambda name: "libc.so.6")
-    monkeypatch.setattr(baseline.ctypes, "CDLL", lambda name, use_errno=False: libc)
-    monkeypatch.setattr(baseline.ctypes, "get_errno", lambda: errno.EPERM)
+    monkeypatch.setattr(platform.sys, "platform", "linux")
+    monkeypatch.setattr(platform.ctypes.util, "find_library", lambda name: "libc.so.6")
+    monkeypatch.setattr(platform.ctypes, "CDLL", lambda name, use_errno=False: libc)
+    monkeypatch.setattr(platform.ctypes, "get_errno", lambda: errno.EPERM)
     assert try_mlockall() == "locked"
     assert libc.flags == [3]  # MCL_CURRENT | MCL_FUTURE
     libc.rc = -1
@@ -223,9 +223,9 @@ def test_mlockall_locks_current_and_future_pages_or_says_why_not(
     def no_libc(name: str, use_errno: bool = False) -> None:
         raise OSError("cannot open libc")
 
-    monkeypatch.setattr(baseline.ctypes, "CDLL", no_libc)
+    monkeypatch.setattr(platform.ctypes, "CDLL", no_libc)
     assert try_mlockall() == "failed: cannot open libc"
-    monkeypatch.setattr(baseline.ctypes.util, "find_library", lambda name: None)
+    monkeypatch.setattr(platform.ctypes.util, "find_library", lambda name: None)
     assert try_mlockall() == "not supported on this platform"
 
 
@@ -234,4 +234,4 @@ def test_mlockall_on_this_machine_locks_or_is_refused() -> None:
         got = try_mlockall()
         assert got == "locked" or got.startswith("refused: "), got
     finally:
-        baseline.munlockall()  # the rest of the test process stays unlocked
+        platform.munlockall()  # the rest of the test process stays unlocked
