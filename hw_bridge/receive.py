@@ -1,20 +1,40 @@
-"""The receive side of the controller's link: every frame decoded and checked, and the newest
-state kept (protocol v1, section 5: latest value). Base class of `RemotePlant`
-(hw_bridge/client.py); the socket and session are `_Link`'s (hw_bridge/link.py).
+"""The receive side of the controller's link: `StateReceiver` reads every frame from the
+session's socket, checks it, keeps the newest state (docs/protocol.md, section 5: latest
+value) and hands the session's messages to its `Session` (hw_bridge/link.py). `RemotePlant`
+(hw_bridge/client.py) owns one of each.
 
-- `_on_message`: one frame. The stream's common case, a well-formed state of the plant's
-  layout, is checked in one pass (`codec.fast_state`); anything else goes through the full
-  checks and on to the session handlers (`welcome`, `error`, `heartbeat`, `goodbye`).
-- `_on_state`: the newest state wins; a state drained while a newer one was still unread
-  counts as `superseded`. State times are mapped to the controller's clock (realtime).
-- `_take`: hands the newest state out once; asked again with nothing newer (or while the link
-  is down), it returns the same state flagged `stale`, rebuilt from the bytes received so that
+- `pump` handles every queued frame and waits up to a bound for the first one. It reads the
+  socket's EVENTS and select()s on its fd rather than using a zmq.Poller (sub-millisecond
+  timeouts, a few microseconds less per call); the session's periodic work
+  (`Session.housekeeping`) runs only when nothing is queued. `wait`, `wait_new`: pump until a
+  condition holds, a newer state arrived, the time is up or the session is fatally refused.
+- `on_frame`: one frame. The stream's common case, a well-formed state of the plant's layout,
+  is checked in one pass (`codec.fast_state`); anything else goes through the full checks and
+  is routed by type: `state` here, `welcome`, `heartbeat` and `goodbye` to the session (a
+  welcome that opens a session restarts this side's per-session state), `error` both ways by
+  its code (a `late` one's lag feeds `latency`, one with a `ref_seq` answers that message, and
+  the session acts on the rest). States, heartbeats and goodbyes that arrive before the
+  session's welcome belong to an older session and are dropped; broken frames are counted and
+  logged, never raised.
+- A state: the newest wins; one drained while a newer one was still unread counts as
+  `superseded`. State times are mapped to the controller's clock (realtime); its `ack_seq`
+  (and `ack_lag_ns`: the send-to-plant latency, `latency`), `reset_seq` and `safe` are kept.
+- `take` hands the newest state out once; asked again with nothing newer (or while the link is
+  down), it returns the same state flagged `stale`, rebuilt from the bytes received so that
   the caller's changes to arrays it was handed never leak into it.
+- Replies awaited: `acked(seq)`, `reset_done(seq)` and `refusal(seq)` (the error code that
+  answered a message, for the last 64 such errors).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import select
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, cast
+
+import zmq
 
 from hw_bridge.codec import (
     ProtocolError,
@@ -24,8 +44,15 @@ from hw_bridge.codec import (
     fast_state,
     unpack,
 )
-from hw_bridge.link import BridgeError, _Link
+from hw_bridge.link import BridgeError, Session
+from hw_bridge.linklatency import LinkLatency
 from runtime.protocols import FloatArray, Observation
+
+log = logging.getLogger("hw_bridge")
+
+# plain ints: pyzmq's enum members cost microseconds per operation on the control path
+_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+_WAIT_SLICE_NS = 20_000_000  # waits re-check their condition (and the session) this often
 
 
 def _info_from_wire(info: dict[str, Any]) -> dict[str, Any]:
@@ -41,17 +68,127 @@ def _info_from_wire(info: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class _Receiver(_Link):
-    """Frame decoding and the latest state; see the module docstring. Not used alone."""
+class StateReceiver:
+    """Frames in, newest state out; see the module docstring.
 
-    def _on_message(self, payload: bytes) -> None:
-        now = self.clock.now_ns()
-        spec = self._spec
+    Public state (written here only): `latest` (the newest state received, None before the
+    first), `last_state_rx_ns` (when its frame arrived, controller clock), `latency` (the
+    send-to-plant latencies, realtime), `server_counters` (the plant side's counters from the
+    last heartbeat reply) and `safe` (the plant reports its safe action latched).
+    """
+
+    def __init__(self, session: Session, counts: Counter[str]) -> None:
+        self.session = session
+        self.counts = counts
+        self.latest: Observation | None = None
+        self.last_state_rx_ns = 0
+        self.latency = LinkLatency()
+        self.server_counters: dict[str, int] = {}
+        self.safe = False
+        self._clock = session.clock
+        self._latest_wire: dict[str, Any] = {}  # the newest state's `obs` map as received
+        # state seqs count per server run: both restart with each session
+        self._state_seq = 0  # the newest state's
+        self._returned_seq = 0  # the one `take` handed out last
+        self._ack_seq = -1
+        self._reset_seq = -1
+        self._refusals: dict[int, str] = {}  # message seq -> the error code that answered it
+
+    # -- waiting and draining ----------------------------------------------------------------
+
+    def pump(self, wait_ns: int = 0) -> None:
+        """Handle every queued frame; wait up to `wait_ns` for the first one."""
+        session = self.session
+        sock = session.sock
+        if sock is None:
+            return
+        # The fd is edge-triggered: EVENTS (or a recv) re-arms it, so it is checked before
+        # sleeping; after select() fires a frame is almost always there and is read at once
+        # (a spurious wake costs one Again).
+        if cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
+            # frames were already queued (the caller is behind): drain, then the periodic work
+            self._drain(sock)
+        else:
+            # Nothing queued: an idle moment, so the periodic work (heartbeat, hello, loss
+            # check) is done now rather than between a state's arrival and the command the
+            # caller computes from it, where a heartbeat would delay both ends' hot paths.
+            session.housekeeping()
+            if session.sock is not sock:  # the link was declared lost: a fresh socket
+                return
+            # EVENTS again: a send inside the housekeeping may have consumed the fd's edge
+            if cast(int, sock.getsockopt(_EVENTS)) & _POLLIN or (
+                wait_ns > 0 and select.select([session.fd], [], [], wait_ns * 1e-9)[0]
+            ):
+                self._drain(sock)
+            return
+        session.housekeeping()
+
+    def _drain(self, sock: zmq.Socket[bytes]) -> None:
+        """Handle frames until none is queued. Called when one most likely is (EVENTS said so,
+        or the fd fired: a spurious wake costs one Again); after each frame EVENTS says whether
+        more wait (cheaper than ending on an Again)."""
+        session = self.session
+        while True:
+            try:
+                payload = sock.recv(_NOBLOCK)
+            except zmq.Again:
+                return
+            self.on_frame(payload)
+            if session.sock is not sock or not cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
+                return  # re-opened during handling, or drained
+
+    def wait(self, done: Callable[[], bool], timeout_ns: int) -> bool:
+        """Pump until `done()`; False when `timeout_ns` ran out or the session is refused."""
+        clock = self._clock
+        end = clock.now_ns() + timeout_ns
+        while not done():
+            left = end - clock.now_ns()
+            if left <= 0 or self.session.fatal is not None:
+                return False
+            self.pump(min(left, _WAIT_SLICE_NS))
+        return True
+
+    def wait_new(self, timeout_ns: int) -> None:
+        """Pump until a state newer than the one `take` handed out last arrived, at most
+        `timeout_ns` (`wait` written out: this is the realtime control loop's wait, once per
+        tick)."""
+        clock = self._clock
+        end = clock.now_ns() + timeout_ns
+        while self._state_seq <= self._returned_seq:
+            left = end - clock.now_ns()
+            if left <= 0 or self.session.fatal is not None:
+                return
+            self.pump(min(left, _WAIT_SLICE_NS))
+
+    # -- replies awaited ---------------------------------------------------------------------
+
+    def acked(self, seq: int) -> bool:
+        """Command `seq` was answered: a state acknowledges it (or a later one), or an error
+        refers to it."""
+        return self._ack_seq >= seq or seq in self._refusals
+
+    def reset_done(self, seq: int) -> bool:
+        """Reset `seq` was answered: a state says the plant reset for it, or an error refers
+        to it."""
+        return self._reset_seq >= seq or seq in self._refusals
+
+    def refusal(self, seq: int) -> str | None:
+        """The code of the error that answered message `seq`, if one did."""
+        return self._refusals.get(seq)
+
+    # -- frames ------------------------------------------------------------------------------
+
+    def on_frame(self, payload: bytes) -> None:
+        """One frame from the server: checked, then handled or routed (never raises on bad
+        input: it is counted and logged)."""
+        now = self._clock.now_ns()
+        session = self.session
+        spec = session.spec
         arrays = None
         try:
             msg = unpack(payload)
             # the stream's common case (a well-formed state of our layout) in one pass
-            if self._connected and spec is not None:
+            if session.connected and spec is not None:
                 arrays = fast_state(msg, state_dim=spec.state_dim, goal_dim=spec.goal_dim)
             if arrays is None:
                 msg = check_message(msg)
@@ -60,42 +197,63 @@ class _Receiver(_Link):
             self._log_bad(f"undecodable message from server: {exc}")
             return
         if arrays is not None:
-            self._last_rx_ns = now
-            self._probe_ns = None
+            session.heard()
             self._on_state(msg, now, arrays)
             return
         kind = msg["type"]
         if kind == "state":
-            if self._connected:  # states before our welcome belong to an older session
-                self._last_rx_ns = now
-                self._probe_ns = None
+            if session.connected:  # states before our welcome belong to an older session
+                session.heard()
                 self._on_state(msg, now)
             return
         if kind == "welcome":
-            self._on_welcome(msg, now)
+            if session.on_welcome(msg, now):
+                self._new_session()
             return
         if kind == "error":
             self._on_error(msg)
             return
-        if not self._connected:
-            return  # states before our welcome belong to an older session
-        self._last_rx_ns = now
-        self._probe_ns = None
+        if not session.connected:
+            return  # messages before our welcome belong to an older session
+        session.heard()
         if kind == "heartbeat":
-            t1 = self._hb_sent.pop(int(msg.get("echo_seq", -1)), None)
-            if t1 is not None and "rx_t_ns" in msg:
-                self.sync.add(t1, msg["rx_t_ns"], msg["t_ns"], now)
+            session.on_heartbeat(msg, now)
             self.server_counters = dict(msg.get("counters", {}))
-            self._safe = bool(msg.get("safe", False))
+            self.safe = bool(msg.get("safe", False))
         elif kind == "goodbye":
-            self._lost(f"server said goodbye: {msg.get('reason', '')}")
+            session.lost(f"server said goodbye: {msg.get('reason', '')}")
+
+    def _new_session(self) -> None:
+        # latencies were measured against the old offset estimate; state seqs and acks count
+        # per server run. The state held stays (flagged stale until a new one comes).
+        self.latency.reset()
+        self._ack_seq = -1
+        self._state_seq = self._returned_seq = 0
+
+    def _on_error(self, msg: dict[str, Any]) -> None:
+        self.counts["errors"] += 1
+        code, text = msg["code"], msg["message"]
+        ref = msg.get("ref_seq")
+        if code == "late" and type(lag := msg.get("lag_ns")) is int:
+            self.latency.add(lag - self.session.sync.offset_ns)  # how long the refused one took
+        if isinstance(ref, int):
+            self._refusals[ref] = code
+            if len(self._refusals) > 64:
+                self._refusals.pop(next(iter(self._refusals)))
+        self.session.on_error(code, text, bool(msg.get("fatal", False)))
+
+    def _log_bad(self, text: str) -> None:
+        n = self.counts["errors"]
+        if n <= 10 or n % 1000 == 0:  # a broken server must not flood the controller's log
+            log.warning("hw_bridge: %s (%d so far)", text, n)
 
     def _on_state(
         self, msg: dict[str, Any], now: int, arrays: tuple[FloatArray, FloatArray] | None = None
     ) -> None:
         """A state message (header and fields valid); `arrays`: its obs already checked by
         `fast_state`, else `check_obs` checks it here."""
-        spec = self._spec
+        session = self.session
+        spec = session.spec
         if spec is None:
             return
         o = msg["obs"]
@@ -107,17 +265,18 @@ class _Receiver(_Link):
                 self._log_bad(f"bad state message: {exc}")
                 return
         state, goal = arrays
-        latest = self._latest
+        latest = self.latest
         seq: int = msg["seq"]
-        if seq <= self._latest_state_seq and latest is not None:
+        if seq <= self._state_seq and latest is not None:
             return  # out of order (cannot happen on one connection; cheap to guard)
         counts = self.counts
         counts["states"] += 1
-        if latest is not None and self._latest_state_seq > self._returned_state_seq:
+        if latest is not None and self._state_seq > self._returned_seq:
             counts["superseded"] += 1
-        t_ns = o["t_ns"] - self.sync.offset_ns if self.mode == "realtime" else o["t_ns"]
+        realtime = session.mode == "realtime"
+        t_ns = o["t_ns"] - session.sync.offset_ns if realtime else o["t_ns"]
         info = o.get("info")
-        self._latest = Observation(
+        self.latest = Observation(
             seq=o["seq"],
             t_ns=t_ns,
             state=state,
@@ -129,29 +288,36 @@ class _Receiver(_Link):
             info=_info_from_wire(info) if info else {},
         )
         self._latest_wire = o  # validated; the source of stale copies (bytes are immutable)
-        self._latest_state_seq = seq
+        self._state_seq = seq
         self.last_state_rx_ns = now  # when its frame was received
         ack = msg["ack_seq"]
         if ack != self._ack_seq:
             lag = msg.get("ack_lag_ns")
-            if type(lag) is int and self.mode == "realtime":
-                self.latency.add(lag - self.sync.offset_ns)  # that command's send-to-plant time
+            if type(lag) is int and realtime:
+                self.latency.add(lag - session.sync.offset_ns)  # that command's send-to-plant time
             self._ack_seq = ack
         self._reset_seq = msg["reset_seq"]
-        self._safe = msg["safe"]
+        self.safe = msg["safe"]
 
-    def _take(self) -> Observation:
-        obs = self._latest
+    # -- handing states out ------------------------------------------------------------------
+
+    def take(self) -> Observation:
+        """The newest state, once; after that (or while the link is down) a stale copy of it.
+        Raises BridgeError when no state has arrived yet."""
+        obs = self.latest
+        session = self.session
         if obs is None:
-            raise BridgeError(f"{self.address}: no state received yet")
-        stale = self._latest_state_seq == self._returned_state_seq or not self._connected
-        self._returned_state_seq = self._latest_state_seq
+            raise BridgeError(f"{session.address}: no state received yet")
+        stale = self._state_seq == self._returned_seq or not session.connected
+        self._returned_seq = self._state_seq
         if not stale:
             if obs.stale:
                 self.counts["stale"] += 1
             return obs  # handed out once; a repeat is rebuilt below from the received bytes
         self.counts["stale"] += 1
-        spec = self.spec()
+        spec = session.spec
+        if spec is None:  # cannot happen: a state arrives only after a welcome
+            raise BridgeError(f"{session.address}: no handshake")
         # fresh arrays from the message as received: the caller may have changed the ones it
         # was handed, and a stale observation must be the last state, exactly
         state, goal = check_obs(self._latest_wire, state_dim=spec.state_dim, goal_dim=spec.goal_dim)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import msgpack
 import numpy as np
 import pytest
+import zmq
 
 from hw_bridge.client import RemotePlant
 from hw_bridge.codec import encode, encode_array, message, obs_to_wire, spec_to_wire
@@ -15,27 +18,63 @@ from hw_bridge.driver import motor_spec
 from .test_fuzz import malformed_frames
 
 
-class _NullSocket:
+class _FakeSocket:
+    """A DEALER stand-in: sends vanish, `queued` frames are received in order."""
+
+    def __init__(self, fd: int) -> None:
+        self.queued: list[bytes] = []
+        self.fd = fd
+
+    def setsockopt(self, option: int, value: Any) -> None:
+        pass
+
+    def connect(self, address: str) -> None:
+        pass
+
     def send(self, data: bytes, flags: int = 0) -> None:
         pass
+
+    def recv(self, flags: int = 0) -> bytes:
+        if not self.queued:
+            raise zmq.Again()
+        return self.queued.pop(0)
+
+    def getsockopt(self, option: int) -> int:
+        if option == zmq.FD:
+            return self.fd  # a pipe nobody writes to: select() only times out
+        return int(zmq.POLLIN) if self.queued else 0  # zmq.EVENTS
 
     def close(self, linger: int = 0) -> None:
         pass
 
-    def getsockopt(self, option: int) -> int:
-        return 0  # nothing to read, ever
+
+class _FakeContext:
+    def __init__(self, sock: _FakeSocket) -> None:
+        self.sock = sock
+
+    def socket(self, kind: int) -> _FakeSocket:
+        return self.sock
+
+    def term(self) -> None:
+        pass
 
 
 @pytest.fixture
-def client(monkeypatch: pytest.MonkeyPatch) -> RemotePlant:
-    """A RemotePlant wired to nothing, fed frames by hand."""
-    monkeypatch.setattr(RemotePlant, "_open", lambda self: None)
-    monkeypatch.setattr(RemotePlant, "_wait_connected", lambda self, t: None)
-    plant = RemotePlant("tcp://nowhere:1")
-    plant._sock = _NullSocket()  # type: ignore[assignment]
-    plant._on_message(_welcome())
-    assert plant.connected
-    return plant
+def client(monkeypatch: pytest.MonkeyPatch) -> Iterator[RemotePlant]:
+    """A RemotePlant wired to a fake socket that holds a welcome, then fed frames by hand."""
+    monkeypatch.delenv("RTDIFF_KEYS", raising=False)  # no CurveZMQ on a fake socket
+    r, w = os.pipe()
+    sock = _FakeSocket(r)
+    sock.queued.append(_welcome())
+    monkeypatch.setattr("hw_bridge.link.new_context", lambda: _FakeContext(sock))
+    plant = RemotePlant("tcp://nowhere:1", connect_timeout_s=1.0)
+    assert plant.connected and plant.mode == "realtime"
+    try:
+        yield plant
+    finally:
+        plant.close()
+        os.close(r)
+        os.close(w)
 
 
 def _welcome(**over: Any) -> bytes:
@@ -64,7 +103,7 @@ def _state(seq: int, **over: Any) -> dict[str, Any]:
 
 
 def test_client_survives_malformed_server_frames(client: RemotePlant) -> None:
-    client._on_message(encode(_state(1)))
+    client.receiver.on_frame(encode(_state(1)))
     good = client.observe()
     rng = np.random.default_rng(0)
     frames = list(malformed_frames(seed=3, n=3000, first_seq=2))
@@ -84,7 +123,7 @@ def test_client_survives_malformed_server_frames(client: RemotePlant) -> None:
         msgpack.packb({"v": 1, "type": "goodbye", "seq": 0, "t_ns": 0, "reason": 5}),
     ]
     for frame in frames:
-        client._on_message(frame)  # must not raise
+        client.receiver.on_frame(frame)  # must not raise
     obs = client.observe()
     assert obs.stale and obs.seq == good.seq  # nothing malformed replaced the last good state
     np.testing.assert_array_equal(obs.state, good.state)
