@@ -14,14 +14,13 @@ Event bits (`events` column), from `Observation.info`:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from runtime.files import atomic_write
 from runtime.protocols import FloatArray, Observation
 
 EVENT_PUSH = 1
@@ -81,16 +80,10 @@ class Sidecar:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         target = d / "sidecar.npz"
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-sidecar-", suffix=".npz", dir=d)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                a = self.arrays()
-                np.savez(f, state=a["state"], levels=a["levels"], events=a["events"],
-                         dropped=np.array(self.dropped, dtype=np.int64))
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        a = self.arrays()
+        atomic_write(target, lambda f: np.savez(
+            f, state=a["state"], levels=a["levels"], events=a["events"],
+            dropped=np.array(self.dropped, dtype=np.int64)))
         return target
 
 

@@ -36,10 +36,8 @@ Layout on disk (a directory):
 from __future__ import annotations
 
 import json
-import os
 import queue
 import re
-import tempfile
 import threading
 import zipfile
 from dataclasses import dataclass
@@ -48,6 +46,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from runtime.files import atomic_write
 
 __all__ = [
     "TICK_DTYPE",
@@ -147,32 +147,7 @@ def _chunk_name(n: int) -> str:
     return f"chunk_{n:06d}.npz"
 
 
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    """Write via `write(fileobj)` to a temp file beside `path`, fsync, then `os.replace`."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    # Make the rename itself durable (best effort: not every filesystem allows a dir fsync).
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+
 
 
 class TraceRing:
@@ -320,7 +295,7 @@ class TraceRing:
             clean_close=clean_close,
         )
         text = json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n"
-        _atomic_write_bytes(self.path / "meta.json", lambda f: f.write(text.encode()))
+        atomic_write(self.path / "meta.json", lambda f: f.write(text.encode()))
 
     def _writer_main(self) -> None:
         if self.path is None:  # pragma: no cover - the thread only exists with a path
@@ -362,7 +337,7 @@ class TraceRing:
         """Write chunk n atomically. Tests override this to inject a slow or failing disk."""
         if self.path is None:  # pragma: no cover
             return
-        _atomic_write_bytes(
+        atomic_write(
             self.path / _chunk_name(n), lambda f: np.savez(f, records=data, allow_pickle=False)
         )
 

@@ -102,6 +102,14 @@ def _add_collect(sp: argparse._SubParsersAction[_Parser]) -> None:
     _target(p, "runtime.cli.collect:cli_collect")
 
 
+def _add_results(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--results", default=None, metavar="DIR",
+        help="also record this run in DIR for the benchmarks page (benchmarks/results; "
+             "`rtdiff report --benchmarks` regenerates docs/benchmarks.md from it)",
+    )
+
+
 DEFAULT_RT_PRIORITY = 20  # `rtdiff run` in realtime; a served plant takes one level above
 
 
@@ -255,6 +263,7 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     )
     t.add_argument("--seed", type=nonnegative_int, default=0)
     t.add_argument("--json", action="store_true")
+    _add_results(t)
     _target(t, "runtime.cli.bench_tick:cli_bench_tick")
 
     b = bp.add_parser("bridge", help="bridge round trip vs bare pyzmq+msgpack")
@@ -283,13 +292,16 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     d.add_argument("--hog", action="store_true", help="repeat rolling with a CPU hog")
     _add_rt_priority(d, "controller and plant (the plant one level higher)")
     d.add_argument("--json", action="store_true")
+    _add_results(d)
     _target(d, "runtime.cli.bench_deadline:cli_bench_deadline")
 
     s = bp.add_parser("stalls", help="stop the controller on purpose; what the plant applied")
     s.add_argument("--task", default="double-pendulum")
     s.add_argument("--rate", type=positive_float, default=None, help="plant rate (Hz)")
     s.add_argument("--planners", default="rolling,expert,mlp",
-                   help="comma list of the `bench deadline` planners without overrides")
+                   help="comma list of `bench deadline` planners without overrides (rolling, "
+                        "rolling-late, rolling-async, chunked, chunked-async, pertick, mlp, "
+                        "expert) or any `rtdiff run --policy` (KIND:TASK, a checkpoint dir)")
     s.add_argument("--stall-ms", default="5,20,50,80,100,200",
                    help="comma list of stall lengths in ms (0: no injection, the host only)")
     s.add_argument("--every-s", type=positive_float, default=0.25,
@@ -306,13 +318,23 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
                    help="SCHED_FIFO priority of the controllers (the plant one level higher)")
     s.add_argument("--no-rt", action="store_true", help="do not ask for SCHED_FIFO")
     s.add_argument("--json", action="store_true")
+    _add_results(s)
     _target(s, "runtime.cli.bench_stalls:cli_bench_stalls")
 
 
 def _add_report(sp: argparse._SubParsersAction[_Parser]) -> None:
     p = sp.add_parser("report", help="plots and a markdown table from recorded runs")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="directory with runs/*.json (+ traces)")
-    p.add_argument("--out", required=True, help="directory for the PNGs and report.md")
+    p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", default=None,
+                   help="directory with runs/*.json (+ traces)")
+    p.add_argument("--out", default=None,
+                   help="directory for the PNGs and report.md (with --benchmarks: the page "
+                        "to write, default docs/benchmarks.md)")
+    p.add_argument("--benchmarks", action="store_true",
+                   help="generate the benchmarks page from the recorded results instead")
+    p.add_argument("--results", default="benchmarks/results",
+                   help="with --benchmarks: the result files' directory")
+    p.add_argument("--check", action="store_true",
+                   help="with --benchmarks: fail (exit 1) if the page differs from the results")
     _target(p, "runtime.cli.report:cli_report")
 
 
@@ -333,6 +355,7 @@ def _add_demo(sp: argparse._SubParsersAction[_Parser]) -> None:
     )
     _add_rt_priority(p, "controller and plant (the plant one level higher)", default=10)
     p.add_argument("--no-rt", action="store_true", help="do not ask for SCHED_FIFO")
+    _add_results(p)
     _target(p, "runtime.cli.demo:cli_demo")
 
 

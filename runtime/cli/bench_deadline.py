@@ -29,6 +29,8 @@ from typing import Any
 
 from runtime.cli import CliError
 from runtime.cli.plantproc import plant_server, run_args
+from runtime.files import atomic_write_text, record_result
+from runtime.rt import read_steal_s
 
 # planner name -> (policy argument with {task}, planner config overrides)
 # name -> (policy, planner-setting overrides, extra `rtdiff run` options)
@@ -111,6 +113,7 @@ def cli_bench_deadline(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
     cells: list[dict[str, Any]] = []
+    steal0 = read_steal_s()
     for task in _csv(args.tasks):
         for rate in rates:
             rt = getattr(args, "rt_priority", None)
@@ -148,7 +151,11 @@ def cli_bench_deadline(args: argparse.Namespace) -> int:
                                                   out_dir=out_dir, tag="_hog",
                                                   rt_priority=rt))
     summary = summarize(cells)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    steal1 = read_steal_s()
+    summary["steal_s"] = None if steal0 is None or steal1 is None else steal1 - steal0
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+    if getattr(args, "results", None):
+        record_result(args.results, "deadline", summary)
     if args.json:
         print(json.dumps(summary))
     else:

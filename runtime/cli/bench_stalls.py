@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -40,8 +41,11 @@ from typing import Any
 from runtime.cli import CliError
 from runtime.cli.bench_deadline import PLANNERS
 from runtime.cli.plantproc import plant_server
+from runtime.files import atomic_write_text, record_result
 from runtime.planfeed import AGE_KEYS, SOURCE_NAMES, age_quantiles
 from runtime.rt import read_steal_s
+
+STALL_JITTER_S = 0.02  # each stall starts up to this late: any phase of a 50-100 Hz tick
 
 
 def _csv(text: str) -> list[str]:
@@ -51,11 +55,16 @@ def _csv(text: str) -> list[str]:
 class Stopper:
     """Stops process `pid` for `stall_s` every `every_s` (SIGSTOP/SIGCONT) until `stop()`.
 
-    The first stall comes `every_s` after the start; a process that already exited ends it.
-    Never leaves the process stopped: `stop()` always sends a final SIGCONT."""
+    The first stall comes `every_s` after the start; each one starts up to `jitter_s` late
+    (uniform, seeded), so stalls do not all land at the same phase of the controller's tick
+    when `every_s` is a multiple of its period. A process that already exited ends it. Never
+    leaves the process stopped: `stop()` always sends a final SIGCONT."""
 
-    def __init__(self, pid: int, stall_s: float, every_s: float) -> None:
+    def __init__(self, pid: int, stall_s: float, every_s: float, *, jitter_s: float = 0.0,
+                 seed: int = 0) -> None:
         self.pid, self.stall_s, self.every_s = pid, stall_s, every_s
+        self.jitter_s = jitter_s
+        self._rng = random.Random(seed)
         self.stalls = 0
         self.stopped_s = 0.0
         self._done = threading.Event()
@@ -65,7 +74,8 @@ class Stopper:
         self._thread.start()
 
     def _run(self) -> None:
-        next_t = time.monotonic() + self.every_s
+        base = time.monotonic() + self.every_s
+        next_t = base + self._rng.uniform(0.0, self.jitter_s)
         while not self._done.wait(max(0.0, next_t - time.monotonic())):
             try:
                 os.kill(self.pid, signal.SIGSTOP)
@@ -76,7 +86,8 @@ class Stopper:
                 self.stalls += 1
             except ProcessLookupError:
                 return
-            next_t += self.every_s
+            base += self.every_s
+            next_t = base + self._rng.uniform(0.0, self.jitter_s)
 
     def stop(self) -> None:
         self._done.set()
@@ -163,7 +174,8 @@ def run_one(policy: str, address: str, *, seed: int, seconds: float, plan_ahead:
             while not os.path.exists(ready) and proc.poll() is None and time.monotonic() < t_end:
                 time.sleep(0.01)
             if quota is None and stall_ms > 0 and proc.poll() is None:
-                stopper = Stopper(proc.pid, stall_ms / 1e3, every_s)
+                stopper = Stopper(proc.pid, stall_ms / 1e3, every_s, seed=seed,
+                                  jitter_s=min(STALL_JITTER_S, every_s - stall_ms / 1e3))
                 stopper.start()
             try:
                 out, err = proc.communicate(timeout=seconds + 180.0)
@@ -244,7 +256,8 @@ def table(cells: list[dict[str, Any]]) -> str:
 
 def cli_bench_stalls(args: argparse.Namespace) -> int:
     planners = _csv(args.planners)
-    unknown = [p for p in planners if p not in PLANNERS]
+    # a `bench deadline` planner name, or any policy `rtdiff run` takes (KIND:TASK, a dir)
+    unknown = [p for p in planners if p not in PLANNERS and ":" not in p and not Path(p).is_dir()]
     if unknown:
         raise CliError(f"unknown planner(s) {unknown}; known: {sorted(PLANNERS)}")
     try:
@@ -268,7 +281,7 @@ def cli_bench_stalls(args: argparse.Namespace) -> int:
         total = len(planners) * len(modes) * len(stalls) * args.seeds
         done = 0
         for planner in planners:
-            policy_t, overrides, extra = PLANNERS[planner]
+            policy_t, overrides, extra = PLANNERS.get(planner, (planner, {}, {}))
             if overrides:
                 raise CliError(f"{planner}: planner overrides are not supported by bench stalls")
             policy = policy_t.format(task=args.task)
@@ -293,7 +306,6 @@ def cli_bench_stalls(args: argparse.Namespace) -> int:
                     cells.append(cell)
     steal1 = read_steal_s()
     result = {
-        "command": "rtdiff bench stalls " + " ".join(sys.argv[3:] if len(sys.argv) > 3 else []),
         "task": args.task,
         "rate_hz": args.rate,
         "every_s": args.every_s,
@@ -301,11 +313,11 @@ def cli_bench_stalls(args: argparse.Namespace) -> int:
         "inject": "quota" if args.quota is not None else "stop",
         "rt_priority": rt,
         "steal_s": None if steal0 is None or steal1 is None else steal1 - steal0,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{os.cpu_count()} CPUs, {os.uname().machine}, {os.uname().release}",
         "cells": cells,
     }
-    (out_dir / "summary.json").write_text(json.dumps(result, indent=1))
+    atomic_write_text(out_dir / "summary.json", json.dumps(result, indent=1))
+    if args.results:
+        record_result(args.results, "stalls", result)
     if args.json:
         print(json.dumps(result))
     else:

@@ -34,7 +34,7 @@ import numpy as np
 from runtime.clock import MonotonicClock
 from runtime.loop import ControlLoop, LoopConfig
 from runtime.protocols import Command, FloatArray, Observation, PlantSpec
-from runtime.rt import GcPolicy
+from runtime.rt import GcPolicy, read_steal_s
 
 
 class NullPlant:
@@ -178,6 +178,7 @@ def cli_bench_tick(args: argparse.Namespace) -> int:
     gc.collect()
     full_gc_ms = (time.perf_counter_ns() - t) / 1e6
     results: dict[str, dict[str, Any]] = {}
+    steal0 = read_steal_s()
     for v in variants:
         if not args.json:
             sys.stderr.write(f"bench tick: {v} for {args.seconds:g} s at {args.rate:g} Hz ...\n")
@@ -209,6 +210,12 @@ def cli_bench_tick(args: argparse.Namespace) -> int:
                 "steps_per_tick", "fallbacks", "skipped"):
         summary[key] = best.get(key)
     summary["variants"] = results
+    steal1 = read_steal_s()
+    summary["steal_s"] = None if steal0 is None or steal1 is None else steal1 - steal0
+    if getattr(args, "results", None):
+        from runtime.files import record_result
+
+        record_result(args.results, "tick", summary)
     if args.json:
         print(json.dumps(summary))
     else:

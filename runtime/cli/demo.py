@@ -130,9 +130,10 @@ def cli_demo(args: argparse.Namespace) -> int:
             for on in (True, False):
                 name = f"rolling-stop{stall_ms:g}ms-{'on' if on else 'off'}"
                 print(f"   {name} ...", flush=True)
+                # a little past the episodes' end, so the last one is seen to finish
                 out = run_one(f"rolling:{TASK}", address, seed=args.seed,
-                              seconds=10.0 * args.episodes, plan_ahead=on, stall_ms=stall_ms,
-                              every_s=1.0, quota=None, rt=rt, extra={})
+                              seconds=10.0 * args.episodes + 1.0, plan_ahead=on,
+                              stall_ms=stall_ms, every_s=1.0, quota=None, rt=rt, extra={})
                 out["planner"] = f"rolling-stop{stall_ms:g}ms-{'on' if on else 'off'}"
                 out.pop("trace", None)
                 (out_dir / "runs" / f"{name}.json").write_text(json.dumps(out))
@@ -150,9 +151,21 @@ def cli_demo(args: argparse.Namespace) -> int:
     print("\n== 3/3  results ==")
     print(table(rows))
     steal1 = read_steal_s()
-    if steal0 is not None and steal1 is not None:
-        print(f"host steal over the demo: {steal1 - steal0:.2f} s (/proc/stat; the time the "
+    steal = None if steal0 is None or steal1 is None else steal1 - steal0
+    if steal is not None:
+        print(f"host steal over the demo: {steal:.2f} s (/proc/stat; the time the "
               "hypervisor gave this machine's CPUs to others)")
+    if getattr(args, "results", None):
+        from runtime.files import record_result
+
+        keep = ("rate_hz", "ticks", "misses", "plant_misses", "miss_rate", "lateness_ms",
+                "compute_ms", "replans_per_s", "episodes", "success_rate", "plant",
+                "action_age_ms", "steal_s", "plan_ahead", "rt")
+        path = record_result(args.results, "demo", {
+            "steal_s": steal,
+            "rows": {n: {k: r[k] for k in keep if k in r} for n, r in rows.items()},
+        })
+        print(f"recorded in {path}")
     made = make_report(out_dir, out_dir / "report")
     print(f"\nruns in {out_dir / 'runs'}; report with {len(made) - 1} plots in "
           f"{out_dir / 'report' / 'report.md'}")

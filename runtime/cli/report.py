@@ -293,9 +293,34 @@ def make_report(run_dir: Path, out: Path) -> list[Path]:
 
 
 def cli_report(args: argparse.Namespace) -> int:
+    if getattr(args, "benchmarks", False):
+        return _benchmarks_page(args)
+    if args.run_dir is None or args.out is None:
+        raise CliError("give RUN_DIR and --out (or --benchmarks)")
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise CliError(f"{run_dir} is not a directory")
     made = make_report(run_dir, Path(args.out))
     print(f"report written to {Path(args.out) / 'report.md'} ({len(made)} files)")
+    return 0
+
+
+def _benchmarks_page(args: argparse.Namespace) -> int:
+    from runtime.cli.benchpage import render_page
+    from runtime.files import atomic_write_text
+
+    results = Path(args.results)
+    if not results.is_dir():
+        raise CliError(f"{results} is not a directory of benchmark results")
+    page = render_page(results)
+    out = Path(args.out or "docs/benchmarks.md")
+    if args.check:
+        have = out.read_text() if out.is_file() else ""
+        if have != page:
+            print(f"{out} differs from what {results} gives: run `rtdiff report --benchmarks`")
+            return 1
+        print(f"{out} matches {results}")
+        return 0
+    atomic_write_text(out, page)
+    print(f"wrote {out} from {len(list(results.glob('*.json')))} result files in {results}")
     return 0
