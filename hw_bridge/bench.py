@@ -100,8 +100,6 @@ def _baseline_proc(mlock: bool, cpus: set[int] | None, stop: Any, out: Queue[Any
     out.put({k: np.asarray(v, dtype=np.int64).tobytes() for k, v in res.items()})
 
 
-
-
 # --- server processes -----------------------------------------------------------------------
 
 
@@ -407,15 +405,6 @@ def _run_bench(
 class BenchError(RuntimeError):
     """The bridge benchmark failed (a server process, the link or a socket); the message is one
     line for the user."""
-
-
-def cli_bench_bridge(args: argparse.Namespace) -> int:
-    """`rtdiff bench bridge`, the target the subcommand table names: runs
-    `runtime.cli.bench_bridge`, which calls `bench_bridge_from_args` and prints its `BenchError`
-    as the CLI's one-line error."""
-    from runtime.cli.bench_bridge import cli_bench_bridge as run_cli
-
-    return run_cli(args)
 
 
 def bench_bridge_from_args(args: argparse.Namespace) -> int:

@@ -84,14 +84,6 @@ def client_curve(sock: zmq.Socket[Any], keys_dir: Path, *, client: str = "client
     sock.curve_serverkey = server_pub
 
 
-def cli_keys(args: argparse.Namespace) -> int:
-    """`rtdiff keys`, the target the subcommand table names: runs `runtime.cli.keys`, which
-    calls `keys_from_args` and prints its `KeysError` as the CLI's one-line error."""
-    from runtime.cli.keys import cli_keys as run_cli
-
-    return run_cli(args)
-
-
 def keys_from_args(args: argparse.Namespace) -> int:
     """`rtdiff keys --out DIR [--client NAME]`; raises `KeysError` (one line)."""
     client = getattr(args, "client", "client") or "client"

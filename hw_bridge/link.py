@@ -63,7 +63,7 @@ CLIENT_COUNTERS = (
     "errors",  # error messages from the server
     "timeouts",  # waits that ran out (lockstep apply, reset, counters)
     "reconnects",
-    "fresh_streams",  # new command streams after a watchdog trip
+    "new_streams",  # new command streams after a watchdog trip
 )
 
 
@@ -372,7 +372,7 @@ class Session:
             self.send_hello()
         elif code == "stream_tripped" and self.auto_resume:
             log.warning("hw_bridge: plant watchdog stopped our commands; starting a fresh stream")
-            self.counts["fresh_streams"] += 1
+            self.counts["new_streams"] += 1
             self.new_stream()
         elif code == "taken_over":
             log.warning("hw_bridge: %s", text)

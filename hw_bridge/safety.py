@@ -2,7 +2,7 @@
 
 Both live on the plant's side of the link because the plant is the only party that is still
 there when the network or the controller is not. Neither reads a clock: the caller passes
-`now_ns`, so both are tested exactly with plain integers (STYLE: time is injected).
+`now_ns`, so both are tested exactly with plain integers (time is injected).
 
 Limits, in the order applied:
 1. reject: an action that is not (Da,) or holds NaN/inf is never applied (`rejected`);

@@ -22,7 +22,7 @@ from policies.frozen import freeze_for_cpu
 from policies.model import Denoiser, DenoiserConfig, MLPConfig, MLPPolicy
 from policies.normalize import Normalizer
 from policies.rolling import RollingPlanner
-from policies.tokenrate import TokenRate
+from policies.tokenrate import RateAdapter
 from runtime.protocols import Planner, PlantSpec
 
 CHECKPOINT_ROOT = Path(__file__).resolve().parent / "checkpoints"
@@ -46,8 +46,8 @@ __all__ = [
     "Normalizer",
     "PerTickPlanner",
     "PlannerConfig",
+    "RateAdapter",
     "RollingPlanner",
-    "TokenRate",
     "load_checkpoint",
     "load_planner",
     "model_rate_hz",
@@ -164,7 +164,7 @@ def planner_from_checkpoint(
     unless `frozen=False`.
 
     When `spec`'s plant runs faster than the model's rate (`model_rate_hz`), the planner comes
-    wrapped in `TokenRate`, which keeps the plan on the model's time base; a slower plant is a
+    wrapped in `RateAdapter`, which keeps the plan on the model's time base; a slower plant is a
     ValueError.
     """
     planner = _build_planner(ckpt, spec=spec, kind=kind, device=device, seed=seed,
@@ -173,7 +173,7 @@ def planner_from_checkpoint(
     if rate is None or abs(spec.rate_hz - rate) <= 1e-6 * rate:
         return planner
     try:
-        return TokenRate(planner, spec.rate_hz, rate)
+        return RateAdapter(planner, spec.rate_hz, rate)
     except ValueError:
         close = getattr(planner, "close", None)
         if close is not None:

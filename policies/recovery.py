@@ -24,7 +24,7 @@ a per-task predicate on the observed (state, goal), chosen by `--task` (`RECOVER
   planner that re-picks the other side after a push never recovers on this rule (its push is
   censored). With the shipped `rolling:bimodal` (`renoise`), 96% of the ticks with no push
   acting were on course for one side or the other (1486 of 1547; seeds 1000-1011, 5-15 N
-  pushes; scratch check, 2026-11-23). Bimodal runs also report, for pushes that began before
+  pushes). Bimodal runs also report, for pushes that began before
   the block's near face, whether the episode then passed the block on the side it was headed
   for (`side_kept`), the other (`side_switched`) or not at all (`side_not_passed`), plus
   `collisions` and the mode switches per episode as `dither` counts them.

@@ -1,7 +1,7 @@
 """`RollingPlanner`: the anytime diffusion planner over a rolling buffer of future tokens.
 
-DESIGN, "The rolling buffer", step by step. The buffer holds H tokens `z_j = [s_{t+j}, a_{t+j}]`
-(normalized), token j at its own noise level `tau_j`.
+The rolling buffer (docs/architecture.md, "The rolling buffer"), step by step. The buffer
+holds H tokens `z_j = [s_{t+j}, a_{t+j}]` (normalized), token j at its own noise level `tau_j`.
 
 observe(obs), once per tick:
   1. surprise = RMS(observed state - the plan's clean estimate of that state), normalized units.

@@ -6,7 +6,7 @@ token, the plan would run five times too fast, and a context of "the last two st
 hold states 2 ms apart instead of 10 ms: out of distribution, and the learned planners fall
 (docs/benchmarks.md, "Rates above the model's").
 
-`TokenRate` keeps the plan on the model's time base and lets the loop tick faster:
+`RateAdapter` keeps the plan on the model's time base and lets the loop tick faster:
 
 - A tick that reaches the next token boundary is a *token tick*: the inner planner's
   `observe` runs (shift, inpaint, surprise and re-noise, history push), exactly as at the
@@ -50,11 +50,11 @@ from runtime.protocols import (
 )
 
 
-class TokenRate:
+class RateAdapter:
     """Wraps `inner` (trained at `model_rate_hz`) to run at `plant_rate_hz` >= that rate.
 
     Example:
-        planner = TokenRate(load_planner("rolling:double-pendulum", spec=spec500), 500, 100)
+        planner = RateAdapter(load_planner("rolling:double-pendulum", spec=spec500), 500, 100)
         # or simply load_planner(...) with a 500 Hz spec, which wraps it itself
 
     The wrapper declares exactly the optional capabilities (`runtime.protocols`) the inner

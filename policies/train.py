@@ -380,14 +380,6 @@ def parse_settings(
     return out["model"], out["train"], out["planner"]
 
 
-def cli_train(args: Any) -> int:
-    """`rtdiff train`, the target the subcommand table names: runs `runtime.cli.train`, which
-    calls `train_from_args` and prints its `TrainError` as the CLI's one-line error."""
-    from runtime.cli.train import cli_train as run_cli
-
-    return run_cli(args)
-
-
 def train_from_args(args: Any) -> int:
     """`rtdiff train --task T --policy KIND --data DIR --out DIR [--steps N] [--device D]`.
 

@@ -173,10 +173,10 @@ class _Run:
         "ep_seed",
         "ep_ticks",
         "episode_results",
+        "episode_start",
         "episodes",
         "estimate_start",
         "fallback",
-        "fresh",
         "gc_policy",
         "high",
         "k_local",
@@ -311,7 +311,7 @@ class _Run:
         # -- carried from tick to tick ------------------------------------------------------
         self.worker: RefineWorker | None = None  # async mode: set by `_start`
         self.ticker: Ticker | None = None  # realtime mode: set by `_start`
-        self.fresh = True  # `obs` starts an episode: the tick does not `observe` it
+        self.episode_start = True  # `obs` starts an episode: the tick does not `observe` it
         # Realtime: the planner already holds `obs` (reset by `_start`), so the first tick does
         # not pay for a second reset (and its warm-up) inside its deadline. Lockstep resets it
         # again in the first tick, where time does not count (the random draws of that second
@@ -565,7 +565,7 @@ class ControlLoop:
         """Observe the plant (an episode's first observation is the reset's), count stale
         states and reward, start the next episode when this one ended, and hand the
         observation to the planner. False when the run's last episode ended."""
-        if not r.fresh:
+        if not r.episode_start:
             obs = r.obs = r.observe()
             r.stale += obs.stale  # flagged by the plant, never invented; counted
             if obs.seq != r.last_seq:
@@ -574,16 +574,16 @@ class ControlLoop:
             if obs.done and not self._restart_episode(r, t):
                 return False
         t.t_obs = r.now_ns()
-        t.started = fresh = r.fresh
-        if fresh and r.planner_ready:
+        t.started = starting = r.episode_start
+        if starting and r.planner_ready:
             pass  # reset already, by `_start` or `_restart_episode`
         elif r.worker is not None:
-            r.worker.mailbox.post(r.obs, reset=fresh)
-        elif fresh:
+            r.worker.mailbox.post(r.obs, reset=starting)
+        elif starting:
             r.planner.reset(r.obs)
         else:
             r.planner.observe(r.obs)
-        r.fresh = r.planner_ready = False
+        r.episode_start = r.planner_ready = False
         return True
 
     def _restart_episode(self, r: _Run, t: _Tick) -> bool:
@@ -601,7 +601,7 @@ class ControlLoop:
         obs = r.obs = r.plant.reset(seed=r.ep_seed)
         r.last_seq = obs.seq
         r.ep_ticks, r.ep_return = 0, 0.0
-        r.fresh = True
+        r.episode_start = True
         if not r.realtime:
             return True  # lockstep resets the planner in `_observe`, where time does not count
         # The plant restarted its schedule at the reset: this tick's command is for the

@@ -1,6 +1,7 @@
 """What a `ControlLoop` run produced: tick records, episodes, the plant's counts, the JSON.
 
-`RunResult.to_json()` is DESIGN's `rtdiff run --json` contract (docs/runtime.md).
+`RunResult.to_json()` is the `rtdiff run --json` contract (docs/architecture.md, "The run
+JSON contract").
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class RunResult:
         return DeadlineStats.from_records(self.records, period_ns=self.period_ns)
 
     def to_json(self) -> dict[str, Any]:
-        """DESIGN's `rtdiff run --json` contract."""
+        """The `rtdiff run --json` contract (docs/architecture.md, "The run JSON contract")."""
         out = self.stats().to_json()
         done = self.episodes
         out["episodes"] = len(done)

@@ -260,14 +260,6 @@ def collect(cfg: CollectConfig, *, progress: bool = True) -> dict[str, Any]:
     return meta
 
 
-def cli_collect(args: argparse.Namespace) -> int:
-    """`rtdiff collect`, the target the subcommand table names: runs `runtime.cli.collect`,
-    which calls `collect_from_args` and prints its `CollectError` as the CLI's one-line error."""
-    from runtime.cli.collect import cli_collect as run_cli
-
-    return run_cli(args)
-
-
 def collect_from_args(args: argparse.Namespace) -> int:
     """`rtdiff collect --task T --episodes N --out DIR [--seed S] [--dart-prob P]`.
 

@@ -55,7 +55,7 @@ spec = PlantSpec(
     name="double-pendulum", state_dim=Ds, action_dim=Da, goal_dim=Dg,
     action_low=-np.ones(Da), action_high=np.ones(Da), rate_hz=rate,
 )
-for rate_hz in (rate, 2 * rate):  # the model's own rate, and a faster plant (TokenRate)
+for rate_hz in (rate, 2 * rate):  # the model's own rate, and a faster plant (RateAdapter)
     s = dataclasses.replace(spec, rate_hz=rate_hz)
     planner = policies.load_planner("rolling:double-pendulum", spec=s)
     getattr(planner, "close", lambda: None)()

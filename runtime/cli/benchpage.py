@@ -141,7 +141,7 @@ def render_stalls(records: list[dict[str, Any]]) -> list[str]:
         eps = sum(c["episodes"] for c in cs)
         rows.append([
             planner + (" (cpu quota)" if inject == "quota" else ""), "on" if on else "off",
-            f"{stall:g}", f"{every:g}",
+            f"{stall:g}", f"{every:g}", str(len(cs)),
             str(sum(c["seeds"] for c in cs)),
             _pct((c["success_rate"] if c["episodes"] else None for c in cs), 0),
             f"{sum(c['falls'] for c in cs)}/{eps}",
@@ -150,9 +150,11 @@ def render_stalls(records: list[dict[str, Any]]) -> list[str]:
             _rng((c["action_age_ms"]["p99"] for c in cs), "{:.0f}"),
             _rng((c["_steal"] for c in cs), "{:.2f}"),
         ])
-    keys_sorted = sorted(range(len(rows)), key=lambda i: (keys[i][3], keys[i][4], not keys[i][5]))
-    rows = [rows[i] for i in keys_sorted]
-    return _table(["planner", "plan-ahead", "stall ms", "every s", "runs x seeds", "success %",
+    # by planner, then the stall pattern (every, stall), plan-ahead on before off
+    order = sorted(range(len(rows)),
+                   key=lambda i: (keys[i][3], keys[i][1], keys[i][2], keys[i][4], not keys[i][5]))
+    rows = [rows[i] for i in order]
+    return _table(["planner", "plan-ahead", "stall ms", "every s", "runs", "seeds", "success %",
                    "falls", "miss %", "fresh / plan / hold / safe / dry", "age p99 ms",
                    "steal s"], rows)
 
@@ -164,36 +166,48 @@ def render_deadline(records: list[dict[str, Any]]) -> list[str]:
         for c in rec["cells"]:
             if "error" in c:
                 continue
-            key = (c["task"], c["rate_hz"], c["planner"], c["hog"])
+            key = (c["task"], c["rate_hz"], c["planner"], c["hog"], _code(rec))
             if key not in cells:
                 keys.append(key)
             cells[key].append(c)
     rows = []
     for key in keys:
         cs = cells[key]
-        task, rate, planner, hog = key
+        task, rate, planner, hog, code = key
         rows.append([
-            task, f"{rate:g}", planner + (" (hog)" if hog else ""), str(len(cs)),
+            task, f"{rate:g}", planner + (" (hog)" if hog else ""), code, str(len(cs)),
             _pct((c["miss_rate"] for c in cs), 3),
             _rng((c["lateness_p99_ms"] for c in cs), "{:.2f}"),
             _rng((c["compute_p99_ms"] for c in cs), "{:.2f}"),
             _rng((c["replans_per_s"] for c in cs), "{:.0f}"),
             _pct((c["success_rate"] for c in cs), 0),
         ])
-    return _table(["task", "Hz", "planner", "runs", "miss %", "lateness p99 ms",
+    order = sorted(range(len(rows)), key=lambda i: (keys[i][0], keys[i][1], keys[i][2],
+                                                     keys[i][3], keys[i][4]))
+    rows = [rows[i] for i in order]
+    return _table(["task", "Hz", "planner", "code", "runs", "miss %", "lateness p99 ms",
                    "compute p99 ms", "re-plans/s", "success %"], rows)
 
 
 def render_tick(records: list[dict[str, Any]]) -> list[str]:
-    by: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for rec in records:
         for name, v in rec["variants"].items():
-            by[name].append(v)
-    rows = [[name, str(len(vs)), _pct((v["miss_rate"] for v in vs), 3),
+            by[(name, _code(rec))].append(v)
+    rows = [[name, code, str(len(vs)), _pct((v["miss_rate"] for v in vs), 3),
              _rng((1000 * v["lateness_ms"]["p99"] for v in vs), "{:.1f}"),
-             _rng((1000 * v["lateness_ms"]["max"] for v in vs), "{:.0f}")]
-            for name, vs in by.items()]
-    return _table(["variant", "runs", "miss %", "lateness p99 us", "lateness max us"], rows)
+             _rng((1000 * v["lateness_ms"]["max"] for v in vs), "{:.0f}"),
+             _rng((v["overhead_us"]["p50"] for v in vs if "overhead_us" in v), "{:.1f}")]
+            for (name, code), vs in sorted(by.items())]
+    return _table(["variant", "code", "runs", "miss %", "lateness p99 us", "lateness max us",
+                   "loop overhead p50 us"], rows)
+
+
+def _code(rec: dict[str, Any]) -> str:
+    """The code a record measured: `current`, or the older commit it names (a before/after
+    comparison keeps both sides apart)."""
+    commit = rec.get("commit")
+    return f"at {commit}" if commit and not str(commit).endswith("+") else "current"
 
 
 RENDERERS: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {

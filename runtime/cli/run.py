@@ -21,7 +21,7 @@ from runtime.cli import DEFAULT_RT_PRIORITY, CliError
 from runtime.clock import MonotonicClock
 from runtime.fallback import make_fallback
 from runtime.loop import ControlLoop, EpisodeResult, LoopConfig, RunResult
-from runtime.protocols import Planner, Plant
+from runtime.protocols import Anytime, KeepsAlive, Planner, Plant, ReportsNoiseLevels
 from runtime.rt import GcPolicy, cap_threads, try_realtime
 from runtime.sidecar import Sidecar
 from runtime.trace import TraceRing
@@ -204,8 +204,7 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
     try:
         # loading and tracing a model takes seconds: a bridge plant keeps its session (and
         # the control lease) alive meanwhile
-        keep = getattr(plant, "kept_alive", None)
-        with keep() if keep is not None else contextlib.nullcontext():
+        with plant.kept_alive() if isinstance(plant, KeepsAlive) else contextlib.nullcontext():
             planner = make_planner(args.policy, plant, device=args.device, seed=args.seed,
                                    overrides=getattr(args, "overrides", None))
         spec = plant.spec()
@@ -219,8 +218,8 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
         # evaluations mean the action after K steps)
         emit_after = getattr(args, "emit_after", None)
         if emit_after is None:
-            emit_after = int(getattr(planner, "anytime", False) and args.refine == "sync"
-                             and realtime)
+            emit_after = int(isinstance(planner, Anytime) and planner.anytime
+                             and args.refine == "sync" and realtime)
         config = LoopConfig(
             rate_hz=rate, mode=args.mode, refine=args.refine, steps_per_tick=args.steps_per_tick,
             emit_after_steps=emit_after,
@@ -242,7 +241,7 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
             episodes = 1
         sidecar = None
         if args.trace:
-            levels = getattr(planner, "noise_levels", None)
+            levels = planner.noise_levels if isinstance(planner, ReportsNoiseLevels) else None
             expected = (round(args.seconds * rate) if args.seconds is not None
                         else (episodes or 1) * max(spec.episode_ticks, 1))
             sidecar = Sidecar(expected + 16, spec.state_dim, len(levels()) if levels else 0)

@@ -13,8 +13,9 @@ import pytest
 import zmq
 
 from hw_bridge import BridgeError, FirstOrderMotor, RemotePlant
-from hw_bridge.keys import cli_keys, make_keys
+from hw_bridge.keys import make_keys
 from runtime import Command
+from runtime.cli.keys import cli_keys
 
 from .helpers import command, hello
 

@@ -25,7 +25,7 @@ def test_no_margin_until_enough_samples_then_quantile_plus_guard() -> None:
 def test_the_window_forgets_old_latencies() -> None:
     lat = LinkLatency(window=64, min_samples=64, refresh=1, guard_ns=0, guard_frac=0.0)
     for _ in range(64):
-        lat.add(5_000_000)  # a slow spell
+        lat.add(5_000_000)  # a slow stretch of the link
     assert lat.margin_ns() == 5_000_000
     for _ in range(64):
         lat.add(300_000)

@@ -16,7 +16,8 @@ import torch
 from policies import load_checkpoint, load_planner, save_checkpoint
 from policies.checkpoint import state_dict_equal
 from policies.model import AngleFeatures, DenoiserConfig, MLPConfig, MLPPolicy
-from policies.train import TrainConfig, cli_train, denoiser_loss, token_weights, train
+from policies.train import TrainConfig, denoiser_loss, token_weights, train
+from runtime.cli.train import cli_train
 
 from .conftest import DA, DS, obs, small_model, toy_episodes, toy_spec
 

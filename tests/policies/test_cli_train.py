@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from policies.train import cli_train
 from runtime.cli import CliError
+from runtime.cli.train import cli_train
 
 from .conftest import toy_episodes
 

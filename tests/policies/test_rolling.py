@@ -59,7 +59,7 @@ def test_a_bounded_reset_cuts_the_warm_up_short_and_the_first_tick_reaches_the_r
 
 
 def _reference_levels(H, Hc, near, steps_per_tick, fixed_k, max_steps):
-    """Plain loop over DESIGN's schedule: yields the levels after every step."""
+    """Plain loop over the ramp schedule: yields the levels after every step."""
     ramp = [min(1.0, j / Hc) for j in range(H)]
     tau = list(ramp)
     k_expected = fixed_k or 1

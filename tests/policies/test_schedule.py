@@ -23,7 +23,7 @@ def test_ramp_is_min_one_j_over_hc() -> None:
 
 
 def _ref_refine(x, z_hat, tau, target, delta):
-    """Plain per-token loop of DESIGN's step."""
+    """Plain per-token loop of the schedule's step (docs/architecture.md, "The rolling buffer")."""
     x, tau = x.clone(), tau.clone()
     for b in range(x.shape[0]):
         for j in range(x.shape[1]):

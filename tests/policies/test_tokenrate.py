@@ -1,4 +1,4 @@
-"""`TokenRate`: a planner trained at one rate, run at a faster control rate."""
+"""`RateAdapter`: a planner trained at one rate, run at a faster control rate."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from policies import MLPPlanner, RollingPlanner, TokenRate, load_planner
+from policies import MLPPlanner, RateAdapter, RollingPlanner, load_planner
 from policies.model import MLPConfig, MLPPolicy
 from runtime.protocols import Observation
 
@@ -41,7 +41,7 @@ class Recorder:
 
 def _observed(plant_hz: float, model_hz: float, seqs: list[int]) -> list[int]:
     rec = Recorder()
-    tr = TokenRate(rec, plant_hz, model_hz)
+    tr = RateAdapter(rec, plant_hz, model_hz)
     tr.reset(obs(np.zeros(DS), seq=0))
     for s in seqs:
         tr.observe(obs(np.zeros(DS), seq=s))
@@ -69,11 +69,11 @@ def test_skipped_ticks_count_and_cross_boundaries_once() -> None:
 
 def test_a_plant_slower_than_the_model_is_refused() -> None:
     with pytest.raises(ValueError, match="trained at 100 Hz and cannot run at 50 Hz"):
-        TokenRate(Recorder(), 50, 100)
+        RateAdapter(Recorder(), 50, 100)
 
 
 def test_other_attributes_are_the_inner_planners() -> None:
-    tr = TokenRate(Recorder(), 500, 100)
+    tr = RateAdapter(Recorder(), 500, 100)
     assert tr.surprise == 0.25
     assert hasattr(tr, "surprise") and not hasattr(tr, "noise_levels")
 
@@ -118,7 +118,7 @@ def test_a_refreshed_state_earns_one_step_past_the_tokens_cap() -> None:
 def test_history_keeps_token_spacing_through_refreshes() -> None:
     """The states pushed into the context are the token ticks' states, not the sub-ticks'."""
     p = _rolling()
-    tr = TokenRate(p, 300, 100)
+    tr = RateAdapter(p, 300, 100)
     tr.reset(obs(np.full(DS, 0.0), seq=0))
     for seq in range(1, 7):  # token ticks at 3 and 6
         tr.observe(obs(np.full(DS, float(seq)), seq=seq))
@@ -149,7 +149,7 @@ def test_load_planner_wraps_a_model_run_faster_than_its_data_and_refuses_slower(
     spec = plant_spec("double-pendulum")  # 100 Hz, the shipped model's rate
     assert isinstance(load_planner("mlp:double-pendulum", spec=spec), MLPPlanner)
     fast = load_planner("mlp:double-pendulum", spec=dataclasses.replace(spec, rate_hz=500.0))
-    assert isinstance(fast, TokenRate) and fast.ticks_per_token == pytest.approx(5.0)
+    assert isinstance(fast, RateAdapter) and fast.ticks_per_token == pytest.approx(5.0)
     with pytest.raises(ValueError, match="cannot run at 50 Hz"):
         load_planner("mlp:double-pendulum", spec=dataclasses.replace(spec, rate_hz=50.0))
 

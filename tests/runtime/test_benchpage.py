@@ -58,13 +58,14 @@ def test_the_demo_section_says_whether_learned_planners_matched_the_expert(tmp_p
 def test_check_fails_on_a_stale_page_and_passes_after_regenerating(tmp_path: Path) -> None:
     results, page = tmp_path / "results", tmp_path / "page.md"
     record_result(results, "tick", {"steal_s": 0.0, "variants": {"spin+frozen": {
-        "miss_rate": 0.0006, "lateness_ms": {"p99": 0.0013, "max": 0.5}}}}, argv=["bench"])
+        "miss_rate": 0.0006, "lateness_ms": {"p99": 0.0013, "max": 0.5},
+        "overhead_us": {"p50": 21.25}}}}, argv=["bench"])
     page.write_text("# stale\n")
     args = ["report", "--benchmarks", "--results", str(results), "--out", str(page)]
     assert main([*args, "--check"]) == 1
     assert main(args) == 0
     assert main([*args, "--check"]) == 0
-    assert "| spin+frozen | 1 | 0.060 | 1.3 | 500 |" in page.read_text()
+    assert "| spin+frozen | current | 1 | 0.060 | 1.3 | 500 | 21.2 |" in page.read_text()
 
 
 def test_a_file_that_is_not_a_result_is_a_one_line_error(tmp_path: Path) -> None:

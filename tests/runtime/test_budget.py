@@ -56,7 +56,7 @@ def test_a_starved_budget_recovers_on_recent_steps_and_returns_to_the_p95() -> N
     # 5 of the last 8 steps are fast: the tick's first step runs on their median, only that one
     assert b.active_estimate_ns == 100_000 and b.fits(room, first=True) and not b.fits(room)
     for _ in range(128):
-        b.record(100_000)  # fresh samples push the slow spell out of the window
+        b.record(100_000)  # fresh samples push the slow stretch out of the window
     b.end_tick(steps=5, blocked=True, room_ns=room)
     assert not b.recovering and b.active_estimate_ns == b.estimate_ns == 100_000
 
@@ -70,7 +70,7 @@ def test_a_step_before_the_command_must_fit_by_the_tail_and_waits_out_recovery()
     assert b.estimate_ns == 300_000 and b.tail_estimate_ns == 900_000
     assert b.fits(500_000) and not b.fits_before_emit(500_000) and b.fits_before_emit(900_000)
     for _ in range(30):
-        b.record(2_000_000)  # a slow spell, every step blocked for a tick: recovering
+        b.record(2_000_000)  # a slow stretch, every step blocked for a tick: recovering
     b.end_tick(steps=0, blocked=True, room_ns=1_000_000)
     assert b.recovering
     assert not b.fits_before_emit(10_000_000)  # recovery's steps run after the command

@@ -110,7 +110,7 @@ def test_a_planner_without_optional_capabilities_runs(realtime: bool) -> None:
 
 
 def test_token_rate_declares_exactly_the_inner_planners_capabilities() -> None:
-    from policies.tokenrate import TokenRate
+    from policies.tokenrate import RateAdapter
 
     clock = FakeClock()
 
@@ -119,7 +119,7 @@ def test_token_rate_declares_exactly_the_inner_planners_capabilities() -> None:
         bounded_reset = False
 
     for inner in (Bare(clock), Capable(clock), NotAnytime(clock)):
-        tr = TokenRate(inner, 300, 100)
+        tr = RateAdapter(inner, 300, 100)
         for cap in PLANNER_CAPABILITIES:
             assert isinstance(tr, cap) == isinstance(inner, cap), (type(inner).__name__, cap)
         for flag in ("anytime", "bounded_reset"):
@@ -128,7 +128,7 @@ def test_token_rate_declares_exactly_the_inner_planners_capabilities() -> None:
 
     # what it declares reaches the inner planner
     cap_ = Capable(clock)
-    tr = TokenRate(cap_, 300, 100)
+    tr = RateAdapter(cap_, 300, 100)
     assert tr.surprise == 0.5
     tr.reset(_obs(0), budget_ns=123_000)
     assert cap_.budgets == [123_000] and tr.surprise == 0.0
@@ -145,10 +145,10 @@ def test_token_rate_declares_exactly_the_inner_planners_capabilities() -> None:
 
 
 def test_the_loop_runs_a_token_rate_planner_over_a_plain_inner_one() -> None:
-    from policies.tokenrate import TokenRate
+    from policies.tokenrate import RateAdapter
 
     clock = FakeClock(start_ns=10_000_000)
     plant = IntegratorPlant(rate_hz=1000, episode_ticks=20, clock=clock)
-    result = ControlLoop(plant, TokenRate(Bare(clock), 1000, 500), clock,
+    result = ControlLoop(plant, RateAdapter(Bare(clock), 1000, 500), clock,
                          LoopConfig(mode="realtime", phase_offset_s=100e-6)).run(episodes=2)
     assert len(result.records) == 40 and np.all(result.records["surprise"] == 0.0)
