@@ -97,9 +97,14 @@ class RemotePlant:
         name: str = "rtdiff",
         auto_resume: bool = True,
         client_key: str = "client",
+        give_up_s: float | None = 10.0,
     ) -> None:
         if not (timeout_s > 0 and connect_timeout_s > 0):
             raise ValueError(f"{timeout_s=} and {connect_timeout_s=} must be > 0")
+        if give_up_s is not None and not give_up_s > 0:
+            raise ValueError(f"{give_up_s=} must be > 0 (or None: never give up)")
+        # a link lost this long ends the run (BridgeError) instead of waiting forever
+        self._give_up_ns = None if give_up_s is None else round(give_up_s * 1e9)
         self.counts: Counter[str] = Counter({k: 0 for k in CLIENT_COUNTERS})
         self.session = Session(
             address,
@@ -259,13 +264,25 @@ class RemotePlant:
             self._wait_step()
         if receiver.latest is None:
             receiver.wait(lambda: receiver.latest is not None, self.session.timeout_ns)
+        self._check_given_up()
         return receiver.take()
 
     def next_observation(self, timeout_s: float) -> Observation:
         """Wait up to `timeout_s` for a state newer than the last one returned."""
         receiver = self.receiver
         receiver.wait_new(round(timeout_s * 1e9))
+        self._check_given_up()
         return receiver.take()
+
+    def _check_given_up(self) -> None:
+        """BridgeError once the link has been lost for longer than `give_up_s`: observations
+        would only be stale copies from then on, and a run waiting for an episode to end
+        would wait forever."""
+        since, limit = self.session.lost_since_ns, self._give_up_ns
+        if since is not None and limit is not None and self.clock.now_ns() - since > limit:
+            raise BridgeError(
+                f"lost the link to {self.session.address} for more than {limit / 1e9:g} s"
+            )
 
     def apply(self, cmd: Command) -> None:
         """Send `cmd` (deadline mapped to the server's clock). Lockstep: return once the plant

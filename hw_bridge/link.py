@@ -110,6 +110,7 @@ class Session:
         self.sock: zmq.Socket[bytes] | None = None
         self.fd = -1
         self.connected = False
+        self.lost_since_ns: int | None = None  # when the link was lost (None: not lost)
         self.spec: PlantSpec | None = None
         self.mode = "lockstep"
         self.version = 1  # the protocol version the server chose (welcome.version)
@@ -168,9 +169,12 @@ class Session:
         self._ctx.term()
 
     def lost(self, why: str) -> None:
-        """The link is gone (no answer, or the server said goodbye): log it, start again."""
+        """The link is gone (no answer, or the server said goodbye): log it, start again.
+        `lost_since_ns` keeps when it was first lost, until a welcome opens a session again."""
         if self.connected:
             log.warning("hw_bridge: lost link to %s (%s); reconnecting", self.address, why)
+        if self.lost_since_ns is None:
+            self.lost_since_ns = self.clock.now_ns()
         self.open()
 
     # -- outgoing messages -------------------------------------------------------------------
@@ -330,6 +334,7 @@ class Session:
         restarted = self._id is not None and msg["session"] != self._id
         self._id = msg["session"]
         self.connected = True
+        self.lost_since_ns = None
         self.busy = None
         self._last_hb_ns = now
         self._probe_ns = None

@@ -255,7 +255,10 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
             progress=progress, progress_every=max(1, round(rate / 10)),
         )
         plan_ahead = loop.plan_source() is not None
-        result = loop.run(seconds=args.seconds, episodes=episodes, seed=args.seed)
+        try:
+            result = loop.run(seconds=args.seconds, episodes=episodes, seed=args.seed)
+        except ConnectionError as exc:  # a bridge plant whose link stayed lost (BridgeError)
+            raise CliError(f"the run stopped: {exc}") from None
         progress.done()
     finally:
         plant.close()
