@@ -173,7 +173,10 @@ class ServerCore:
         self.last_publish_ns = 0
         self.keepalive_periods = 10  # an unchanged state is re-sent this often (liveness)
         self.plant_seq = 0  # Command.seq handed to the plant: strictly increasing
-        self._published_ns: dict[int, int] = {}  # obs.seq -> when its state was published
+        # obs.seq -> (when its state was published, when that state was measured), the newest
+        # 64: the start of a state-to-command round trip, and where the age of what the plant
+        # applies counts from
+        self._states: dict[int, tuple[int, int]] = {}
         # state-to-command round trips (ns): from publishing a state to receiving the command
         # whose obs_seq names it; what `rtdiff bench bridge` reports
         self.reaction_ns: deque[int] = deque(maxlen=1_000_000)
@@ -183,7 +186,6 @@ class ServerCore:
         self._realtime = config.mode == "realtime"
         self._encode = new_encoder()  # this core's own packer: one thread drives a core
         self._action_shape = (self.spec.action_dim,)
-        self._obs_t_ns: dict[int, int] = {}  # obs.seq -> when that state was measured
         # Plan-ahead (v2): a plant that executes plans itself (`runtime.ExecutesPlans`, e.g.
         # `MujocoPlant` in realtime) gets each command's plan; for any other plant (a `Driver`
         # writes each command on arrival) this core feeds the plan at its own realtime ticks.
@@ -229,14 +231,10 @@ class ServerCore:
         self.last_obs = obs
         # one clock read: the state's send time (`t_ns`) and the start of its round trip
         self.last_publish_ns = now = self.clock.now_ns()
-        published = self._published_ns
-        published[obs.seq] = now
-        if len(published) > 16:
-            del published[next(iter(published))]
-        obs_t = self._obs_t_ns
-        obs_t[obs.seq] = obs.t_ns
-        if len(obs_t) > 64:
-            del obs_t[next(iter(obs_t))]
+        states = self._states
+        states[obs.seq] = (now, obs.t_ns)
+        if len(states) > 64:
+            del states[next(iter(states))]
         self.state_seq += 1
         state = {  # a literal, not message(**fields): this runs every tick
                 "v": 1,
@@ -440,9 +438,9 @@ class ServerCore:
     def _command(self, ident: bytes, msg: dict[str, Any], now: int) -> None:
         seq: int = msg["seq"]
         stream: int = msg["stream"]
-        sent = self._published_ns.get(msg["obs_seq"])
-        if sent is not None:  # state out -> command (computed from it) in, on our clock
-            self.reaction_ns.append(now - sent)
+        state = self._states.get(msg["obs_seq"])
+        if state is not None:  # state out -> command (computed from it) in, on our clock
+            self.reaction_ns.append(now - state[0])
         if not self.watchdog.accepts(stream):
             self.counters["stale_stream"] += 1
             self._error(
@@ -488,7 +486,7 @@ class ServerCore:
         self.plant_seq += 1
         # the plant's own stamp of the state the command was computed from (the age of what
         # it applies counts from there), whatever the client claims
-        obs_t = self._obs_t_ns.get(msg["obs_seq"])
+        obs_t = state[1] if state is not None else None
         cmd = Command(
             seq=self.plant_seq,  # the server's order, so a restarted controller is not "stale"
             t_ns=now,

@@ -49,7 +49,8 @@ PLANNERS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 MISS_TARGET = 0.001
 
 
-def _csv(text: str) -> list[str]:
+def csv_list(text: str) -> list[str]:
+    """A comma list from the command line, blanks dropped."""
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
@@ -100,12 +101,12 @@ def run_cell(*, planner: str, task: str, address: str, rate_hz: float, seconds: 
 
 
 def cli_bench_deadline(args: argparse.Namespace) -> int:
-    planners = _csv(args.planners)
+    planners = csv_list(args.planners)
     unknown = [p for p in planners if p not in PLANNERS]
     if unknown:
         raise CliError(f"unknown planner(s) {unknown}; known: {', '.join(PLANNERS)}")
     try:
-        rates = [float(r) for r in _csv(args.rates)]
+        rates = [float(r) for r in csv_list(args.rates)]
     except ValueError:
         raise CliError(f"--rates must be a comma list of numbers, got {args.rates!r}") from None
     if not rates or any(not r > 0 for r in rates):
@@ -114,7 +115,7 @@ def cli_bench_deadline(args: argparse.Namespace) -> int:
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
     cells: list[dict[str, Any]] = []
     steal0 = read_steal_s()
-    for task in _csv(args.tasks):
+    for task in csv_list(args.tasks):
         for rate in rates:
             rt = getattr(args, "rt_priority", None)
             server = contextlib.ExitStack()

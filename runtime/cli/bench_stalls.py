@@ -39,17 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from runtime.cli import CliError
-from runtime.cli.bench_deadline import PLANNERS
+from runtime.cli.bench_deadline import PLANNERS, csv_list
 from runtime.cli.plantproc import plant_server
 from runtime.files import atomic_write_text, record_result
 from runtime.planfeed import AGE_KEYS, SOURCE_NAMES, age_quantiles
 from runtime.rt import read_steal_s
 
 STALL_JITTER_S = 0.02  # each stall starts up to this late: any phase of a 50-100 Hz tick
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 class Stopper:
@@ -255,13 +251,13 @@ def table(cells: list[dict[str, Any]]) -> str:
 
 
 def cli_bench_stalls(args: argparse.Namespace) -> int:
-    planners = _csv(args.planners)
+    planners = csv_list(args.planners)
     # a `bench deadline` planner name, or any policy `rtdiff run` takes (KIND:TASK, a dir)
     unknown = [p for p in planners if p not in PLANNERS and ":" not in p and not Path(p).is_dir()]
     if unknown:
         raise CliError(f"unknown planner(s) {unknown}; known: {sorted(PLANNERS)}")
     try:
-        stalls = [float(s) for s in _csv(args.stall_ms)]
+        stalls = [float(s) for s in csv_list(args.stall_ms)]
     except ValueError:
         raise CliError(f"--stall-ms must be numbers in ms, got {args.stall_ms!r}") from None
     if any(s < 0 for s in stalls) or not stalls:

@@ -82,17 +82,18 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(r) + " |" for r in rows)]
 
 
+def _group(pairs: Iterable[tuple[Any, dict[str, Any]]]) -> dict[Any, list[dict[str, Any]]]:
+    """(key, item) pairs -> {key: items}, keys in the order first seen."""
+    out: dict[Any, list[dict[str, Any]]] = {}
+    for key, item in pairs:
+        out.setdefault(key, []).append(item)
+    return out
+
+
 def render_demo(records: list[dict[str, Any]]) -> list[str]:
-    by_row: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    names: list[str] = []
-    for rec in records:
-        for name, row in rec["rows"].items():
-            if name not in by_row:
-                names.append(name)
-            by_row[name].append(row)
+    by_row = _group((name, row) for rec in records for name, row in rec["rows"].items())
     rows = []
-    for name in names:
-        rs = by_row[name]
+    for name, rs in by_row.items():
         fed = [r["plant"]["plan_fed"] for r in rs if r.get("plant")]
         held = [r["plant"]["fallback"] for r in rs if r.get("plant")]
         rows.append([
@@ -124,18 +125,13 @@ def render_demo(records: list[dict[str, Any]]) -> list[str]:
 
 
 def render_stalls(records: list[dict[str, Any]]) -> list[str]:
-    cells: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
-    keys: list[tuple[Any, ...]] = []
-    for rec in records:
-        for c in rec["cells"]:
-            key = (rec.get("task", ""), rec.get("inject", "stop"), c["every_s"], c["planner"],
-                   c["stall_ms"], c["plan_ahead"])
-            if key not in cells:
-                keys.append(key)
-            cells[key].append({**c, "_steal": c.get("steal_s")})
+    cells = _group(((rec.get("task", ""), rec.get("inject", "stop"), c["every_s"], c["planner"],
+                     c["stall_ms"], c["plan_ahead"]), c)
+                   for rec in records for c in rec["cells"])
     rows = []
-    for key in keys:
-        cs = cells[key]
+    # by planner, then the stall pattern (inject, every, stall), plan-ahead on before off
+    for key, cs in sorted(cells.items(),
+                          key=lambda kv: (kv[0][3], kv[0][1], kv[0][2], kv[0][4], not kv[0][5])):
         _, inject, every, planner, stall, on = key
         plant = {k: sum(c["plant"][k] for c in cs) for k in cs[0]["plant"]}
         eps = sum(c["episodes"] for c in cs)
@@ -148,31 +144,18 @@ def render_stalls(records: list[dict[str, Any]]) -> list[str]:
             _pct((c["miss_rate"] for c in cs), 2),
             " / ".join(str(plant[k]) for k in ("fresh", "plan_fed", "fallback", "safe", "dry")),
             _rng((c["action_age_ms"]["p99"] for c in cs), "{:.0f}"),
-            _rng((c["_steal"] for c in cs), "{:.2f}"),
+            _rng((c.get("steal_s") for c in cs), "{:.2f}"),
         ])
-    # by planner, then the stall pattern (every, stall), plan-ahead on before off
-    order = sorted(range(len(rows)),
-                   key=lambda i: (keys[i][3], keys[i][1], keys[i][2], keys[i][4], not keys[i][5]))
-    rows = [rows[i] for i in order]
     return _table(["planner", "plan-ahead", "stall ms", "every s", "runs", "seeds", "success %",
                    "falls", "miss %", "fresh / plan / hold / safe / dry", "age p99 ms",
                    "steal s"], rows)
 
 
 def render_deadline(records: list[dict[str, Any]]) -> list[str]:
-    cells: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
-    keys: list[tuple[Any, ...]] = []
-    for rec in records:
-        for c in rec["cells"]:
-            if "error" in c:
-                continue
-            key = (c["task"], c["rate_hz"], c["planner"], c["hog"], _code(rec))
-            if key not in cells:
-                keys.append(key)
-            cells[key].append(c)
+    cells = _group(((c["task"], c["rate_hz"], c["planner"], c["hog"], _code(rec)), c)
+                   for rec in records for c in rec["cells"] if "error" not in c)
     rows = []
-    for key in keys:
-        cs = cells[key]
+    for key, cs in sorted(cells.items()):
         task, rate, planner, hog, code = key
         rows.append([
             task, f"{rate:g}", planner + (" (hog)" if hog else ""), code, str(len(cs)),
@@ -182,18 +165,13 @@ def render_deadline(records: list[dict[str, Any]]) -> list[str]:
             _rng((c["replans_per_s"] for c in cs), "{:.0f}"),
             _pct((c["success_rate"] for c in cs), 0),
         ])
-    order = sorted(range(len(rows)), key=lambda i: (keys[i][0], keys[i][1], keys[i][2],
-                                                     keys[i][3], keys[i][4]))
-    rows = [rows[i] for i in order]
     return _table(["task", "Hz", "planner", "code", "runs", "miss %", "lateness p99 ms",
                    "compute p99 ms", "re-plans/s", "success %"], rows)
 
 
 def render_tick(records: list[dict[str, Any]]) -> list[str]:
-    by: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for rec in records:
-        for name, v in rec["variants"].items():
-            by[(name, _code(rec))].append(v)
+    by = _group(((name, _code(rec)), v) for rec in records
+                for name, v in rec["variants"].items())
     rows = [[name, code, str(len(vs)), _pct((v["miss_rate"] for v in vs), 3),
              _rng((1000 * v["lateness_ms"]["p99"] for v in vs), "{:.1f}"),
              _rng((1000 * v["lateness_ms"]["max"] for v in vs), "{:.0f}"),
