@@ -497,6 +497,7 @@ class ServerCore:
             plan_t0_ns=msg.get("plan_t0_ns", 0) if plan is not None else 0,
             plan_dt_ns=msg.get("plan_dt_ns", 0) if plan is not None else 0,
             obs_t_ns=obs_t,
+            src_seq=seq,
         )
         try:
             self.plant.apply(cmd)

@@ -129,6 +129,10 @@ class Command:
     `obs_t_ns` is when the observation behind the action and plan was measured (the age of
     what the plant applies counts from it); None when unknown. A plan is the sender's buffer:
     a plant that keeps it copies it.
+
+    `src_seq`: on the plant side of the bridge, the controller's own `seq` of the message this
+    command came from (`ServerCore` sets it; `seq` there is the server's order), so an audit
+    at the plant can tell which controller command it applied; -1 elsewhere.
     """
 
     seq: int
@@ -140,6 +144,7 @@ class Command:
     plan_t0_ns: int = 0
     plan_dt_ns: int = 0
     obs_t_ns: int | None = None
+    src_seq: int = -1
 
 
 @runtime_checkable

@@ -185,7 +185,7 @@ class MujocoPlant:
                 self._counts["superseded"] += 1
             self._last_seq = cmd.seq
             self._pending = Command(cmd.seq, cmd.t_ns, action.copy(), cmd.deadline_ns,
-                                    cmd.fallback, obs_t_ns=cmd.obs_t_ns)
+                                    cmd.fallback, obs_t_ns=cmd.obs_t_ns, src_seq=cmd.src_seq)
             self._feed.accept(cmd)  # copies the plan; a command without one clears it
 
     def counters(self) -> dict[str, int]:
