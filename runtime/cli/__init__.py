@@ -231,8 +231,8 @@ def _add_run(sp: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
-    p = sp.add_parser("bench", help="benchmarks: tick | bridge | deadline | stalls")
-    bp = p.add_subparsers(dest="bench", metavar="{tick,bridge,deadline,stalls}",
+    p = sp.add_parser("bench", help="benchmarks: tick | bridge | deadline | stalls | soak")
+    bp = p.add_subparsers(dest="bench", metavar="{tick,bridge,deadline,stalls,soak}",
                           parser_class=_Parser)
     bp.required = True
 
@@ -320,6 +320,26 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     s.add_argument("--json", action="store_true")
     _add_results(s)
     _target(s, "runtime.cli.bench_stalls:cli_bench_stalls")
+
+    k = bp.add_parser("soak", help="one controller on a served plant for a long time: "
+                                   "memory, misses per minute, trace records")
+    k.add_argument("--minutes", type=positive_float, default=60.0, help="length of the run")
+    k.add_argument("--rate", type=positive_float, default=None, help="plant rate (Hz)")
+    k.add_argument("--task", default="double-pendulum")
+    k.add_argument("--planner", default="rolling",
+                   help="a `bench deadline` planner without overrides or any `rtdiff run "
+                        "--policy` (KIND:TASK, a checkpoint dir)")
+    k.add_argument("--seed", type=nonnegative_int, default=0)
+    k.add_argument("--sample-s", type=positive_float, default=2.0,
+                   help="read RSS, CPU time and steal every this many seconds")
+    k.add_argument("--out", default=None,
+                   help="run directory to write, fresh (default: runs/soak/UTC-TIME)")
+    k.add_argument("--rt-priority", type=positive_int, default=DEFAULT_RT_PRIORITY, metavar="P",
+                   help="SCHED_FIFO priority of the controller (the plant one level higher)")
+    k.add_argument("--no-rt", action="store_true", help="do not ask for SCHED_FIFO")
+    k.add_argument("--json", action="store_true")
+    _add_results(k)
+    _target(k, "runtime.cli.bench_soak:cli_bench_soak")
 
 
 def _add_report(sp: argparse._SubParsersAction[_Parser]) -> None:
