@@ -231,8 +231,8 @@ def _add_run(sp: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
-    p = sp.add_parser("bench", help="benchmarks: tick | bridge | deadline | stalls | soak")
-    bp = p.add_subparsers(dest="bench", metavar="{tick,bridge,deadline,stalls,soak}",
+    p = sp.add_parser("bench", help="benchmarks: tick | bridge | deadline | stalls | soak | flood")
+    bp = p.add_subparsers(dest="bench", metavar="{tick,bridge,deadline,stalls,soak,flood}",
                           parser_class=_Parser)
     bp.required = True
 
@@ -340,6 +340,31 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     k.add_argument("--json", action="store_true")
     _add_results(k)
     _target(k, "runtime.cli.bench_soak:cli_bench_soak")
+
+    f = bp.add_parser("flood", help="hostile local peers against a served plant while a "
+                                    "controller runs: misses, server memory and CPU")
+    f.add_argument("--peers", type=positive_int, default=50, help="hostile peers")
+    f.add_argument("--kinds", default="hello,garbage,slow,identities,commands",
+                   help="comma list of peer kinds, dealt to the peers in turn: hello, garbage, "
+                        "slow, identities, commands")
+    f.add_argument("--procs", type=positive_int, default=None,
+                   help="flooder processes the peers are split over (default: 2-4)")
+    f.add_argument("--peer-rate", type=nonnegative_float, default=0.0, metavar="HZ",
+                   help="frames per second per peer at most (0: as fast as they go)")
+    f.add_argument("--rate", type=positive_float, default=100.0, help="plant rate (Hz)")
+    f.add_argument("--task", default="double-pendulum")
+    f.add_argument("--planner", default="expert",
+                   help="the controller: a `bench deadline` planner without overrides or any "
+                        "`rtdiff run --policy` (KIND:TASK, a checkpoint dir)")
+    f.add_argument("--seconds", type=positive_float, default=10.0, help="per cell")
+    f.add_argument("--seed", type=nonnegative_int, default=0)
+    f.add_argument("--out", default="runs/flood", help="run directory to write")
+    f.add_argument("--rt-priority", type=positive_int, default=DEFAULT_RT_PRIORITY, metavar="P",
+                   help="SCHED_FIFO priority of the controller (the plant one level higher)")
+    f.add_argument("--no-rt", action="store_true", help="do not ask for SCHED_FIFO")
+    f.add_argument("--json", action="store_true")
+    _add_results(f)
+    _target(f, "runtime.cli.bench_flood:cli_bench_flood")
 
 
 def _add_report(sp: argparse._SubParsersAction[_Parser]) -> None:
