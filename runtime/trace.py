@@ -23,8 +23,10 @@ Why it looks like this:
   the rows during its own copy.
 - Readable after a crash: `meta.json` is written at start with `clean_close: false` and
   rewritten by `close()`. A killed run leaves every chunk that reached disk; `read_trace` says
-  how much may be missing. Chunks are plain uncompressed npz (`records` holds the structured
-  array), readable with `np.load` alone, no pickle.
+  how much may be missing (`lost_max`) and which chunk was being written (`writing`: the
+  atomic writer's temp file, left behind when the process died mid-write). Chunks are plain
+  uncompressed npz (`records` holds the structured array), readable with `np.load` alone, no
+  pickle.
 
 Layout on disk (a directory):
     meta.json             action_dim, chunk_ticks, n_chunks, dtype fields, records, clean_close,
@@ -141,6 +143,8 @@ class TickColumns:
 
 
 _CHUNK_RE = re.compile(r"^chunk_(\d{6,})\.npz$")
+# `runtime.files.atomic_write`'s temp files: one left behind is a write the process died in
+_TEMP_RE = re.compile(r"^\.tmp-.*\.part$")
 
 
 def _chunk_name(n: int) -> str:
@@ -402,12 +406,21 @@ class TraceRing:
 class TraceData:
     """A trace read back: `records` (N,) TICK_DTYPE(Da) in commit order, `meta` from meta.json,
     `complete` (closed cleanly, no chunk missing or unreadable, record count as promised) and
-    `warning` (one line per problem joined by '; ', None when complete)."""
+    `warning` (one line per problem joined by '; ', None when complete).
+
+    `lost_max`: how many records may be missing. After a clean close it is exact (meta.json's
+    count minus the records read). After a kill it is a bound: the chunk being filled (up to
+    chunk_ticks - 1 records) and one full chunk handed to the writer but not on disk yet, plus
+    every missing or unreadable chunk; more only if the writer had fallen further behind (its
+    queue is not on disk). `writing`: the chunk that was being written when the run stopped
+    (its temp file is still there), or None."""
 
     records: npt.NDArray[np.void]
     meta: dict[str, Any]
     complete: bool
     warning: str | None
+    lost_max: int = 0
+    writing: str | None = None
 
 
 def read_trace(path: str | Path) -> TraceData:
@@ -434,35 +447,54 @@ def read_trace(path: str | Path) -> TraceData:
         raise ValueError(f"{str(meta_path)!r}: bad trace layout: {e}") from e
 
     problems: list[str] = []
-    numbered = sorted((int(m.group(1)), f) for f in p.iterdir() if (m := _CHUNK_RE.match(f.name)))
+    files = list(p.iterdir())
+    numbered = sorted((int(m.group(1)), f) for f in files if (m := _CHUNK_RE.match(f.name)))
     parts: list[npt.NDArray[np.void]] = []
     expected_n = 0
+    chunks_lost = 0  # chunks missing or unreadable before the last one on disk
     for n, f in numbered:
         if n != expected_n:
             problems.append(f"chunk(s) {expected_n}..{n - 1} missing")
+            chunks_lost += n - expected_n
         expected_n = n + 1
         try:
             with np.load(f, allow_pickle=False) as z:
                 arr = z["records"]
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             problems.append(f"skipped unreadable {f.name} ({type(e).__name__}: {e})")
+            chunks_lost += 1
             continue
         if arr.dtype != dtype or arr.ndim != 1:
             problems.append(f"skipped {f.name}: dtype/shape {arr.dtype}{arr.shape} != trace layout")
+            chunks_lost += 1
             continue
         parts.append(arr)
     records = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
     clean = bool(meta.get("clean_close", False))
+    writing: str | None = None
     if not clean:
         last = int(records["tick"][-1]) if len(records) else None
+        # the writer writes chunks in order, so a chunk's temp file left behind is the next one
+        temps = [f for f in files if _TEMP_RE.match(f.name) and not _is_meta_temp(f)]
+        lost_max = chunks_lost * chunk_ticks + 2 * chunk_ticks - 1
+        if temps:
+            writing = _chunk_name(expected_n)
+            sizes = ", ".join(f"{f.name} {_size(f)} bytes" for f in temps)
+            where = (f"{writing} was being written (temp file {sizes} left behind): that chunk "
+                     f"and the one being filled, up to {lost_max} records, are missing")
+        else:
+            where = (f"at most the last unflushed chunk (up to {chunk_ticks} records) is missing, "
+                     f"or up to {lost_max} records if a full chunk had just been handed to the "
+                     "writer")
         problems.append(
             "run was not closed cleanly (killed mid-run?): "
-            f"read {len(records)} records (last tick {last}); at most the last unflushed chunk "
-            f"(up to {chunk_ticks} records) is missing, more only if the writer had fallen behind"
+            f"read {len(records)} records (last tick {last}); {where}; more only if the writer "
+            "had fallen behind"
         )
     else:
         promised = int(meta.get("records", len(records)))
+        lost_max = max(0, promised - len(records))
         if promised != len(records):
             problems.append(f"meta.json promises {promised} records, read {len(records)}")
         if meta.get("write_errors"):
@@ -485,4 +517,22 @@ def read_trace(path: str | Path) -> TraceData:
         meta=meta,
         complete=not problems,
         warning="; ".join(problems) if problems else None,
+        lost_max=lost_max,
+        writing=writing,
     )
+
+
+def _is_meta_temp(f: Path) -> bool:
+    """A temp file of meta.json (JSON text) rather than of a chunk (a zip, or still empty)."""
+    try:
+        with open(f, "rb") as fh:
+            return fh.read(1) == b"{"
+    except OSError:
+        return False
+
+
+def _size(f: Path) -> int:
+    try:
+        return f.stat().st_size
+    except OSError:
+        return -1

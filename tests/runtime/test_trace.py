@@ -240,6 +240,43 @@ def test_unclosed_run_reads_back_incomplete_with_a_warning(tmp_path: Path) -> No
     assert read_trace(tmp_path / "t").complete
 
 
+def test_an_unclosed_run_bounds_the_records_lost_and_names_the_chunk_being_written(
+    tmp_path: Path,
+) -> None:
+    ring = TraceRing(DA, chunk_ticks=8, n_chunks=4, path=tmp_path / "t")
+    for k in range(2 * 8 + 3):
+        fill(ring, k)
+    assert ring.sync(timeout_s=10.0)
+    data = read_trace(tmp_path / "t")
+    # 3 records are in the chunk being filled; a full chunk may have been handed over too
+    assert data.lost_max == 2 * 8 - 1 and data.writing is None
+    (tmp_path / "t" / ".tmp-meta.part").write_text('{"format": ')  # meta.json mid-write: not it
+    assert read_trace(tmp_path / "t").writing is None
+    (tmp_path / "t" / ".tmp-abc123.part").write_bytes(b"PK\x03\x04" + bytes(100))  # a torn zip
+    data = read_trace(tmp_path / "t")
+    assert data.writing == "chunk_000002.npz" and data.lost_max == 15
+    assert data.warning is not None
+    assert "chunk_000002.npz was being written (temp file .tmp-abc123.part 104" in data.warning
+    assert len(data.records) == 16  # the temp file is never read as records
+    ring.close()
+    data = read_trace(tmp_path / "t")
+    assert data.complete and data.lost_max == 0 and data.writing is None
+
+
+def test_lost_records_are_exact_after_a_clean_close_and_count_missing_chunks_after_a_kill(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t"
+    with TraceRing(DA, chunk_ticks=4, n_chunks=2, path=path) as ring:
+        for k in range(14):
+            fill(ring, k)
+    (path / "chunk_000001.npz").unlink()
+    assert read_trace(path).lost_max == 4  # meta.json promises 14, 10 read
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps({**meta, "clean_close": False}))
+    assert read_trace(path).lost_max == 4 + 2 * 4 - 1  # the gap, plus what a kill may lose
+
+
 _KILLED_WRITER = """
 import sys
 from runtime.trace import TraceRing
