@@ -25,6 +25,7 @@ PROTOCOL_VERSION = 2  # the newest version this build speaks
 SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2)  # v2 adds a command's plan (docs/protocol.md)
 MAX_MSG_BYTES = 65_536  # larger payloads are rejected before unpacking
 MAX_ARRAY_ELEMS = 4_096  # per array; a state or action is far smaller
+MAX_DEPTH = 1_024  # msgpack values nest at most this deep (the unpacker's own stack)
 ALLOWED_DTYPES = ("<f8", "<f4")  # little-endian IEEE floats only
 _F8 = np.dtype("<f8")  # numpy's float64 on little-endian hosts: `a.dtype is _F8` is a cheap test
 
@@ -146,8 +147,17 @@ def _k_bool(x: Any) -> bool:
     return x is True or x is False
 
 
+MAX_STR_BYTES = 1024  # a str field's UTF-8 length
+
+
+def _str_ok(x: str) -> bool:
+    """At most MAX_STR_BYTES bytes of UTF-8 (not characters: a peer in another language counts
+    bytes). An ASCII string's length is its byte count; only others need encoding to measure."""
+    return len(x) <= MAX_STR_BYTES and (x.isascii() or len(x.encode()) <= MAX_STR_BYTES)
+
+
 def _k_str(x: Any) -> bool:
-    return isinstance(x, str) and len(x) <= 1024
+    return type(x) is str and _str_ok(x)
 
 
 def _k_map(x: Any) -> bool:
@@ -232,6 +242,27 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise ProtocolError("bad_message", f"msgpack ext type {code} is not part of the protocol")
 
 
+_Timestamp = msgpack.Timestamp  # the unpacker decodes ext type -1 itself, past `ext_hook`
+
+
+def _map_hook(d: dict[Any, Any]) -> dict[Any, Any]:
+    """Every map, as the unpacker builds it: keys are str (bin keys are refused, wherever the
+    map sits, unknown fields included) and no value is a msgpack timestamp (an ext type)."""
+    for k, v in d.items():
+        if type(k) is not str:
+            raise ProtocolError("bad_message", f"map key of type {_tname(k)}: keys are str")
+        if type(v) is _Timestamp:
+            raise ProtocolError("bad_message", "msgpack ext type -1 (timestamp) in a map")
+    return d
+
+
+def _list_hook(a: list[Any]) -> list[Any]:
+    for v in a:
+        if type(v) is _Timestamp:
+            raise ProtocolError("bad_message", "msgpack ext type -1 (timestamp) in an array")
+    return a
+
+
 def decode(payload: bytes, *, max_bytes: int = MAX_MSG_BYTES) -> dict[str, Any]:
     """One frame -> a validated message map. Raises only `ProtocolError`.
 
@@ -247,11 +278,19 @@ def unpack(payload: bytes, *, max_bytes: int = MAX_MSG_BYTES) -> Any:
     if len(payload) > max_bytes:
         raise ProtocolError("bad_message", f"{len(payload)} bytes is over the {max_bytes} limit")
     try:
-        return _unpackb(payload, raw=False, strict_map_key=True, ext_hook=_no_ext, use_list=True)
+        value = _unpackb(payload, raw=False, strict_map_key=True, ext_hook=_no_ext,
+                         use_list=True, object_hook=_map_hook, list_hook=_list_hook)
     except ProtocolError:
         raise
+    except msgpack.StackError:
+        raise ProtocolError(
+            "bad_message", f"values nested more than {MAX_DEPTH} deep"
+        ) from None
     except Exception as exc:  # any unpacker failure on untrusted bytes is a bad message
         raise ProtocolError("bad_message", f"not a msgpack message: {type(exc).__name__}") from None
+    if type(value) is _Timestamp:
+        raise ProtocolError("bad_message", "msgpack ext type -1 (timestamp) is not a message")
+    return value
 
 
 def check_message(msg: Any) -> dict[str, Any]:
@@ -262,7 +301,12 @@ def check_message(msg: Any) -> dict[str, Any]:
     if type(v) is not int:
         raise ProtocolError("bad_message", "field v: expected the protocol version (int)")
     kind = msg.get("type")
-    if v not in SUPPORTED_VERSIONS and kind != "hello":
+    if kind == "hello":
+        if v != 1:  # so that every server, old or new, can read it and negotiate
+            raise ProtocolError(
+                "bad_version", f"a hello carries v: 1, not {v} (offered versions go in `versions`)"
+            )
+    elif v not in SUPPORTED_VERSIONS:
         raise ProtocolError("bad_version", f"protocol v{v} is not spoken here {SUPPORTED_VERSIONS}")
     if not isinstance(kind, str) or kind not in SCHEMA:
         raise ProtocolError("bad_message", f"field type: expected one of {MESSAGE_TYPES}")
@@ -321,7 +365,7 @@ def _fast_command(m: dict[str, Any]) -> bool:
         and type(m.get("action")) is dict
         and (dl is None or (type(dl) is int and _I64_MIN <= dl < _I64_END))
         and type(fb) is str
-        and len(fb) <= 1024
+        and (not fb or _str_ok(fb))
         and ("plan" not in m or _plan_fields(m))
     )
 

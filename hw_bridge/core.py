@@ -30,12 +30,13 @@ from hw_bridge.codec import (
     MAX_MSG_BYTES,
     SUPPORTED_VERSIONS,
     ProtocolError,
-    decode,
+    check_message,
     decode_array,
     message,
     new_encoder,
     obs_to_wire,
     spec_to_wire,
+    unpack,
 )
 from hw_bridge.safety import ActionLimiter, ActionRejected, Watchdog
 from runtime.planfeed import (
@@ -59,7 +60,7 @@ COUNTER_NAMES = (
     "unknown_peer",  # a non-hello message from a peer without a session
     "out_of_order",  # seq not greater than the peer's last (replays, reordering)
     "unauthorized",  # commands or resets from a peer that is not the controller
-    "refused",  # control hellos refused (busy, version, layout mismatch)
+    "refused",  # hellos refused, any role (busy, bad_version, mismatch)
     "stale_stream",  # commands of a stream latched by a watchdog trip
     "rejected",  # actions never applied: wrong shape, NaN or inf
     "late",  # commands whose deadline passed before they arrived (realtime)
@@ -283,11 +284,12 @@ class ServerCore:
     def handle(self, ident: bytes, payload: bytes) -> None:
         now = self.clock.now_ns()
         self.counters["received"] += 1
+        raw: Any = None
         try:
-            msg = decode(payload, max_bytes=self.config.max_msg_bytes)
+            raw = unpack(payload, max_bytes=self.config.max_msg_bytes)
+            msg = check_message(raw)
         except ProtocolError as exc:
-            self.counters[exc.code] += 1
-            self._error(ident, exc.code, str(exc), None, fatal=False)
+            self._refuse_frame(ident, exc, raw)
             return
         kind = msg["type"]
         if kind == "hello":
@@ -355,6 +357,30 @@ class ServerCore:
         else:
             self.counters["bad_message"] += 1
             self._error(ident, "bad_message", f"a client does not send {kind!r}", seq, fatal=False)
+
+    def _refuse_frame(self, ident: bytes, exc: ProtocolError, raw: Any) -> None:
+        """A frame that failed decoding: counted and answered, naming its `seq` whenever the
+        frame was a map with a valid one. A hello refused for its version is fatal (its session
+        does not open) and counts as a refused hello."""
+        self.counters[exc.code] += 1
+        ref: int | None = None
+        hello = False
+        if type(raw) is dict:
+            seq = raw.get("seq")
+            if type(seq) is int and 0 <= seq < 2**63:
+                ref = seq
+            hello = raw.get("type") == "hello"
+        fatal = hello and exc.code == "bad_version"
+        if fatal:
+            self.counters["refused"] += 1
+        self._error(ident, exc.code, str(exc), ref, fatal=fatal)
+
+    def refuse_multipart(self, ident: bytes) -> None:
+        """A client frame of more than one part (a DEALER sends exactly one): counted and
+        answered like any other malformed frame."""
+        self.counters["received"] += 1
+        self.counters["bad_message"] += 1
+        self._error(ident, "bad_message", "a message is exactly one frame", None, fatal=False)
 
     def _hello(self, ident: bytes, msg: dict[str, Any], now: int) -> None:
         seq: int = msg["seq"]
@@ -543,9 +569,12 @@ class ServerCore:
         self.peers.pop(ident, None)
         if ident == self.controller:
             self.controller = None
-            if self.watchdog.armed and self._realtime:
+            went_safe = self.watchdog.armed and self._realtime
+            if went_safe:
                 self._go_safe(now, "goodbye", f"controller left ({reason or 'goodbye'})")
             self.watchdog.disarm()
+            if went_safe and self.peers:  # the observers learn `safe` at once
+                self.publish()
 
     def _expire_lease(self, now: int) -> None:
         ctl = self.controller
@@ -609,7 +638,8 @@ class ServerCore:
         The safe action is applied once, at the trip: plants hold their last command (a
         `Driver`'s hardware does; `MujocoPlant` counts the held ticks)."""
         now = self.clock.now_ns()
-        if self.watchdog.check(now_ns=now):
+        tripped = self.watchdog.check(now_ns=now)
+        if tripped:
             self.counters["watchdog_trips"] += 1
             silent_ms = (now - self.watchdog.last_valid_ns) / 1e6
             self._go_safe(now, "watchdog", f"no valid command for {silent_ms:.1f} ms")
@@ -618,8 +648,9 @@ class ServerCore:
         self.housekeeping(now)
         obs = self.plant.observe()
         last = self.last_obs
-        if (
-            last is not None
+        if (  # a trip is published at once: every session learns `safe` this tick
+            not tripped
+            and last is not None
             and obs.seq == last.seq
             and now - self.last_publish_ns < self.keepalive_periods * self.spec.period_ns
         ):

@@ -381,6 +381,8 @@ class Session:
             self.new_stream()
         elif code == "taken_over":
             log.warning("hw_bridge: %s", text)
+        elif code == "plant_error":  # e.g. a command that crossed the episode's end: routine
+            log.info("hw_bridge: plant refused: %s", text)
         elif code not in ("late", "rejected"):
             log.warning("hw_bridge: server error %s: %s", code, text)
 

@@ -136,8 +136,8 @@ class PlantServer:
                 # a DEALER sends exactly one frame; an empty or extra-framed one is malformed
                 while sock.getsockopt(_RCVMORE):
                     sock.recv(_NOBLOCK)
-                core.counters["received"] += 1
-                core.counters["bad_message"] += 1
+                core.refuse_multipart(ident)
+                self._flush()
             else:
                 core.handle(ident, payload)
                 if core.outbox:

@@ -175,6 +175,10 @@ class MujocoPlant:
                 self._step(action)
             return
         with self._lock:
+            if self._obs.done and cmd.fallback != "watchdog":
+                # the plant stands still until reset: say so rather than take a command it
+                # would never execute (the server answers `plant_error`)
+                raise RuntimeError("apply() after the episode ended; send reset")
             if self._clock.now_ns() > cmd.deadline_ns:
                 self._counts["late"] += 1
                 return
