@@ -14,7 +14,13 @@ with an `error` naming the message's `seq`.
 Control rule (one controller at a time): a `hello` with role `control` is granted when nobody
 controls the plant, when the current controller's lease lapsed (no valid message for
 `lease_ms`), or when the hello says `takeover: true` (the old controller is told `taken_over`
-and demoted to an observer). Otherwise it is refused with `busy`. Observers are unlimited.
+and demoted to an observer). Otherwise it is refused with `busy`. Observer sessions are capped
+(`ServerConfig.max_observers`).
+
+Floods: every peer identity has token-bucket budgets (`hw_bridge.budget.Buckets`) for frames,
+hellos and error replies; over budget a frame is dropped before decoding (`flooded`) and an
+error is not sent (`replies_withheld`), so the work a hostile peer can cause is bounded per
+second (docs/protocol.md, section 6, "Limits per peer").
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from hw_bridge.budget import Buckets
 from hw_bridge.codec import (
     MAX_MSG_BYTES,
     SUPPORTED_VERSIONS,
@@ -75,6 +82,8 @@ COUNTER_NAMES = (
     "overruns",  # realtime ticks that started more than one period late
     "apply_errors",  # the plant raised on apply/reset (e.g. apply after the episode ended)
     "plans_limited",  # plans (v2 commands) clamped into the box or slowed by the rate limit
+    "flooded",  # frames dropped unread: over their peer's frame or hello budget
+    "replies_withheld",  # errors not sent: over the peer's (or all session-less peers') budget
 )
 
 
@@ -95,6 +104,17 @@ class ServerConfig:
     safe_action: Literal["zero", "hold"] = "zero"  # used when the plant has no safe_action()
     max_msg_bytes: int = MAX_MSG_BYTES
     seed: int | None = None  # seed of the plant.reset done when serving starts
+    # Flood limits (docs/protocol.md, section 6, "Limits per peer"). A controller at 1 kHz
+    # sends ~1,010 frames a second, a client re-sends its hello every 250 ms while connecting.
+    frames_per_s: float = 5_000.0  # per peer identity; frames over it are dropped unread
+    frames_burst: int = 500
+    hellos_per_s: float = 20.0  # per peer identity
+    hellos_burst: int = 10
+    errors_per_s: float = 200.0  # error replies per peer with a session
+    errors_burst: int = 50
+    anon_errors_per_s: float = 1_000.0  # error replies to all peers without a session together
+    max_observers: int = 32  # observer sessions; control hellos are never refused for room
+    max_tracked_peers: int = 4_096  # identities with a budget (the oldest is forgotten)
 
     def __post_init__(self) -> None:
         if self.mode not in ("lockstep", "realtime"):
@@ -105,6 +125,14 @@ class ServerConfig:
                 raise ValueError(f"{name}={value!r} must be > 0 ms")
         if self.safe_action not in ("zero", "hold"):
             raise ValueError(f"{self.safe_action=} must be 'zero' or 'hold'")
+        for name in ("frames_per_s", "hellos_per_s", "errors_per_s", "anon_errors_per_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be > 0")
+        for name in ("frames_burst", "hellos_burst", "errors_burst", "max_tracked_peers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 1")
+        if self.max_observers < 0:
+            raise ValueError(f"{self.max_observers=} must be >= 0")
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -113,6 +141,8 @@ class ServerConfig:
             "heartbeat_ms": self.heartbeat_ms,
             "peer_timeout_ms": self.peer_timeout_ms,
             "max_msg_bytes": self.max_msg_bytes,
+            "frames_per_s": self.frames_per_s,
+            "max_observers": self.max_observers,
         }
 
 
@@ -186,6 +216,12 @@ class ServerCore:
         self._peer_timeout_ns = round(config.peer_timeout_ms * 1e6)
         self._realtime = config.mode == "realtime"
         self._encode = new_encoder()  # this core's own packer: one thread drives a core
+        keys = config.max_tracked_peers
+        self._frames = Buckets(rate=config.frames_per_s, burst=config.frames_burst, max_keys=keys)
+        self._hellos = Buckets(rate=config.hellos_per_s, burst=config.hellos_burst, max_keys=keys)
+        self._errors = Buckets(rate=config.errors_per_s, burst=config.errors_burst, max_keys=keys)
+        self._anon_errors = Buckets(rate=config.anon_errors_per_s,
+                                    burst=max(1, round(config.anon_errors_per_s / 10)), max_keys=1)
         self._action_shape = (self.spec.action_dim,)
         # Plan-ahead (v2): a plant that executes plans itself (`runtime.ExecutesPlans`, e.g.
         # `MujocoPlant` in realtime) gets each command's plan; for any other plant (a `Driver`
@@ -223,6 +259,14 @@ class ServerCore:
     def _error(
         self, ident: bytes, code: str, text: str, ref_seq: int | None, *, fatal: bool
     ) -> None:
+        now = self.clock.now_ns()
+        if ident in self.peers:
+            allowed = self._errors.take(ident, now)
+        else:  # session-less peers share one budget: fresh identities get no fresh allowance
+            allowed = self._anon_errors.take(b"", now)
+        if not allowed:
+            self.counters["replies_withheld"] += 1
+            return
         self._send(ident, "error", code=code, message=text, ref_seq=ref_seq, fatal=fatal)
 
     def publish(self, obs: Observation | None = None) -> None:
@@ -284,6 +328,9 @@ class ServerCore:
     def handle(self, ident: bytes, payload: bytes) -> None:
         now = self.clock.now_ns()
         self.counters["received"] += 1
+        if not self._frames.take(ident, now):
+            self.counters["flooded"] += 1
+            return
         raw: Any = None
         try:
             raw = unpack(payload, max_bytes=self.config.max_msg_bytes)
@@ -293,6 +340,9 @@ class ServerCore:
             return
         kind = msg["type"]
         if kind == "hello":
+            if not self._hellos.take(ident, now):
+                self.counters["flooded"] += 1
+                return
             self._hello(ident, msg, now)
             return
         peer = self.peers.get(ident)
@@ -379,11 +429,22 @@ class ServerCore:
         """A client frame of more than one part (a DEALER sends exactly one): counted and
         answered like any other malformed frame."""
         self.counters["received"] += 1
+        if not self._frames.take(ident, self.clock.now_ns()):
+            self.counters["flooded"] += 1
+            return
         self.counters["bad_message"] += 1
         self._error(ident, "bad_message", "a message is exactly one frame", None, fatal=False)
 
     def _hello(self, ident: bytes, msg: dict[str, Any], now: int) -> None:
         seq: int = msg["seq"]
+        peer = self.peers.get(ident)
+        if peer is not None and seq <= peer.last_seq:
+            # a replayed or duplicated hello of a live session: reopening the session would
+            # restart its seq window and let replayed commands through
+            self.counters["out_of_order"] += 1
+            self._error(ident, "out_of_order", f"seq {seq} <= last {peer.last_seq}", seq,
+                        fatal=False)
+            return
         common = set(msg["versions"]) & set(SUPPORTED_VERSIONS)
         if not common:
             self.counters["bad_version"] += 1
@@ -439,8 +500,14 @@ class ServerCore:
             self.ack_lag_ns = None
             self.reset_seq = -1
             self.controller = ident
-        elif self.controller == ident:
-            self.controller = None
+        else:
+            if self.controller == ident:
+                self.controller = None
+            elif ident not in self.peers and self._observers() >= self.config.max_observers:
+                self.counters["refused"] += 1
+                self._error(ident, "busy", f"no room: {self.config.max_observers} observers "
+                            "already (retry later)", seq, fatal=False)
+                return
         version = max(common)
         self.peers[ident] = _Peer(
             role=role, name=name, last_seq=seq, last_rx_ns=now, version=version
@@ -564,6 +631,9 @@ class ServerCore:
         if deadline is not None and msg.get("plan_t0_ns", 0) <= deadline:
             raise ActionRejected("a plan's first row must be for a tick after the command's")
         return plan, int(dt)
+
+    def _observers(self) -> int:
+        return sum(1 for p in self.peers.values() if p.role == "observe")
 
     def _drop(self, ident: bytes, now: int, *, reason: str) -> None:
         self.peers.pop(ident, None)
