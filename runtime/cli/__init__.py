@@ -231,8 +231,9 @@ def _add_run(sp: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
-    p = sp.add_parser("bench", help="benchmarks: tick | bridge | deadline | stalls | soak | flood")
-    bp = p.add_subparsers(dest="bench", metavar="{tick,bridge,deadline,stalls,soak,flood}",
+    p = sp.add_parser("bench", help="benchmarks: tick | bridge | deadline | stalls | soak | "
+                                    "flood | kills")
+    bp = p.add_subparsers(dest="bench", metavar="{tick,bridge,deadline,stalls,soak,flood,kills}",
                           parser_class=_Parser)
     bp.required = True
 
@@ -365,6 +366,38 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     f.add_argument("--json", action="store_true")
     _add_results(f)
     _target(f, "runtime.cli.bench_flood:cli_bench_flood")
+
+    kl = bp.add_parser("kills", help="kill -9 the controller or the plant server at random "
+                                     "moments; safe action, regained control, traces")
+    kl.add_argument("--kills", type=positive_int, default=100,
+                    help="kills in all, dealt in turn over --targets")
+    kl.add_argument("--targets", default="controller,server",
+                    help="comma list of: controller, server")
+    kl.add_argument("--rate", type=positive_float, default=100.0, help="plant rate (Hz)")
+    kl.add_argument("--task", default="double-pendulum")
+    kl.add_argument("--planner", default="rolling",
+                    help="a `bench deadline` planner without overrides or any `rtdiff run "
+                         "--policy` (KIND:TASK, a checkpoint dir)")
+    kl.add_argument("--seed", type=nonnegative_int, default=0,
+                    help="seeds the kill moments and restart delays (and the runs)")
+    kl.add_argument("--delay-s", type=positive_float, default=2.0,
+                    help="each kill comes at a random moment 0.3 s to this long after "
+                         "control was (re)gained")
+    kl.add_argument("--restart-s", type=positive_float, default=1.0,
+                    help="a killed server is restarted after a random delay up to this long")
+    kl.add_argument("--trace-chunk", type=positive_int, default=8,
+                    help="trace chunk size of the controllers (ticks; small: frequent writes)")
+    kl.add_argument("--watchdog-ms", type=positive_float, default=100.0,
+                    help="the plant server's watchdog")
+    kl.add_argument("--out", default=None,
+                    help="run directory to write, fresh (default: runs/kills/UTC-TIME)")
+    kl.add_argument("--rt-priority", type=positive_int, default=DEFAULT_RT_PRIORITY,
+                    metavar="P",
+                    help="SCHED_FIFO priority of the controllers (the plant one level higher)")
+    kl.add_argument("--no-rt", action="store_true", help="do not ask for SCHED_FIFO")
+    kl.add_argument("--json", action="store_true")
+    _add_results(kl)
+    _target(kl, "runtime.cli.bench_kills:cli_bench_kills")
 
 
 def _add_report(sp: argparse._SubParsersAction[_Parser]) -> None:
