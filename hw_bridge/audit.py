@@ -127,6 +127,8 @@ class AuditPlant:
         self.safe_ns: deque[int] = deque(maxlen=1 << 20)
         self._orders: OrderedDict[Hashable, _Order] = OrderedDict()
         self.bad: deque[str] = deque(maxlen=32)  # the first words on what went wrong
+        # the plant's own `late` count as last read (it only grows in `apply`)
+        self._late = int(plant.counters().get("late", 0))
 
     def attach(self, core: ServerCore) -> None:
         """Key sessions by `core`'s controller identity (see the module docstring)."""
@@ -160,12 +162,17 @@ class AuditPlant:
 
     def apply(self, cmd: Command) -> None:
         now = self.clock.now_ns()
-        past = self.realtime and cmd.deadline_ns > 0 and now > cmd.deadline_ns
-        late_before = self.plant.counters().get("late", 0) if past else 0
         self.plant.apply(cmd)  # raises: refused, nothing applied
-        if past and self.plant.counters().get("late", 0) > late_before:
-            self.counts["late_refused"] += 1
-            return
+        deadline = cmd.deadline_ns
+        past = self.realtime and deadline > 0 and now > deadline
+        # Did the plant refuse it as late? Only possible when its deadline had passed by the
+        # time apply returned (the plant checks in between); then its `late` count says.
+        if self.realtime and deadline > 0 and self.clock.now_ns() > deadline:
+            late = int(self.plant.counters().get("late", 0))
+            if late > self._late:
+                self._late = late
+                self.counts["late_refused"] += 1
+                return
         c = self.counts
         invalid = self._invalid(cmd)
         if invalid:
@@ -188,7 +195,7 @@ class AuditPlant:
             elif cmd.src_seq < order.newest or past:
                 c["stale_applied"] += 1
                 self.bad.append(f"stale: src_seq {cmd.src_seq}, newest {order.newest}, "
-                                f"{(now - cmd.deadline_ns) / 1e6:.3f} ms past its deadline")
+                                f"{(now - deadline) / 1e6:.3f} ms past its deadline")
             order.add(cmd.src_seq)
         elif cmd.fallback == "watchdog":
             c["safe"] += 1

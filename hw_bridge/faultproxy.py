@@ -72,6 +72,7 @@ FAULT_COUNTERS = (
     "queued",  # frames that waited for the bandwidth limit
     "queue_dropped",  # frames dropped at a full bandwidth queue
     "send_dropped",  # frames the next socket would not take (full, peer gone)
+    "bytes",  # payload bytes forwarded
 )
 
 _POLLIN, _NOBLOCK = int(zmq.POLLIN), int(zmq.NOBLOCK)
@@ -423,6 +424,8 @@ class FaultProxy:
                 except zmq.ZMQError:  # full, or the client is gone (ROUTER_MANDATORY)
                     line.counts["send_dropped"] += 1
                     line.counts["forwarded"] -= 1
+                else:
+                    line.counts["bytes"] += sum(len(f) for f in frames)
 
         try:
             while not self._stop.is_set():

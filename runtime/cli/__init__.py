@@ -232,8 +232,9 @@ def _add_run(sp: argparse._SubParsersAction[_Parser]) -> None:
 
 def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     p = sp.add_parser("bench", help="benchmarks: tick | bridge | deadline | stalls | soak | "
-                                    "flood | kills")
-    bp = p.add_subparsers(dest="bench", metavar="{tick,bridge,deadline,stalls,soak,flood,kills}",
+                                    "flood | kills | faults")
+    bp = p.add_subparsers(dest="bench",
+                          metavar="{tick,bridge,deadline,stalls,soak,flood,kills,faults}",
                           parser_class=_Parser)
     bp.required = True
 
@@ -398,6 +399,31 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     kl.add_argument("--json", action="store_true")
     _add_results(kl)
     _target(kl, "runtime.cli.bench_kills:cli_bench_kills")
+
+    lf = bp.add_parser("faults", help="link faults between controller and plant (a fault "
+                                      "proxy): what the plant applied, safe action, regain")
+    lf.add_argument("--faults", default=None,
+                    help="comma list of: none, delay, loss-up, loss-down, dup-up, dup-down, "
+                         "reorder-up, reorder-down, bandwidth, partition (default: all)")
+    lf.add_argument("--rates", default="100,500", help="comma list of plant rates (Hz)")
+    lf.add_argument("--planners", default="expert,rolling",
+                    help="comma list of `bench deadline` planners without overrides or any "
+                         "`rtdiff run --policy` (KIND:TASK, a checkpoint dir)")
+    lf.add_argument("--task", default="double-pendulum")
+    lf.add_argument("--seconds", type=positive_float, default=10.0, help="per run")
+    lf.add_argument("--seeds", type=positive_int, default=1, help="seeds per cell")
+    lf.add_argument("--seed", type=nonnegative_int, default=0,
+                    help="first seed (the runs' and the proxy's)")
+    lf.add_argument("--watchdog-ms", type=positive_float, default=100.0,
+                    help="the served plant's watchdog")
+    lf.add_argument("--out", default="runs/faults", help="run directory to write")
+    lf.add_argument("--rt-priority", type=positive_int, default=DEFAULT_RT_PRIORITY, metavar="P",
+                    help="SCHED_FIFO priority of the controller (plant and proxy one level "
+                         "higher)")
+    lf.add_argument("--no-rt", action="store_true", help="do not ask for SCHED_FIFO")
+    lf.add_argument("--json", action="store_true")
+    _add_results(lf)
+    _target(lf, "runtime.cli.bench_faults:cli_bench_faults")
 
 
 def _add_report(sp: argparse._SubParsersAction[_Parser]) -> None:
