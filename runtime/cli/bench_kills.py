@@ -574,8 +574,8 @@ def summarize(records: list[dict[str, Any]], final: dict[str, Any] | None,
     return {
         "kills": kills,
         "safe_after_ms": {**pct(safe), "bound_ms": bound_ms,
-                          "all_within_bound": bool(ctl) and len(safe) == len(ctl)
-                          and all(r.get("within_bound") for r in ctl)},
+                          "all_within_bound": None if not ctl else len(safe) == len(ctl)
+                          and all(bool(r.get("within_bound")) for r in ctl)},
         "regain_ms": {
             **pct(regains),
             "by_target": {t: pct([r["regain_ms"] for r in records if r["target"] == t
@@ -609,7 +609,8 @@ def report(r: dict[str, Any]) -> str:
         f"server kill -9s on {r['task']} at {r['rate_hz']:g} Hz ({r['policy']}); "
         f"control regained after {r['regained']}, not after {r['not_regained']}",
         f"  safe action after the last command (ms)  p50 {ms(s['p50'])}  max {ms(s['max'])}  "
-        f"bound {s['bound_ms']:g}: {'ok' if s['all_within_bound'] else 'FAIL'}",
+        f"bound {s['bound_ms']:g}: "
+        + {True: "ok", False: "FAIL", None: "no controller kill"}[s["all_within_bound"]],
         f"  control regained after a restart (ms)  controller p50 "
         f"{ms(by['controller']['p50'])} max {ms(by['controller']['max'])};  server p50 "
         f"{ms(by['server']['p50'])} max {ms(by['server']['max'])}",

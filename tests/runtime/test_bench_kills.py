@@ -89,6 +89,7 @@ def test_the_summary_counts_kills_bounds_regains_and_traces() -> None:
     assert out["mid_chunk_kills"] == 1 and out["regained"] == 3 and out["not_regained"] == 0
     late = summarize([ctl(111.0, None, 0, False)], None, 110.0)
     assert not late["safe_after_ms"]["all_within_bound"] and late["not_regained"] == 1
+    assert summarize([srv], None, 110.0)["safe_after_ms"]["all_within_bound"] is None
     unread = {"target": "controller", "safe_after_ms": None, "regain_ms": 1.0,
               "first_cmd_ns": 1, "trace": {"readable": False, "error": "x"}}
     assert summarize([unread], None, 110.0)["traces"]["unreadable"] == 1
