@@ -12,8 +12,9 @@ address, each socket (or rotating set of sockets) a *peer* of one kind:
   from a seeded corpus built once; never reads.
 - `slow`: a session opened as an observer that never reads (its queues fill; the server must
   drop frames for it, not wait), with a heartbeat every `SLOW_HEARTBEAT_S` to stay alive.
-- `identities`: a fresh DEALER socket with its own routing id every `PER_IDENTITY` frames,
-  each identity sending a hello (even ones) or garbage (odd ones): thousands of identities.
+- `identities`: thousands of identities: a fresh DEALER socket with its own routing id sends
+  `PER_IDENTITY` frames, hellos (even identities) or garbage (odd ones), and is closed once
+  the server answered (up to `IDENTITY_POOL` open at once per peer).
 - `commands`: an observer session sending well-formed commands and resets it is not allowed to
   send, and replays of sequence numbers it already used; re-says hello every second.
 
@@ -47,7 +48,9 @@ import zmq
 from hw_bridge.codec import SUPPORTED_VERSIONS, encode, encode_array, message
 
 BURST = 16  # frames a peer sends per step at most
-PER_IDENTITY = 4  # frames sent from one routing id before its socket is replaced
+PER_IDENTITY = 4  # frames sent from one routing id
+IDENTITY_POOL = 32  # identities with a socket open at once, per peer
+IDENTITY_WAIT_S = 1.0  # an identity the server has not answered by then is retired anyway
 SLOW_HEARTBEAT_S = 5.0  # a slow session's keep-alive (the server forgets one silent 30 s)
 REHELLO_S = 1.0  # a commands peer says hello again this often (keeps its session)
 STAT_KEYS = ("peers", "sent", "blocked", "received", "sockets")
@@ -217,6 +220,10 @@ class SlowPeer(Peer):
 
 
 class IdentitiesPeer(Peer):
+    """Up to `IDENTITY_POOL` sockets open at once, each with a fresh routing id; one is
+    retired once the server answered it (its frames arrived) or after `IDENTITY_WAIT_S`, and
+    a new identity takes its place."""
+
     kind = "identities"
 
     def __init__(self, *a: Any) -> None:
@@ -224,18 +231,30 @@ class IdentitiesPeer(Peer):
         self.junk = [f for f in garbage_corpus(self.rng, n=24)
                      if isinstance(f, bytes) and len(f) < 1024]
         self.ids = 0
+        self.pool: list[tuple[zmq.Socket[bytes], float]] = []
+        self.unanswered = 0  # identities retired without a reply
 
     def step(self, budget: int) -> int:
-        # one identity per step: a socket with a fresh routing id, a few frames, closed with a
-        # short linger so its frames still leave
-        if budget <= 0:
-            return 0
-        self.ids += 1
-        rid = f"fl{os.getpid()}-{self.index}-{self.ids}".encode()
-        sock = self._open(routing_id=rid, linger=50)
+        now = time.monotonic()
+        pool: list[tuple[zmq.Socket[bytes], float]] = []
+        for sock, t_open in self.pool:
+            try:
+                sock.recv(_NOBLOCK)
+            except zmq.Again:
+                if now - t_open < IDENTITY_WAIT_S:
+                    pool.append((sock, t_open))
+                    continue
+                self.unanswered += 1
+            else:
+                self.received += 1
+            sock.close(linger=0)
+        self.pool = pool
         n = 0
-        try:
-            for k in range(min(budget, PER_IDENTITY)):
+        while n < budget and len(pool) < IDENTITY_POOL:
+            self.ids += 1
+            sock = self._open(routing_id=f"fl{os.getpid()}-{self.index}-{self.ids}".encode())
+            pool.append((sock, now))
+            for k in range(min(budget - n, PER_IDENTITY)):
                 if self.ids % 2 == 0:
                     frame: bytes = _hello(k + 1, "observe", self.name)
                 else:
@@ -243,9 +262,12 @@ class IdentitiesPeer(Peer):
                 if not self._send(sock, frame):
                     break
                 n += 1
-        finally:
-            sock.close(linger=50)
         return n
+
+    def close(self) -> None:
+        for sock, _ in self.pool:
+            sock.close(linger=0)
+        self.pool = []
 
 
 class CommandsPeer(Peer):

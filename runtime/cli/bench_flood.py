@@ -55,6 +55,7 @@ RSS_GROWTH_TARGET_MB = 50.0  # the server's RSS under the flood: max - start, at
 CPU_TARGET_PCT = 50.0  # the server's mean CPU use under the flood, % of one core, at most
 READY_TIMEOUT_S = 120.0  # loading a model takes seconds; a stuck start fails the bench
 FLOODER_START_S = 30.0  # a flooder connects its sockets within this
+COUNTER_TRIES = 4  # heartbeats (3 s each) the server gets to answer with its counters
 
 
 def default_procs(peers: int) -> int:
@@ -186,17 +187,25 @@ def cpu_pct(samples: Sequence[Sample], role: str) -> dict[str, float | None]:
 
 
 def server_counters(address: str) -> dict[str, int]:
-    """The plant server's counters, from a heartbeat of a short observer session."""
+    """The plant server's counters, from a heartbeat of a short session: an observer's, or
+    where the observers' places are still taken by the flood's sessions (a server with a cap
+    forgets them only once they are silent for its peer timeout), a controller's: the
+    bench's controller has said goodbye by then, so control is free (or its lease lapses)."""
     from hw_bridge.client import BridgeError, RemotePlant
 
-    try:
-        with RemotePlant(address, role="observe", name="rtdiff-bench-flood", timeout_s=3.0,
-                         connect_timeout_s=10.0, give_up_s=None) as plant:
-            plant.counters()
-            return dict(plant.server_counters)
-    except BridgeError as exc:
-        sys.stderr.write(f"rtdiff bench flood: warning: no counters from the server: {exc}\n")
-        return {}
+    why = "no heartbeat answered"
+    for role in ("observe", "control"):
+        try:
+            with RemotePlant(address, role=role, name="rtdiff-bench-flood", timeout_s=3.0,
+                             connect_timeout_s=10.0, give_up_s=None) as plant:
+                for _ in range(COUNTER_TRIES):  # a server busy with a backlog answers late
+                    plant.counters()
+                    if plant.server_counters:
+                        return dict(plant.server_counters)
+        except BridgeError as exc:
+            why = str(exc)
+    sys.stderr.write(f"rtdiff bench flood: warning: no counters from the server: {why}\n")
+    return {}
 
 
 def _wait_ready(ctrl: subprocess.Popen[str], ready: Path) -> None:
@@ -216,7 +225,8 @@ def _steal(a: float | None, b: float | None) -> float | None:
 def run_cell(name: str, *, args: argparse.Namespace, policy: str, extra: dict[str, Any],
              rt: int | None, split: list[list[str]], kinds: list[str]) -> tuple[
                  dict[str, Any], dict[str, Any]]:
-    """One cell: (its summary, the raw controller JSON and flooder reports)."""
+    """One cell: (its summary, the raw figures: the controller's JSON, the flooders' reports
+    and the server's RSS and CPU time every `SAMPLE_S`)."""
     peers = sum(len(s) for s in split)
     steal0 = read_steal_s()
     with contextlib.ExitStack() as stack:
@@ -284,7 +294,11 @@ def run_cell(name: str, *, args: argparse.Namespace, policy: str, extra: dict[st
         "server_counters": counters,
         "steal_s": _steal(steal0, steal1),
     }
-    return cell, {"run": run, "flooders": reports}
+    t_first = sampler.samples[0].t_ns if sampler.samples else 0
+    samples = [[round((s.t_ns - t_first) * 1e-9, 3), s.rss_kb.get("server"),
+                s.cpu_s.get("server")] for s in sampler.samples]
+    return cell, {"run": run, "flooders": reports,
+                  "server_samples": {"columns": ["t_s", "rss_kb", "cpu_s"], "rows": samples}}
 
 
 def _reap(proc: subprocess.Popen[str]) -> None:
@@ -326,7 +340,7 @@ def table(result: dict[str, Any]) -> str:
         f"{k} {v}" for k, v in flood["frames_sent"].items()))
     sc = flood["server_counters"]
     keys = ("received", "bad_message", "unknown_peer", "out_of_order", "unauthorized",
-            "refused", "send_dropped", "overruns", "states_sent")
+            "refused", "flooded", "replies_withheld", "send_dropped", "overruns", "states_sent")
     lines.append("server counted: " + ", ".join(f"{k} {sc.get(k, '-')}" for k in keys))
     ok = result["checks"]
 
@@ -343,6 +357,29 @@ def table(result: dict[str, Any]) -> str:
         f"mean <= {CPU_TARGET_PCT:g} % of a core: {cpu['mean'] if cpu['mean'] is not None else '-'}"
         f" % ({mark(ok['cpu'])})")
     return "\n".join(lines)
+
+
+def render_flood(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The benchmarks page's table (`runtime.cli.benchpage`): one row per recorded run, the
+    flood cell beside its baseline."""
+    lines = ["| run | peers | kinds | s | miss % base / flood | server RSS MB start / max "
+             "| server CPU % base / flood | frames sent | steal s |", "|" + "---|" * 9]
+
+    def num(x: float | None, fmt: str) -> str:
+        return "-" if x is None else fmt.format(x)
+
+    for i, rec in enumerate(records, 1):
+        base, flood = rec["cells"][0], rec["cells"][-1]
+        rss, steal = flood["server_rss_mb"], rec.get("steal_s")
+        lines.append(
+            f"| {i} | {flood['peers']} | {','.join(flood['kinds'])} | {rec['seconds']:g} "
+            f"| {100 * base['controller_miss_rate']:.2f} / "
+            f"{100 * flood['controller_miss_rate']:.2f} "
+            f"| {num(rss['start'], '{:.0f}')} / {num(rss['max'], '{:.0f}')} "
+            f"| {num(base['server_cpu_pct']['mean'], '{:.0f}')} / "
+            f"{num(flood['server_cpu_pct']['mean'], '{:.0f}')} "
+            f"| {flood['frames_sent_total']} | {num(steal, '{:.2f}')} |")
+    return lines
 
 
 def _interrupt(signum: int, frame: object) -> None:

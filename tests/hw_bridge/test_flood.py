@@ -55,7 +55,8 @@ def test_each_kind_of_peer_is_counted_by_the_server_it_floods() -> None:
     assert stats["hello"]["received"] > 0 and stats["commands"]["received"] > 0
     assert counters["bad_message"] > 0  # garbage
     assert counters["unauthorized"] > 0 and counters["out_of_order"] > 0  # commands, replays
-    assert sessions > 10  # hellos from many identities opened sessions
+    assert stats["identities"]["received"] > 0  # the server answered fresh identities
+    assert sessions > 1  # hellos from several identities opened sessions (up to its cap)
 
 
 def test_a_flooder_process_waits_for_go_and_stops_when_its_stdin_ends() -> None:

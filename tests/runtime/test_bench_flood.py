@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from runtime.cli import main
-from runtime.cli.bench_flood import cpu_pct, default_procs, flooders, rss_mb
+from runtime.cli.bench_flood import cpu_pct, default_procs, flooders, render_flood, rss_mb
 from runtime.cli.bench_soak import Sample
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
@@ -52,6 +52,8 @@ def test_a_short_flood_is_measured_against_a_baseline_and_leaves_no_flooder(
     reports = json.loads((tmp_path / "runs" / "flood.json").read_text())["flooders"]
     assert len(reports) == flood["procs"] == 2
     assert not any(_alive_flooder(r["pid"]) for r in reports)
+    row = render_flood([result])[-1]  # the benchmarks page's row for this run
+    assert row.startswith("| 1 | 5 | hello,garbage") and str(flood["frames_sent_total"]) in row
 
 
 def test_flooders_are_stopped_when_the_bench_fails_before_the_flood() -> None:
