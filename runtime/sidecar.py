@@ -6,6 +6,11 @@ re-noised after a push), and when disturbances happened. Those are larger (Ds + 
 tick) and only wanted when a run is recorded for a report, so they live in this optional
 sidecar: preallocated arrays filled in place, saved once as `sidecar.npz` beside the trace.
 
+A sidecar holds at most `MAX_SECONDS` of ticks (the first ten minutes of a run; the trace keeps
+every tick) and touches all its memory when it is made: a run's resident memory then does not
+grow while it runs (a soak measures exactly that), and the tick never takes a page fault
+writing into a fresh page.
+
 Event bits (`events` column), from `Observation.info`:
     EVENT_PUSH (1): a push was applied (`info["push"]`)
     EVENT_GOAL (2): the goal switched (`info["goal_switch"]`)
@@ -26,6 +31,12 @@ from runtime.protocols import FloatArray, Observation
 EVENT_PUSH = 1
 EVENT_GOAL = 2
 EVENT_RESET = 4
+MAX_SECONDS = 600.0  # what a sidecar keeps at most, in seconds of ticks
+
+
+def capacity_for(expected_ticks: int, rate_hz: float) -> int:
+    """Rows for a run of `expected_ticks` at `rate_hz`: all of them, up to `MAX_SECONDS`."""
+    return max(1, min(expected_ticks, round(MAX_SECONDS * rate_hz)))
 
 
 def events_of(obs: Observation, *, reset: bool) -> int:
@@ -54,9 +65,13 @@ class Sidecar:
         if capacity < 1 or state_dim < 1 or levels_dim < 0:
             raise ValueError(f"{capacity=}, {state_dim=} must be >= 1 and {levels_dim=} >= 0")
         self.capacity = capacity
-        self.state = np.zeros((capacity, state_dim), dtype=np.float32)
-        self.levels = np.zeros((capacity, levels_dim), dtype=np.float32)
-        self.events = np.zeros(capacity, dtype=np.int8)
+        # np.empty + fill: every page written now (np.zeros maps pages lazily, and each first
+        # write would fault and grow the process during the run)
+        self.state = np.empty((capacity, state_dim), dtype=np.float32)
+        self.levels = np.empty((capacity, levels_dim), dtype=np.float32)
+        self.events = np.empty(capacity, dtype=np.int8)
+        for a in (self.state, self.levels, self.events):
+            a.fill(0)
         self.n = 0
         self.dropped = 0
 

@@ -23,7 +23,7 @@ from runtime.fallback import make_fallback
 from runtime.loop import ControlLoop, EpisodeResult, LoopConfig, RunResult
 from runtime.protocols import Anytime, KeepsAlive, Planner, Plant, ReportsNoiseLevels
 from runtime.rt import GcPolicy, cap_threads, try_realtime
-from runtime.sidecar import Sidecar
+from runtime.sidecar import Sidecar, capacity_for
 from runtime.trace import TraceRing
 
 TRANSPORT_MARGIN_S = 300e-6
@@ -244,7 +244,8 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
             levels = planner.noise_levels if isinstance(planner, ReportsNoiseLevels) else None
             expected = (round(args.seconds * rate) if args.seconds is not None
                         else (episodes or 1) * max(spec.episode_ticks, 1))
-            sidecar = Sidecar(expected + 16, spec.state_dim, len(levels()) if levels else 0)
+            sidecar = Sidecar(capacity_for(expected + 16, rate), spec.state_dim,
+                              len(levels()) if levels else 0)
         progress = Progress(enabled=sys.stderr.isatty() and not args.json,
                             ready_file=getattr(args, "ready_file", None))
         loop = ControlLoop(
