@@ -232,9 +232,9 @@ def _add_run(sp: argparse._SubParsersAction[_Parser]) -> None:
 
 def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     p = sp.add_parser("bench", help="benchmarks: tick | bridge | deadline | stalls | soak | "
-                                    "flood | kills | faults")
+                                    "flood | kills | faults | fuzz")
     bp = p.add_subparsers(dest="bench",
-                          metavar="{tick,bridge,deadline,stalls,soak,flood,kills,faults}",
+                          metavar="{tick,bridge,deadline,stalls,soak,flood,kills,faults,fuzz}",
                           parser_class=_Parser)
     bp.required = True
 
@@ -424,6 +424,21 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     lf.add_argument("--json", action="store_true")
     _add_results(lf)
     _target(lf, "runtime.cli.bench_faults:cli_bench_faults")
+
+    fz = bp.add_parser("fuzz", help="coverage-guided fuzzing of the bridge (atheris): codec, "
+                                    "server and client targets")
+    fz.add_argument("--messages", type=positive_int, default=100_000, metavar="N",
+                    help="fuzz inputs per target (each a short sequence of frames)")
+    fz.add_argument("--seed", type=nonnegative_int, default=0, help="libFuzzer's seed")
+    fz.add_argument("--target", default="codec,server,client",
+                    help="comma list of: codec, server, client")
+    fz.add_argument("--max-seconds", type=positive_float, default=None, metavar="S",
+                    help="stop each target after S seconds even if N inputs were not run")
+    fz.add_argument("--out", default="runs/fuzz",
+                    help="run directory: corpus, crash inputs, logs, summary.json")
+    fz.add_argument("--json", action="store_true")
+    _add_results(fz)
+    _target(fz, "runtime.cli.bench_fuzz:cli_bench_fuzz")
 
 
 def _add_report(sp: argparse._SubParsersAction[_Parser]) -> None:
