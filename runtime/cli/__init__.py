@@ -203,6 +203,10 @@ def _add_run(sp: argparse._SubParsersAction[_Parser]) -> None:
         "--fallback", choices=["hold", "decay", "zero"], default="hold", help="on a miss"
     )
     p.add_argument("--trace", default=None, help="write the tick trace to this directory")
+    p.add_argument(
+        "--trace-chunk", type=positive_int, default=1024, metavar="TICKS",
+        help="with --trace: records per chunk file (smaller: less lost to a crash, more writes)",
+    )
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument(

@@ -32,9 +32,8 @@ stderr instead (its lines carry wall-clock times to the millisecond and the sile
 are both CLOCK_MONOTONIC on Linux, so the bench's own instants (a kill, a process start)
 compare with the plant's exactly.
 
-The controller children are `rtdiff run` too, through this module
-(`python -m runtime.cli.bench_kills run CHUNK ...`), whose only change is the trace's chunk
-size (`rtdiff run` writes 1024-tick chunks, one write every 10 s at 100 Hz).
+The controller children are plain `rtdiff run --trace DIR --trace-chunk N` processes
+(`rtdiff run` writes 1024-tick chunks by default, one write every 10 s at 100 Hz).
 
 After every controller kill the killed trace is read back (`runtime.trace.read_trace`): it
 must be readable, say that it was not closed cleanly, bound the records lost (`lost_max`)
@@ -51,7 +50,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import functools
 import json
 import os
 import random
@@ -82,7 +80,7 @@ REGAIN_TIMEOUT_S = 30.0  # control must be back within this after a restart, or 
 MIN_DELAY_S = 0.3  # a kill comes at least this long after control was regained
 
 
-# ---- the children: `rtdiff serve` with a recorder, `rtdiff run` with small trace chunks ----
+# ---- the child: `rtdiff serve` with a recorder ----------------------------------------------
 
 
 class _Recorder:
@@ -134,8 +132,7 @@ class _Recorder:
 
 
 def _child_main(argv: list[str]) -> int:
-    """`serve ARGS...`: `rtdiff serve ARGS` with the recorder; `run CHUNK ARGS...`: `rtdiff
-    run ARGS` tracing in CHUNK-tick chunks."""
+    """`serve ARGS...`: `rtdiff serve ARGS` with the recorder."""
     from runtime.cli import main
 
     if argv[:1] == ["serve"]:
@@ -150,14 +147,7 @@ def _child_main(argv: list[str]) -> int:
 
         hw_bridge.PlantServer = RecordedServer  # type: ignore[misc]
         return main(["serve", *argv[1:]])
-    if argv[:1] == ["run"] and len(argv) > 1:
-        import runtime.cli.run as run_module
-        from runtime.trace import TraceRing
-
-        run_module.TraceRing = functools.partial(  # type: ignore[attr-defined,assignment]
-            TraceRing, chunk_ticks=int(argv[1]))
-        return main(["run", *argv[2:]])
-    sys.stderr.write(f"usage: python -m {MODULE} serve ARGS... | run CHUNK ARGS...\n")
+    sys.stderr.write(f"usage: python -m {MODULE} serve ARGS...\n")
     return 2
 
 
@@ -403,9 +393,8 @@ class KillBench:
         argv = _run_argv(self.policy, self.address, seed=self.args.seed + self.n_controllers,
                          seconds=self.seconds, plan_ahead=True, rt=self.rt, ready=str(ready),
                          extra=self.extra)
-        # `python -m runtime.cli run ...` -> this module's `run CHUNK ...`
-        argv = [sys.executable, "-m", MODULE, "run", str(self.args.trace_chunk), *argv[4:]]
-        argv += ["--trace", str(self.out / "traces" / name)]
+        argv += ["--trace", str(self.out / "traces" / name),
+                 "--trace-chunk", str(self.args.trace_chunk)]
         self.controller = ControllerProc(argv, self.out / "traces" / name, ready,
                                          self.out / "logs" / f"{name}.log")
         return self.controller

@@ -233,6 +233,7 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
             trace = TraceRing(
                 spec.action_dim,
                 path=args.trace,
+                chunk_ticks=getattr(args, "trace_chunk", 1024),
                 meta={"policy": args.policy, "plant": args.plant, "mode": args.mode,
                       "rate_hz": rate, "seed": args.seed, "task": spec.name},
             )
