@@ -231,10 +231,11 @@ def test_seeded_loss_through_the_proxy_drops_the_same_messages_twice(
             c = _client(ctx, proxy.address)
             for i in range(200):
                 c.send(i.to_bytes(4, "little"))
-            end = time.monotonic() + 3.0
-            while proxy.counters()["up"]["received"] < 200 and time.monotonic() < end:
+            end = time.monotonic() + 5.0
+            while time.monotonic() < end and not (
+                    proxy.counters()["up"]["received"] == 200
+                    and len(server.seen) == proxy.counters()["up"]["forwarded"]):
                 time.sleep(0.01)
-            time.sleep(0.05)
             c.close()
         ctx.term()
         return sorted(int.from_bytes(p, "little") for _, p in server.seen)
@@ -317,7 +318,8 @@ def test_duplicated_and_reordered_commands_are_never_applied(
     assert server["out_of_order"] > up["duplicated"] and server["applied"] < sent
     assert c["duplicate_applied"] == 0 and c["stale_applied"] == 0
     assert c["invalid_applied"] == 0
-    assert c["applied"] == server["applied"] > sent // 2
+    # the server counts what it hands over; the motor may still refuse a late one itself
+    assert c["applied"] + c["late_refused"] == server["applied"] > sent // 2
 
 
 def test_a_partition_trips_the_watchdog_in_time_and_control_comes_back_after_the_heal(
@@ -343,7 +345,8 @@ def test_a_partition_trips_the_watchdog_in_time_and_control_comes_back_after_the
           f"down {counts['down']['partition_dropped']}; {len(trips)} watchdog trip(s)")
     assert safe_ms is not None and safe_ms <= WATCHDOG_MS + period_ms + SCHEDULING_SLACK_MS
     assert counts["up"]["partition_dropped"] > 0 and counts["down"]["partition_dropped"] > 0
-    assert not [t for t in apply_ns if a + 2 * MS < t < b]  # nothing got through the cut
+    # nothing got through the cut (a frame sent on before it may be applied a little after)
+    assert not [t for t in apply_ns if a + SCHEDULING_SLACK_MS * MS < t < b]
     assert regain is not None and regain < 200.0  # a fresh stream, no manual step
     # a trip of its own (a controller starved on a loaded machine) must end the same way
     assert trips and max(apply_ns) > max(trips)
