@@ -25,7 +25,8 @@ period) and `regain_ms` (from the heal to the first command applied after it), t
 seeds, else null; `counts_agree` (the controller's figure of its commands the plant applied,
 as the server last told it, against the audit's count at the plant); the proxy's counters
 per direction; the server's refusals; the cell's host steal. Each run's controller JSON and
-audit go to `OUT/runs/`.
+audit go to `OUT/runs/`. A cell that cannot run (its controller exits with an error) is
+recorded with its one-line reason, counts as missing the target, and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -273,6 +274,9 @@ def check_target(cells: list[dict[str, Any]]) -> list[str]:
     misses: list[str] = []
     for c in cells:
         where = f"{c['fault']} {c['planner']} {c['rate_hz']:g} Hz"
+        if "error" in c:
+            misses.append(f"{where}: did not run ({c['error']})")
+            continue
         for k in ("stale_applied", "duplicate_applied", "invalid_applied"):
             if c[k]:
                 misses.append(f"{where}: {k} {c[k]}")
@@ -296,6 +300,9 @@ def table(cells: list[dict[str, Any]]) -> str:
             f"{'steal s':>8}")
     lines = [head]
     for c in cells:
+        if "error" in c:
+            lines.append(f"{c['fault']:<13}{c['planner']:<9}{c['rate_hz']:>5g}  {c['error']}")
+            continue
         p = c["proxy"]
         dropped = sum(p[d][k] for d in ("up", "down")
                       for k in ("dropped", "partition_dropped", "queue_dropped"))
@@ -344,18 +351,29 @@ def cli_bench_faults(args: argparse.Namespace) -> int:
     for fault in faults:
         for rate in rates:
             for planner in planners:
-                runs = []
+                runs: list[dict[str, Any]] = []
+                error: str | None = None
                 for s in range(args.seeds):
                     done += 1
                     seed = args.seed + s
                     sys.stderr.write(f"[{done}/{total}] {fault} {planner} {rate:g} Hz "
                                      f"seed {seed} ...\n")
                     t0 = time.monotonic()
-                    runs.append(run_faulted(fault, task=args.task, rate_hz=rate,
-                                            planner=planner, seed=seed, seconds=args.seconds,
-                                            watchdog_ms=args.watchdog_ms, rt=rt,
-                                            out_dir=out_dir))
+                    try:
+                        runs.append(run_faulted(fault, task=args.task, rate_hz=rate,
+                                                planner=planner, seed=seed,
+                                                seconds=args.seconds,
+                                                watchdog_ms=args.watchdog_ms, rt=rt,
+                                                out_dir=out_dir))
+                    except CliError as exc:  # the cell says why; the sweep goes on
+                        error = f"seed {seed}: {exc}"
+                        sys.stderr.write(f"[{done}/{total}] failed: {exc}\n")
+                        break
                     sys.stderr.write(f"[{done}/{total}] done in {time.monotonic() - t0:.1f} s\n")
+                if error is not None:
+                    cells.append({"fault": fault, "rate_hz": rate, "planner": planner,
+                                  "error": error})
+                    continue
                 cell = summarize(fault, rate, planner, runs, args.watchdog_ms)
                 sys.stderr.write("  " + table([cell]).splitlines()[1] + "\n")
                 cells.append(cell)

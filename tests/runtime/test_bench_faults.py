@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from runtime.cli import main
-from runtime.cli.bench_faults import FAULTS, check_target, summarize
+from runtime.cli.bench_faults import FAULTS, check_target, summarize, table
 
 MS = 1_000_000
 
@@ -54,10 +54,15 @@ def test_the_target_names_every_cell_that_misses_it() -> None:
     no_safe = summarize("partition", 500.0, "rolling", [_run(window=(25 * MS, 325 * MS))], 100.0)
     stale = summarize("reorder-up", 100.0, "expert", [_run(stale=2)], 100.0)
     assert stale["safe_after_ms"] is None and stale["regain_ms"] is None
-    misses = check_target([late_safe, no_safe, stale])
-    assert len(misses) == 3
+    failed = {"fault": "none", "rate_hz": 500.0, "planner": "rolling",
+              "error": "seed 0: rolling (seed 0) exited with 2: no checkpoint"}
+    misses = check_target([late_safe, no_safe, stale, failed])
+    assert len(misses) == 4
     assert "180.0 ms" in misses[0] and "limit 110 ms" in misses[0]
     assert "no safe action" in misses[1] and "stale_applied 2" in misses[2]
+    assert "did not run" in misses[3] and "no checkpoint" in misses[3]
+    rows = table([stale, failed]).splitlines()
+    assert len(rows) == 3 and "no checkpoint" in rows[2]
 
 
 @pytest.mark.parametrize(
