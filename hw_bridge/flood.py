@@ -14,7 +14,8 @@ address, each socket (or rotating set of sockets) a *peer* of one kind:
   drop frames for it, not wait), with a heartbeat every `SLOW_HEARTBEAT_S` to stay alive.
 - `identities`: thousands of identities: a fresh DEALER socket with its own routing id sends
   `PER_IDENTITY` frames, hellos (even identities) or garbage (odd ones), and is closed once
-  the server answered (up to `IDENTITY_POOL` open at once per peer).
+  the server answered or `IDENTITY_WAIT_S` passed (up to `IDENTITY_POOL` open at once per
+  peer).
 - `commands`: an observer session sending well-formed commands and resets it is not allowed to
   send, and replays of sequence numbers it already used; re-says hello every second.
 
@@ -50,7 +51,8 @@ from hw_bridge.codec import SUPPORTED_VERSIONS, encode, encode_array, message
 BURST = 16  # frames a peer sends per step at most
 PER_IDENTITY = 4  # frames sent from one routing id
 IDENTITY_POOL = 32  # identities with a socket open at once, per peer
-IDENTITY_WAIT_S = 1.0  # an identity the server has not answered by then is retired anyway
+IDENTITY_WAIT_S = 0.25  # an identity the server has not answered by then is retired anyway
+IDENTITY_LINGER_MS = 250  # ... its socket closed with this linger: queued frames still leave
 SLOW_HEARTBEAT_S = 5.0  # a slow session's keep-alive (the server forgets one silent 30 s)
 REHELLO_S = 1.0  # a commands peer says hello again this often (keeps its session)
 STAT_KEYS = ("peers", "sent", "blocked", "received", "sockets")
@@ -221,8 +223,9 @@ class SlowPeer(Peer):
 
 class IdentitiesPeer(Peer):
     """Up to `IDENTITY_POOL` sockets open at once, each with a fresh routing id; one is
-    retired once the server answered it (its frames arrived) or after `IDENTITY_WAIT_S`, and
-    a new identity takes its place."""
+    retired once the server answered it (its frames arrived) or after `IDENTITY_WAIT_S`
+    (closed with a linger, so frames still queued leave), and a new identity takes its
+    place."""
 
     kind = "identities"
 
@@ -244,10 +247,11 @@ class IdentitiesPeer(Peer):
                 if now - t_open < IDENTITY_WAIT_S:
                     pool.append((sock, t_open))
                     continue
-                self.unanswered += 1
+                self.unanswered += 1  # a server may withhold replies to session-less peers
+                sock.close(linger=IDENTITY_LINGER_MS)
             else:
                 self.received += 1
-            sock.close(linger=0)
+                sock.close(linger=0)
         self.pool = pool
         n = 0
         while n < budget and len(pool) < IDENTITY_POOL:
