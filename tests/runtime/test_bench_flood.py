@@ -70,7 +70,8 @@ def test_server_figures_from_proc_samples() -> None:
     def s(t_s: float, kb: int, cpu: float) -> Sample:
         return Sample(round(t_s * 1e9), {"server": kb}, {"server": cpu}, None)
     samples = [s(0, 1024, 1.0), s(1, 4096, 1.5), s(2, 2048, 1.6)]
-    assert rss_mb(samples, "server") == {"start": 1.0, "end": 2.0, "max": 4.0}
+    assert rss_mb(samples, "server") == {"start": 1.0, "end": 2.0, "max": 4.0,
+                                         "late_growth": -2.0}  # from the reading at 1 s
     assert cpu_pct(samples, "server") == {"mean": 30.0, "max": 50.0}
     assert cpu_pct(samples[:1], "server") == {"mean": None, "max": None}
     assert [default_procs(n) for n in (1, 3, 50, 100, 1000)] == [1, 2, 2, 4, 4]
