@@ -308,9 +308,9 @@ def test_finding_a_welcome_with_an_infinite_dimension_raises_overflow_error() ->
 
 @_open
 def test_finding_a_server_clock_far_off_overflows_the_latency_ring() -> None:
-    """A welcome whose times put the server clock 2**62 ns away, then a `late` error with a
-    lag of -2**63: lag - offset does not fit the int64 ring of `LinkLatency.add`
-    (OverflowError out of `on_frame`; receive.py or clocksync.py could bound the offset)."""
+    """A `late` error's lag (or a state's ack_lag_ns) near the int64 limit, minus the clock
+    offset (here 2**62 ns, from the welcome's times), does not fit the int64 ring of
+    `LinkLatency.add`: OverflowError out of `on_frame` (receive.py could bound the sample)."""
     s = Script(0x00)
     s.send(0, message("welcome", 0, 2**62, version=1, session=3, role="control",
                       mode="realtime", spec=spec_to_wire(motor_spec()), limits={},
