@@ -4,7 +4,8 @@ The plant side's promise (docs/robustness.md): the plant never applies an invali
 duplicated command, and reaches its safe action within `watchdog_ms` + one period of losing its
 controller. The bridge's counters say what the server refused; this wrapper says what got
 through. It forwards every call to the wrapped plant and counts, for each `apply` the plant
-accepted (returned without raising, and did not count as `late` itself):
+accepted (returned without raising; a plant refuses a late command with `LateCommand`,
+counted here as `late_refused`):
 
 - `duplicate_applied`: a controller command (`Command.src_seq` >= 0, the controller's own
   `seq`) whose `src_seq` was already applied in the same session;
@@ -50,7 +51,15 @@ import numpy as np
 from hw_bridge.core import HasSafeAction, ServerCore
 from runtime.clock import MonotonicClock
 from runtime.files import atomic_write_text
-from runtime.protocols import Clock, Command, ExecutesPlans, FloatArray, Observation, Plant
+from runtime.protocols import (
+    Clock,
+    Command,
+    ExecutesPlans,
+    FloatArray,
+    LateCommand,
+    Observation,
+    Plant,
+)
 
 __all__ = ["AUDIT_COUNTERS", "AuditPlant", "regain_ms", "safe_after_ms"]
 
@@ -127,8 +136,6 @@ class AuditPlant:
         self.safe_ns: deque[int] = deque(maxlen=1 << 20)
         self._orders: OrderedDict[Hashable, _Order] = OrderedDict()
         self.bad: deque[str] = deque(maxlen=32)  # the first words on what went wrong
-        # the plant's own `late` count as last read (it only grows in `apply`)
-        self._late = int(plant.counters().get("late", 0))
 
     def attach(self, core: ServerCore) -> None:
         """Key sessions by `core`'s controller identity (see the module docstring)."""
@@ -162,17 +169,13 @@ class AuditPlant:
 
     def apply(self, cmd: Command) -> None:
         now = self.clock.now_ns()
-        self.plant.apply(cmd)  # raises: refused, nothing applied
+        try:
+            self.plant.apply(cmd)  # raises: refused, nothing applied
+        except LateCommand:
+            self.counts["late_refused"] += 1
+            raise
         deadline = cmd.deadline_ns
         past = self.realtime and deadline > 0 and now > deadline
-        # Did the plant refuse it as late? Only possible when its deadline had passed by the
-        # time apply returned (the plant checks in between); then its `late` count says.
-        if self.realtime and deadline > 0 and self.clock.now_ns() > deadline:
-            late = int(self.plant.counters().get("late", 0))
-            if late > self._late:
-                self._late = late
-                self.counts["late_refused"] += 1
-                return
         c = self.counts
         invalid = self._invalid(cmd)
         if invalid:

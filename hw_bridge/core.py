@@ -56,7 +56,15 @@ from runtime.planfeed import (
     ApplyLog,
     PlanFeed,
 )
-from runtime.protocols import Clock, Command, ExecutesPlans, FloatArray, Observation, Plant
+from runtime.protocols import (
+    Clock,
+    Command,
+    ExecutesPlans,
+    FloatArray,
+    LateCommand,
+    Observation,
+    Plant,
+)
 
 log = logging.getLogger("hw_bridge")
 
@@ -594,7 +602,16 @@ class ServerCore:
         )
         try:
             self.plant.apply(cmd)
-        except Exception as exc:  # e.g. a lockstep sim refusing apply after its episode ended
+        except LateCommand:  # late by the plant's own clock: a miss, as on arrival
+            self.limiter.last = last_before
+            arrived = self.clock.now_ns()
+            self.counters["late"] += 1
+            self._send(ident, "error", code="late", ref_seq=seq, fatal=False,
+                       message="reached the plant after its deadline",
+                       lag_ns=arrived - msg["t_ns"])
+            return
+        except Exception as exc:  # e.g. a sim refusing apply after its episode ended
+            self.limiter.last = last_before
             self.counters["apply_errors"] += 1
             self._error(ident, "plant_error", f"apply: {exc}", seq, fatal=False)
             return
@@ -701,6 +718,20 @@ class ServerCore:
         self._apply_safe(now)
         self._event(now, kind, detail, self._safe_action)
 
+    def check_watchdog(self, now: int, *, publish: bool = True) -> bool:
+        """Trip the watchdog if its time is up: the safe action goes to the plant and (with
+        `publish`) a `safe` state to every session. The server calls this at the watchdog's
+        own due instant (`watchdog.due_ns`), not only at its ticks, so the safe action comes
+        within `watchdog_ms` plus its wake-up latency."""
+        if not self.watchdog.check(now_ns=now):
+            return False
+        self.counters["watchdog_trips"] += 1
+        silent_ms = (now - self.watchdog.last_valid_ns) / 1e6
+        self._go_safe(now, "watchdog", f"no valid command for {silent_ms:.1f} ms")
+        if publish:
+            self.publish()
+        return True
+
     def tick(self) -> bool:
         """Realtime: watchdog, leases, and publish the state if the plant has a new one (or
         nothing went out for `keepalive_periods`). Returns whether a state was published.
@@ -708,11 +739,7 @@ class ServerCore:
         The safe action is applied once, at the trip: plants hold their last command (a
         `Driver`'s hardware does; `MujocoPlant` counts the held ticks)."""
         now = self.clock.now_ns()
-        tripped = self.watchdog.check(now_ns=now)
-        if tripped:
-            self.counters["watchdog_trips"] += 1
-            silent_ms = (now - self.watchdog.last_valid_ns) / 1e6
-            self._go_safe(now, "watchdog", f"no valid command for {silent_ms:.1f} ms")
+        tripped = self.check_watchdog(now, publish=False)
         if self.feeds_plans:
             self._feed_tick(now)
         self.housekeeping(now)

@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 
 from runtime.clock import MonotonicClock
-from runtime.protocols import Clock, Command, FloatArray, Observation, PlantSpec
+from runtime.protocols import Clock, Command, FloatArray, LateCommand, Observation, PlantSpec
 
 
 class DriverNotConnected(RuntimeError):
@@ -113,7 +113,7 @@ class Driver(abc.ABC):
             raise DriverNotConnected(f"{type(self).__name__}.apply before connect")
         if cmd.deadline_ns > 0 and self.clock.now_ns() > cmd.deadline_ns:
             self._counts["late"] += 1
-            return
+            raise LateCommand(f"command {cmd.seq} reached the driver after its deadline")
         self.write(cmd.action)
         self._counts["applied"] += 1
 

@@ -216,6 +216,14 @@ class Watchdog:
             self.latched_streams.add(self.stream)
         self.armed = False
 
+    @property
+    def due_ns(self) -> int | None:
+        """The first instant at which `check` trips, if no command comes first; None when
+        there is nothing to watch (not armed, or already tripped)."""
+        if self.armed and not self.tripped:
+            return self.last_valid_ns + self.timeout_ns + 1
+        return None
+
     def check(self, *, now_ns: int) -> bool:
         """True exactly once per silence longer than the timeout."""
         if self.armed and not self.tripped and now_ns - self.last_valid_ns > self.timeout_ns:

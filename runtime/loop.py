@@ -64,6 +64,7 @@ from runtime.protocols import (
     ExecutesPlans,
     FloatArray,
     FreshObservations,
+    LateCommand,
     MeasuresTransport,
     Observation,
     Planner,
@@ -718,10 +719,13 @@ class ControlLoop:
         plan_src, plan = r.plan_src, r.plan_buf
         n_plan = plan_src.plan_into(plan) if plan_src is not None and code == CODE_NONE else 0
         t_emit0 = r.now_ns()
-        r.plant.apply(Command(
-            t.k, t_emit0, out.copy(), t.deadline, FALLBACK_NAMES[code],
-            plan[:n_plan] if n_plan else None, t.sched + r.plan_t0_off, r.period, obs.t_ns,
-        ))
+        try:
+            r.plant.apply(Command(
+                t.k, t_emit0, out.copy(), t.deadline, FALLBACK_NAMES[code],
+                plan[:n_plan] if n_plan else None, t.sched + r.plan_t0_off, r.period, obs.t_ns,
+            ))
+        except LateCommand:  # the plant counted it late; this tick's miss is counted below
+            pass
         t_emit = t.t_emit = r.now_ns()
         t.code = code
         missed = t.missed = t_emit > t.emit_by

@@ -147,6 +147,12 @@ class Command:
     src_seq: int = -1
 
 
+class LateCommand(Exception):
+    """Raised by a realtime `Plant.apply` for a command whose deadline had passed when it
+    reached the plant (counted in the plant's `late`), so that whoever handed it over (the
+    bridge's server) knows it was not applied."""
+
+
 @runtime_checkable
 class Plant(Protocol):
     """What the controller talks to: a simulation, a remote link, or a hardware driver.
@@ -154,7 +160,8 @@ class Plant(Protocol):
     In lockstep mode `apply` advances the plant by one control period before returning. In
     realtime mode the plant runs on its own clock and applies, at each of its ticks, the newest
     command it holds whose deadline has not passed; `counters()` then reports what the plant
-    itself saw (at least `applied` and `late`, the ground truth for deadline misses).
+    itself saw (at least `applied` and `late`, the ground truth for deadline misses). A command
+    already late on arrival is counted `late` and refused with `LateCommand`.
     """
 
     def spec(self) -> PlantSpec: ...

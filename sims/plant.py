@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime import Clock, Command, MonotonicClock, Observation, PlantSpec
+from runtime import Clock, Command, LateCommand, MonotonicClock, Observation, PlantSpec
 from runtime.planfeed import DRY, FALLBACK, FRESH, PLAN_FED, SAFE, ApplyLog, PlanFeed
 from sims.registry import make_task_env
 from sims.tasks.base import TaskEnv
@@ -181,7 +181,7 @@ class MujocoPlant:
                 raise RuntimeError("apply() after the episode ended; send reset")
             if self._clock.now_ns() > cmd.deadline_ns:
                 self._counts["late"] += 1
-                return
+                raise LateCommand(f"command {cmd.seq} reached the plant after its deadline")
             if cmd.seq <= self._last_seq:
                 self._counts["stale"] += 1
                 return

@@ -274,3 +274,38 @@ def test_the_string_limit_counts_utf8_bytes() -> None:
     assert codes == ["bad_message"] and core.counters["applied"] == 2
     (msg,) = [m for m in replies(core.outbox, b"A", "error")]
     assert msg["ref_seq"] == 3
+
+
+def test_the_server_wakes_for_the_watchdog_not_only_at_its_ticks(serve) -> None:
+    """A 20 Hz plant (50 ms period): the safe action comes within a few ms of watchdog_ms,
+    well before the next tick would have brought it."""
+    rs = serve(FirstOrderMotor(mode="realtime", rate_hz=20.0), mode="realtime", watchdog_ms=30.0)
+    with RemotePlant(rs.address) as plant:
+        plant.reset(0)
+        plant.observe()
+        now = plant.clock.now_ns()
+        plant.apply(Command(1, now, np.array([0.2]), now + 40 * MS))
+        deadline = time.monotonic() + 2.0
+        while not rs.server.events and time.monotonic() < deadline:
+            time.sleep(0.002)
+        (ev,) = rs.server.events
+        assert ev.kind == "watchdog"
+        late_ms = (ev.t_ns - ev.last_valid_ns) / 1e6 - 30.0
+        assert 0.0 < late_ms < 15.0, late_ms  # a tick-bound trip would be up to 50 ms late
+
+
+def test_a_command_the_plant_finds_late_is_answered_late_and_not_acknowledged() -> None:
+    core, clock, motor = _core()
+    core.handle(b"A", hello())
+    core.outbox.clear()
+
+    def slow_apply(cmd: Command, apply: Any = motor.apply) -> None:
+        clock.advance_ns(3 * MS)  # the plant's lock was held: the deadline passes meanwhile
+        apply(cmd)
+
+    motor.apply = slow_apply  # type: ignore[method-assign]
+    core.handle(b"A", command(2, [0.2], deadline_ns=clock.now_ns() + 1 * MS))
+    (err,) = replies(core.outbox, b"A", "error")
+    assert err["code"] == "late" and err["ref_seq"] == 2
+    assert core.counters["applied"] == 0 and core.counters["late"] == 1 and core.ack_seq == -1
+    assert motor.counters()["late"] == 1

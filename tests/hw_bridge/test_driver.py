@@ -9,7 +9,7 @@ import pytest
 
 from hw_bridge import Driver, FirstOrderMotor, motor_spec
 from hw_bridge.driver import DriverNotConnected
-from runtime import Command, FakeClock, Plant
+from runtime import Command, FakeClock, LateCommand, Plant
 
 
 class _Frozen(Driver):
@@ -41,11 +41,12 @@ def test_driver_is_a_plant_and_flags_repeated_readings_stale() -> None:
     np.testing.assert_array_equal(d.safe_action(again.state), [0.0])
 
 
-def test_driver_counts_late_commands_instead_of_writing_them() -> None:
+def test_driver_counts_and_refuses_late_commands_instead_of_writing_them() -> None:
     clock = FakeClock(start_ns=100)
     d = FirstOrderMotor(mode="realtime", clock=clock)
     d.reset(seed=0)
-    d.apply(Command(seq=0, t_ns=0, action=np.array([0.5]), deadline_ns=50))
+    with pytest.raises(LateCommand):
+        d.apply(Command(seq=0, t_ns=0, action=np.array([0.5]), deadline_ns=50))
     assert d.counters()["late"] == 1 and d.writes == 0
 
 

@@ -19,7 +19,7 @@ from hw_bridge import FirstOrderMotor, RemotePlant
 from hw_bridge.audit import AuditPlant, regain_ms, safe_after_ms
 from hw_bridge.core import HasSafeAction, ServerConfig, ServerCore
 from hw_bridge.faultproxy import FaultLine, FaultProxy, LinkFaults
-from runtime import Command, FakeClock
+from runtime import Command, FakeClock, LateCommand
 from runtime.protocols import ExecutesPlans
 from tests.hw_bridge.conftest import RunningServer
 from tests.hw_bridge.helpers import command, hello
@@ -384,7 +384,8 @@ def test_the_audit_counts_duplicates_stale_and_invalid_per_session() -> None:
     audit.apply(safe)
     assert c["safe"] == 1 and list(audit.safe_ns) == [10 * MS]
     # past its deadline: the motor refuses it itself (late), so it is not an applied one
-    audit.apply(_cmd(9, deadline=5 * MS))
+    with pytest.raises(LateCommand):
+        audit.apply(_cmd(9, deadline=5 * MS))
     assert c["late_refused"] == 1 and c["stale_applied"] == 1
     assert audit.counters()["audit_duplicate_applied"] == 1
 

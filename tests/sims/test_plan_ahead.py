@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime import Command, ExecutesPlans, FakeClock
+from runtime import Command, ExecutesPlans, FakeClock, LateCommand
 from sims.plant import MujocoPlant
 
 T = 10_000_000  # double-pendulum: 100 Hz
@@ -62,7 +62,8 @@ def test_a_late_command_brings_neither_its_action_nor_its_plan():
     plant.apply(_cmd(1, 0.1, t0 + T, obs_t=t0))
     _tick(plant, clock, t0 + T)
     clock.set_ns(t0 + 2 * T + 1)
-    plant.apply(_cmd(2, 0.9, t0 + 2 * T, plan=[0.8, 0.7], obs_t=t0 + T))  # past its deadline
+    with pytest.raises(LateCommand):  # past its deadline: refused, counted late
+        plant.apply(_cmd(2, 0.9, t0 + 2 * T, plan=[0.8, 0.7], obs_t=t0 + T))
     assert _tick(plant, clock, t0 + 3 * T) == pytest.approx(0.1)
     assert plant.counters()["late"] == 1 and plant.counters()["plan_fed"] == 0
 

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from runtime import Command, FakeClock, Plant
+from runtime import Command, FakeClock, LateCommand, Plant
 from sims.plant import MujocoPlant, make_plant
 
 PERIOD_NS = 10_000_000  # double-pendulum: 100 Hz
@@ -73,7 +73,8 @@ def test_realtime_applies_in_time_commands_and_counts_late_ones_without_applying
 
     # tick 2: command 1 arrives after its deadline -> never applied, previous one held
     clock.set_ns(t0 + 2 * PERIOD_NS - 1_000)
-    plant.apply(_cmd(1, -0.7, deadline_ns=t0 + 2 * PERIOD_NS - 2_000))
+    with pytest.raises(LateCommand):
+        plant.apply(_cmd(1, -0.7, deadline_ns=t0 + 2 * PERIOD_NS - 2_000))
     clock.set_ns(t0 + 2 * PERIOD_NS)
     plant.step_realtime_tick()
     np.testing.assert_array_equal(plant.observe().info["executed"], [0.2])
