@@ -277,8 +277,9 @@ class ServerCore:
             return
         self._send(ident, "error", code=code, message=text, ref_seq=ref_seq, fatal=fatal)
 
-    def publish(self, obs: Observation | None = None) -> None:
-        """Observe (unless given) and send one state message to every session."""
+    def publish(self, obs: Observation | None = None, *, only: bytes | None = None) -> None:
+        """Observe (unless given) and send one state message to every session (or to the
+        session `only`: a new session's first state, which the others have had)."""
         if obs is None:
             obs = self.plant.observe()
         self.last_obs = obs
@@ -313,13 +314,14 @@ class ServerCore:
         # the same state in each session's version (one encoding per version in use)
         payloads: dict[int, bytes] = {}
         outbox = self.outbox
-        for ident, peer in self.peers.items():
+        peers = self.peers if only is None else {only: self.peers[only]}
+        for ident, peer in peers.items():
             payload = payloads.get(peer.version)
             if payload is None:
                 state["v"] = peer.version
                 payload = payloads[peer.version] = self._encode(state)
             outbox.append((ident, payload))
-        self.counters["states_sent"] += len(self.peers)
+        self.counters["states_sent"] += len(peers)
 
     def all_counters(self) -> dict[str, int]:
         """Server counters plus the plant's own, the latter prefixed `plant_`."""
@@ -534,7 +536,7 @@ class ServerCore:
         )
         log.info("hw_bridge: %s %r joined (%d sessions)", role, name, len(self.peers))
         if self.last_obs is not None:  # a first state at once, so the client never waits a tick
-            self.publish(self.last_obs)
+            self.publish(self.last_obs, only=ident)
 
     def _command(self, ident: bytes, msg: dict[str, Any], now: int) -> None:
         seq: int = msg["seq"]

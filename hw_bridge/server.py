@@ -94,6 +94,9 @@ class PlantServer:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 64)
         self.sock.setsockopt(zmq.RCVHWM, 1024)
+        # a frame for a peer whose queue is full (or who left) raises instead of vanishing,
+        # so `send_dropped` counts it
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # A frame far over the protocol limit is refused by libzmq itself (the peer is
         # disconnected); frames up to this size reach `decode`, which rejects and counts them.
         self.sock.setsockopt(zmq.MAXMSGSIZE, 16 * self.config.max_msg_bytes)
