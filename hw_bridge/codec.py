@@ -342,8 +342,10 @@ _EMPTY: dict[str, Any] = {}
 
 def _fast_state(m: dict[str, Any]) -> bool:
     a, r, s = m.get("ack_seq"), m.get("reset_seq"), m.get("safe")
+    lag = m.get("ack_lag_ns")
     return (
-        type(m.get("obs")) is dict
+        (lag is None or (type(lag) is int and _I64_MIN <= lag < _I64_END))
+        and type(m.get("obs")) is dict
         and type(a) is int
         and _I64_MIN <= a < _I64_END
         and type(r) is int
@@ -462,7 +464,7 @@ def spec_from_wire(d: Mapping[str, Any]) -> PlantSpec:
         )
     except ProtocolError:
         raise
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError("bad_message", f"welcome.spec: {exc}") from None
 
 
@@ -554,8 +556,10 @@ def fast_state(msg: Any, *, state_dim: int, goal_dim: int) -> tuple[FloatArray, 
         return None
     v, seq, t, o = msg.get("v"), msg.get("seq"), msg.get("t_ns"), msg.get("obs")
     a, r, sf = msg.get("ack_seq"), msg.get("reset_seq"), msg.get("safe")
+    lag = msg.get("ack_lag_ns")
     if not (
         msg.get("type") == "state"
+        and (lag is None or (type(lag) is int and _I64_MIN <= lag < _I64_END))
         and type(v) is int
         and v in SUPPORTED_VERSIONS
         and type(seq) is int

@@ -35,6 +35,7 @@ import numpy as np
 from hw_bridge.budget import Buckets
 from hw_bridge.codec import (
     MAX_MSG_BYTES,
+    MAX_STR_BYTES,
     SUPPORTED_VERSIONS,
     ProtocolError,
     check_message,
@@ -224,6 +225,9 @@ class ServerCore:
         self._peer_timeout_ns = round(config.peer_timeout_ms * 1e6)
         self._realtime = config.mode == "realtime"
         self._encode = new_encoder()  # this core's own packer: one thread drives a core
+        # the last seq of sessions that ended (goodbye, silence), by connection: a replayed
+        # hello and command on that connection stay out_of_order
+        self._gone_seqs: dict[bytes, int] = {}
         keys = config.max_tracked_peers
         self._frames = Buckets(rate=config.frames_per_s, burst=config.frames_burst, max_keys=keys)
         self._hellos = Buckets(rate=config.hellos_per_s, burst=config.hellos_burst, max_keys=keys)
@@ -275,6 +279,8 @@ class ServerCore:
         if not allowed:
             self.counters["replies_withheld"] += 1
             return
+        if len(text) > 200 and len(text.encode()) > MAX_STR_BYTES:  # it may quote a client
+            text = text.encode()[: MAX_STR_BYTES - 3].decode(errors="ignore") + "..."
         self._send(ident, "error", code=code, message=text, ref_seq=ref_seq, fatal=fatal)
 
     def publish(self, obs: Observation | None = None, *, only: bytes | None = None) -> None:
@@ -448,12 +454,12 @@ class ServerCore:
     def _hello(self, ident: bytes, msg: dict[str, Any], now: int) -> None:
         seq: int = msg["seq"]
         peer = self.peers.get(ident)
-        if peer is not None and seq <= peer.last_seq:
+        last = peer.last_seq if peer is not None else self._gone_seqs.get(ident)
+        if last is not None and seq <= last:
             # a replayed or duplicated hello of a live session: reopening the session would
             # restart its seq window and let replayed commands through
             self.counters["out_of_order"] += 1
-            self._error(ident, "out_of_order", f"seq {seq} <= last {peer.last_seq}", seq,
-                        fatal=False)
+            self._error(ident, "out_of_order", f"seq {seq} <= last {last}", seq, fatal=False)
             return
         common = set(msg["versions"]) & set(SUPPORTED_VERSIONS)
         if not common:
@@ -655,7 +661,12 @@ class ServerCore:
         return sum(1 for p in self.peers.values() if p.role == "observe")
 
     def _drop(self, ident: bytes, now: int, *, reason: str) -> None:
-        self.peers.pop(ident, None)
+        peer = self.peers.pop(ident, None)
+        if peer is not None:  # a connection's seq order outlives its session (bounded table)
+            gone = self._gone_seqs
+            gone[ident] = peer.last_seq
+            if len(gone) > self.config.max_tracked_peers:
+                del gone[next(iter(gone))]
         if ident == self.controller:
             self.controller = None
             went_safe = self.watchdog.armed and self._realtime

@@ -314,9 +314,10 @@ class Session:
             self.fatal = f"bad welcome: {exc}"
             return False
         old = self.spec
-        if old is not None and (spec.state_dim, spec.action_dim) != (
+        if old is not None and (spec.state_dim, spec.action_dim, spec.goal_dim) != (
             old.state_dim,
             old.action_dim,
+            old.goal_dim,
         ):
             self.fatal = f"plant layout changed across reconnect: {spec} vs {old}"
             log.error("hw_bridge: %s", self.fatal)

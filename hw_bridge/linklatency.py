@@ -24,6 +24,8 @@ import numpy as np
 
 from runtime.stats import percentiles
 
+_BOUND = 2**62
+
 
 class LinkLatency:
     """Send-to-plant latencies (ns) and the transport margin they call for.
@@ -64,7 +66,10 @@ class LinkLatency:
 
     def add(self, latency_ns: int) -> None:
         """One command's send-to-plant latency. Negative values (an offset estimate that moved
-        under the sample) are kept: they are as true as the deadlines mapped with it."""
+        under the sample) are kept: they are as true as the deadlines mapped with it. A value
+        beyond +-2**62 ns (146 years: a peer's clock, not a latency) is dropped."""
+        if not -_BOUND < latency_ns < _BOUND:
+            return
         self._ring[self._n % self._ring.size] = latency_ns
         self._n += 1
         if latency_ns > self.max_ns:

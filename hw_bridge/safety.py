@@ -42,6 +42,15 @@ class LimitResult:
     rate_limited: bool  # some element moved faster than the rate limit
 
 
+def _step(rate: FloatArray, dt_s: float) -> FloatArray:
+    """How far each element may move in `dt_s`: rate * dt, where an infinite rate (no limit on
+    that element) stays infinite also for dt = 0 (inf * 0 would be NaN)."""
+    dt = max(dt_s, 0.0)
+    if dt > 0.0:
+        return rate * dt
+    return np.where(np.isinf(rate), np.inf, 0.0)
+
+
 class ActionLimiter:
     """Reject non-finite actions, clamp to a box, limit the rate of change.
 
@@ -137,7 +146,7 @@ class ActionLimiter:
         rate_limited = False
         rate, last = self.max_rate_per_s, self.last
         if rate is not None and last is not None:
-            step = rate * max(dt_s, 0.0)
+            step = _step(rate, dt_s)
             limited = _minimum(_maximum(out, last - step), last + step)
             rate_limited = bool((limited != out).any())
             out = limited
@@ -160,7 +169,7 @@ class ActionLimiter:
         rate_limited = False
         rate = self.max_rate_per_s
         if rate is not None and len(out):
-            step = rate * max(dt_s, 0.0)
+            step = _step(rate, dt_s)
             prev = np.vstack((first[None, :], out[:-1]))
             if bool((np.abs(out - prev) > step).any()):  # rare: walk the chain row by row
                 rate_limited = True

@@ -4,10 +4,10 @@ each target's invariants really catch a broken bridge, and the findings it has m
 Everything here runs the targets in-process (`run_input`), without atheris; the libFuzzer runs
 (a short one per target, the CLI) are in tests/runtime/test_bench_fuzz.py.
 
-`KNOWN_FINDINGS` are defects the fuzzer found in the bridge that are not fixed yet: each has a
-strict-xfail regression test below with the input that shows it (the test starts passing, and
-so fails as XPASS, once the bridge is fixed: then drop the marker and the entry). The short
-libFuzzer runs tolerate a crash only when it is one of these.
+Every defect the fuzzer found is fixed and has a regression test at the end with the input
+that showed it. `KNOWN_FINDINGS` lists defects found and not fixed yet (none now): the short
+libFuzzer runs tolerate a crash only when it is one of these, and each gets a strict-xfail test
+until it is fixed.
 """
 
 from __future__ import annotations
@@ -42,15 +42,7 @@ from hw_bridge.fuzzing import (
 from hw_bridge.safety import ActionLimiter, LimitResult
 
 # (target, violation kind, what its detail says): the open findings (module docstring)
-KNOWN_FINDINGS: list[tuple[str, str, str]] = [
-    ("server", "stale_applied", r"stale: src_seq"),
-    ("server", "invalid_applied", r"action not finite"),
-    ("server", "bad_reply", r"error\.message"),
-    ("codec", "codec_contract", r"fast state accepted, reference: state\.ack_lag_ns"),
-    ("codec", "raised", r"spec_from_wire raised OverflowError"),
-    ("client", "raised", r"on_frame raised OverflowError"),
-    ("client", "raised", r"take raised ProtocolError"),
-]
+KNOWN_FINDINGS: list[tuple[str, str, str]] = []
 
 
 def is_known_finding(target: str, kind: str, detail: str) -> bool:
@@ -230,22 +222,17 @@ def test_a_fast_path_that_accepts_too_much_is_caught(monkeypatch: pytest.MonkeyP
     assert exc is not None and exc.kind == "codec_contract"
 
 
-# --- findings: open defects, with the inputs that show them --------------------------------------
+# --- what the fuzzer found, each with the input that showed it ----------------------------------
 
-_open = pytest.mark.xfail(strict=True, raises=FuzzViolation,
-                          reason="open fuzz finding (module docstring; see KNOWN_FINDINGS)")
-
-
-def _known(target: str, data: bytes) -> None:
+def _holds(target: str, data: bytes) -> None:
+    """The input that showed a finding now passes every invariant of its target."""
     exc = _violation(target, data)
-    if exc is not None:
-        assert is_known_finding(target, exc.kind, exc.detail), exc
-        raise exc
+    assert exc is None, exc
 
 
-def test_fixed_a_replayed_hello_does_not_reopen_the_session() -> None:
-    """Found by the fuzzer: a hello with a seq at or below its live session's last opened a
-    new session, and the replayed command after it was applied again. Now out_of_order."""
+def test_a_replayed_hello_does_not_reopen_the_session() -> None:
+    """A hello with a seq at or below its live session's last is out_of_order: reopening the
+    session would let the replayed command after it be applied again."""
     s = Script(0x01)
     s.send(0, _hello(1)).send(0, _cmd(s, 2, [0.1]))
     s.send(0, _hello(1)).send(0, _cmd(s, 2, [0.1]))
@@ -253,78 +240,62 @@ def test_fixed_a_replayed_hello_does_not_reopen_the_session() -> None:
     assert stats["applied"] == 1 and stats["out_of_order"] == 2
 
 
-@_open
-def test_finding_a_connection_that_said_goodbye_can_replay_older_commands() -> None:
-    """After a goodbye (or a forgotten silent session) the server keeps no seq for the
-    connection, so an older hello and command replayed on it are applied (the audit keys
-    sessions by connection)."""
+def test_a_connection_that_said_goodbye_cannot_replay_older_commands() -> None:
+    """The server remembers the last seq of sessions that ended (goodbye, silence) per
+    connection: an older hello and command replayed on it stay out_of_order."""
     s = Script(0x01)
     s.send(0, _hello(5)).send(0, _cmd(s, 6, [0.1])).send(0, message("goodbye", 7, s.t))
     s.send(0, _hello(1)).send(0, _cmd(s, 2, [0.1], stream=8))
-    _known("server", s.build())
+    _holds("server", s.build())
 
 
-@_open
-def test_finding_an_unbounded_rate_limit_turns_an_action_into_nan() -> None:
-    """`ActionLimiter` accepts an inf `max_rate_per_s`; two commands in the same instant
-    (dt 0) then give step = inf * 0 = NaN, and the NaN action reaches the plant
-    (safety.py `_limit_arrays`)."""
+def test_an_unbounded_rate_limit_never_makes_an_action_nan() -> None:
+    """An inf `max_rate_per_s` means no limit on that element, also for two commands in the
+    same instant (dt 0, where inf * 0 would be NaN)."""
     s = Script(0x01 | 0x02 | 0x20)
     s.send(0, _hello(1)).send(0, _cmd(s, 2, np.zeros(WIDE_DA)))
     s.send(0, _cmd(s, 3, np.full(WIDE_DA, 0.2)))
-    _known("server", s.build())
+    _holds("server", s.build())
 
 
-@_open
-def test_finding_an_error_message_can_exceed_the_protocols_string_limit() -> None:
-    """`busy`, `taken_over` and `mismatch` messages quote a client's name or expect map, and
-    go over MAX_STR_BYTES: the client refuses them as bad messages (core.py `_error` could cut
-    the text)."""
+def test_error_messages_fit_the_protocols_string_limit() -> None:
+    """`busy`, `taken_over` and `mismatch` quote a client's name or expect map; the server cuts
+    the text to MAX_STR_BYTES so that the client can read it."""
     s = Script(0x01)
     s.send(0, _hello(1, name="x" * 1000)).send(1, _hello(1, name="y"))
-    _known("server", s.build())
+    _holds("server", s.build())
 
 
-@_open
-def test_finding_the_fast_state_check_accepts_any_ack_lag() -> None:
-    """`check_message`'s fast path for states (and `fast_state`) do not check `ack_lag_ns`,
-    which the schema types int or null (codec.py `_fast_state`, `fast_state`)."""
+def test_the_fast_state_check_types_ack_lag() -> None:
+    """The fast paths for states check `ack_lag_ns` (int or null) like the reference check."""
     m = _state_msg(1, 0, np.zeros(2), np.zeros(0))
     m["ack_lag_ns"] = {"x": 1}
-    _known("codec", serialize(0, [Record(0, encode(m))]))
+    _holds("codec", serialize(0, [Record(0, encode(m))]))
 
 
-@_open
-def test_finding_a_welcome_with_an_infinite_dimension_raises_overflow_error() -> None:
-    """`spec_from_wire` turns `state_dim: inf` into int(inf): OverflowError, which it does not
-    catch (codec.py: add OverflowError to the caught exceptions); the client's `on_frame`
-    raises it."""
+def test_a_welcome_with_an_infinite_dimension_is_a_bad_message() -> None:
+    """`state_dim: inf` in a welcome's spec is a bad message, not an OverflowError."""
     spec = spec_to_wire(motor_spec())
     spec["state_dim"] = float("inf")
     w = message("welcome", 0, 0, version=1, session=1, role="control", mode="realtime",
                 spec=spec, limits={}, echo_t_ns=0, rx_t_ns=0)
-    _known("codec", serialize(0, [Record(0, encode(w))]))
+    _holds("codec", serialize(0, [Record(0, encode(w))]))
 
 
-@_open
-def test_finding_a_server_clock_far_off_overflows_the_latency_ring() -> None:
-    """A `late` error's lag (or a state's ack_lag_ns) near the int64 limit, minus the clock
-    offset (here 2**62 ns, from the welcome's times), does not fit the int64 ring of
-    `LinkLatency.add`: OverflowError out of `on_frame` (receive.py could bound the sample)."""
+def test_a_server_clock_far_off_does_not_overflow_the_latency_ring() -> None:
+    """A `late` error's lag near the int64 limit, minus the clock offset, is no latency:
+    `LinkLatency.add` drops it instead of overflowing its int64 ring."""
     s = Script(0x00)
     s.send(0, message("welcome", 0, 2**62, version=1, session=3, role="control",
                       mode="realtime", spec=spec_to_wire(motor_spec()), limits={},
                       echo_t_ns=0, rx_t_ns=2**62))
     s.send(0, _error("late", s.t, ref=5, lag_ns=-(2**63)))
-    _known("client", s.build())
+    _holds("client", s.build())
 
 
-@_open
-def test_finding_a_goal_size_changed_across_a_reconnect_breaks_take() -> None:
-    """A welcome may change `goal_dim` (only state_dim and action_dim must stay); the state
-    held from before is then re-checked against the new layout by a stale `take`, which
-    raises ProtocolError (documented: BridgeError only) (link.py `on_welcome` or receive.py
-    `take`)."""
+def test_a_goal_size_changed_across_a_reconnect_is_refused() -> None:
+    """A welcome that changes `goal_dim` across a reconnect is refused like a changed state or
+    action size, so a stale `take` never re-checks a held state against another layout."""
     s = Script(0x00)
     s.send(0, fuzzing._welcome(motor_spec(), mode="realtime", version=1, session=1, t_ns=0))
     s.send(0, _state_msg(1, s.t, np.zeros(2), np.zeros(0)), tick_after=True)
@@ -332,4 +303,4 @@ def test_finding_a_goal_size_changed_across_a_reconnect_breaks_take() -> None:
     object.__setattr__(other, "goal_dim", 1)
     s.send(0, fuzzing._welcome(other, mode="realtime", version=1, session=2, t_ns=0))
     s.tick()
-    _known("client", s.build())
+    _holds("client", s.build())
