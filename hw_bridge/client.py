@@ -40,7 +40,6 @@ import contextlib
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +53,7 @@ from runtime.protocols import Clock, Command, Observation, PlantSpec
 __all__ = ["CLIENT_COUNTERS", "BridgeError", "RemotePlant"]
 
 _HANDSHAKE_SLICE_NS = 50_000_000  # a wait for the welcome re-checks (and re-hellos) this often
+RESET_RETRY_NS = 250_000_000  # a reset with no answer yet is sent again this often
 
 
 class RemotePlant:
@@ -243,13 +243,25 @@ class RemotePlant:
         for attempt in range(2):  # once more if the server had forgotten our session
             if not session.connected:
                 self._wait_connected(session.timeout_ns)
-            seq = session.send("reset", seed=seed)
-            if not receiver.wait(partial(receiver.reset_done, seq), session.timeout_ns):
-                self.counts["timeouts"] += 1
-                raise BridgeError(f"{session.address}: no reply to reset within the timeout")
-            code = receiver.refusal(seq)
-            if code is None:
+            # a reset lost on the way (or its answer) is sent again every RESET_RETRY_NS, each
+            # copy with a new seq; the first answer to any copy ends the wait (a plant reset
+            # twice starts the same kind of episode)
+            sent = [session.send("reset", seed=seed)]
+            left = session.timeout_ns
+
+            def answered(sent: list[int] = sent) -> bool:
+                return any(receiver.reset_done(s) for s in sent)
+
+            while not receiver.wait(answered, min(left, RESET_RETRY_NS)):
+                left -= RESET_RETRY_NS
+                if left <= 0:
+                    self.counts["timeouts"] += 1
+                    raise BridgeError(f"{session.address}: no reply to reset within the timeout")
+                self.counts["resets_resent"] += 1
+                sent.append(session.send("reset", seed=seed))
+            if receiver.reset_applied(sent[0]):
                 return receiver.take()
+            code = next(c for s in sent if (c := receiver.refusal(s)) is not None)
             if code not in ("unknown_peer", "not_controller") or attempt == 1:
                 break
         raise BridgeError(f"{session.address}: reset refused: {code}")

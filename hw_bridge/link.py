@@ -62,6 +62,7 @@ CLIENT_COUNTERS = (
     "stale",  # observe() calls that returned a stale observation
     "errors",  # error messages from the server
     "timeouts",  # waits that ran out (lockstep apply, reset, counters)
+    "resets_resent",  # resets sent again: no answer within RESET_RETRY_NS
     "reconnects",
     "new_streams",  # new command streams after a watchdog trip
 )

@@ -172,6 +172,10 @@ class StateReceiver:
         to it."""
         return self._reset_seq >= seq or seq in self._refusals
 
+    def reset_applied(self, seq: int) -> bool:
+        """The plant reset for `seq` or a later reset."""
+        return self._reset_seq >= seq
+
     def refusal(self, seq: int) -> str | None:
         """The code of the error that answered message `seq`, if one did."""
         return self._refusals.get(seq)
@@ -236,7 +240,9 @@ class StateReceiver:
         ref = msg.get("ref_seq")
         if code == "late" and type(lag := msg.get("lag_ns")) is int:
             self.latency.add(lag - self.session.sync.offset_ns)  # how long the refused one took
-        if isinstance(ref, int):
+        # `out_of_order` answers a copy (a message sent once is out of order only when the link
+        # duplicated or replayed it): it refuses nothing this client waits for
+        if isinstance(ref, int) and code != "out_of_order":
             self._refusals[ref] = code
             if len(self._refusals) > 64:
                 self._refusals.pop(next(iter(self._refusals)))
