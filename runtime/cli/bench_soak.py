@@ -22,10 +22,8 @@ a loss, but the sign of a writer that does not keep up.
 
 RSS growth is measured after a warm-up (the first 2 minutes or 10 % of the run, whichever is
 shorter): allocator pools, caches and lazily touched pages fill early in any process, and
-only growth after that is a leak. The controller's `--trace` sidecar (`runtime.sidecar`:
-state and plan noise levels per tick, preallocated for the whole run and touched as it
-fills) grows by design with the run's length; `sidecar_mb` says how much of the growth
-that explains.
+only growth after that is a leak. (The controller's `--trace` sidecar, `runtime.sidecar`, is
+bounded and touched when it is made, so it adds to the start, not to the growth.)
 
 Both processes' clocks are CLOCK_MONOTONIC (`time.perf_counter_ns` on Linux), so the
 sampler's times and the trace's `scheduled_ns` share one time base.
@@ -313,31 +311,6 @@ def summarize(samples: Sequence[Sample], records: npt.NDArray[np.void], *, t0_ns
     }
 
 
-def sidecar_growth(path: Path, records: npt.NDArray[np.void], *, t0_ns: int, warmup_s: float,
-                   rss: dict[str, float | None]) -> dict[str, float | None]:
-    """What the trace sidecar explains of the controller's growth: `sidecar_mb` (its size),
-    `sidecar_growth_mb` (the part filled after the warm-up: its bytes per tick times the ticks
-    recorded after it) and `rss_growth_ex_sidecar_pct` (the growth without that part)."""
-    out: dict[str, float | None] = {"sidecar_mb": None, "sidecar_growth_mb": None,
-                                    "rss_growth_ex_sidecar_pct": None}
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = [z[k] for k in ("state", "levels", "events") if k in z]
-    except (OSError, ValueError, KeyError, EOFError):
-        return out
-    n = len(arrays[0]) if arrays else 0
-    total = sum(a.nbytes for a in arrays)
-    out["sidecar_mb"] = total / 2**20
-    if n and len(records):
-        after = int(np.count_nonzero(records["scheduled_ns"] >= t0_ns + round(warmup_s * 1e9)))
-        grown = total / n * min(after, n) / 2**20
-        out["sidecar_growth_mb"] = grown
-        base, end = rss.get("after_warmup"), rss.get("end")
-        if base and end is not None:
-            out["rss_growth_ex_sidecar_pct"] = 100.0 * (end - base - grown) / base
-    return out
-
-
 def check_targets(result: dict[str, Any]) -> dict[str, bool]:
     """Each target: met (True) or not. A growth that could not be measured is not met."""
     def grew_ok(pct: float | None) -> bool:
@@ -468,8 +441,6 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         "overflows": int(data.meta.get("overflows", 0)),
         "write_errors": list(data.meta.get("write_errors", [])),
     }
-    result.update(sidecar_growth(trace_dir / "sidecar.npz", records, t0_ns=t0,
-                                 warmup_s=result["warmup_s"], rss=result["rss_mb"]))
     result["ticks"] = run["ticks"]
     result["misses"] = run["misses"]
     result["miss_rate"] = run["miss_rate"]
@@ -503,9 +474,6 @@ def report(r: dict[str, Any]) -> str:
         f"  controller RSS MB  start {_fmt(rss['start'])}  after warm-up "
         f"{_fmt(rss['after_warmup'])}  end {_fmt(rss['end'])}  max {_fmt(rss['max'])}  "
         f"growth {_fmt(r['rss_growth_pct'], '.2f')} %  ({r['warmup_rule']} excluded)",
-        f"    of which the trace sidecar (per-tick state, filled as the run goes) "
-        f"{_fmt(r['sidecar_growth_mb'], '.2f')} MB; without it "
-        f"{_fmt(r['rss_growth_ex_sidecar_pct'], '.2f')} %",
         f"  server RSS MB      start {_fmt(srv['start'])}  after warm-up "
         f"{_fmt(srv['after_warmup'])}  end {_fmt(srv['end'])}  max {_fmt(srv['max'])}  "
         f"growth {_fmt(r['server_rss_growth_pct'], '.2f')} %",

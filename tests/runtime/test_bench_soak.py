@@ -169,7 +169,6 @@ def test_a_six_second_soak_loses_no_trace_record_and_samples_both_processes(
     assert res["rss_mb"]["start"] > res["server_rss_mb"]["start"]  # torch vs a plant
     assert res["cpu_s"]["controller"] > 0 and res["cpu_s"]["server"] > 0
     assert res["samples"] >= 10 and res["warmup_s"] == pytest.approx(0.6)
-    assert res["sidecar_mb"] > 0
     assert (out / "run.json").is_file() and (out / "summary.json").is_file()
     assert len(json.loads((out / "samples.json").read_text())) >= res["samples"]
     recorded = list((tmp_path / "results").glob("soak-*.json"))
