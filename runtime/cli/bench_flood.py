@@ -45,7 +45,7 @@ from typing import Any
 from runtime.cli import CliError
 from runtime.cli.bench_deadline import MISS_TARGET, PLANNERS, csv_list
 from runtime.cli.bench_soak import Sample, Sampler, child_pid, read_cpu_s
-from runtime.cli.bench_stalls import _run_argv
+from runtime.cli.bench_stalls import run_argv
 from runtime.cli.plantproc import plant_server
 from runtime.files import atomic_write_text, record_result
 from runtime.rt import read_steal_s
@@ -243,7 +243,7 @@ def run_cell(name: str, *, args: argparse.Namespace, policy: str, extra: dict[st
         if server_pid is None:
             raise CliError(f"cannot find the plant server process serving {address}")
         ready = tmp / "ready"
-        argv = _run_argv(policy, address, seed=args.seed, seconds=args.seconds,
+        argv = run_argv(policy, address, seed=args.seed, seconds=args.seconds,
                          plan_ahead=True, rt=rt, ready=str(ready), extra=extra)
         ctrl = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -368,29 +368,6 @@ def table(result: dict[str, Any]) -> str:
         f"({mark(ok['memory'])}); server CPU mean <= {CPU_TARGET_PCT:g} % of a core: "
         f"{num(cpu['mean'])} % ({mark(ok['cpu'])})")
     return "\n".join(lines)
-
-
-def render_flood(records: Sequence[dict[str, Any]]) -> list[str]:
-    """The benchmarks page's table (`runtime.cli.benchpage`): one row per recorded run, the
-    flood cell beside its baseline."""
-    lines = ["| run | peers | kinds | s | miss % base / flood | server RSS MB start / max "
-             "| server CPU % base / flood | frames sent | steal s |", "|" + "---|" * 9]
-
-    def num(x: float | None, fmt: str) -> str:
-        return "-" if x is None else fmt.format(x)
-
-    for i, rec in enumerate(records, 1):
-        base, flood = rec["cells"][0], rec["cells"][-1]
-        rss, steal = flood["server_rss_mb"], rec.get("steal_s")
-        lines.append(
-            f"| {i} | {flood['peers']} | {','.join(flood['kinds'])} | {rec['seconds']:g} "
-            f"| {100 * base['controller_miss_rate']:.2f} / "
-            f"{100 * flood['controller_miss_rate']:.2f} "
-            f"| {num(rss['start'], '{:.0f}')} / {num(rss['max'], '{:.0f}')} "
-            f"| {num(base['server_cpu_pct']['mean'], '{:.0f}')} / "
-            f"{num(flood['server_cpu_pct']['mean'], '{:.0f}')} "
-            f"| {flood['frames_sent_total']} | {num(steal, '{:.2f}')} |")
-    return lines
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -66,7 +66,7 @@ from typing import IO, Any
 
 from runtime.cli import CliError
 from runtime.cli.bench_deadline import PLANNERS, csv_list
-from runtime.cli.bench_stalls import _run_argv
+from runtime.cli.bench_stalls import run_argv
 from runtime.cli.plantproc import free_port, wait_for_server
 from runtime.files import atomic_write_text, record_result
 from runtime.rt import read_steal_s
@@ -390,7 +390,7 @@ class KillBench:
         self.n_controllers += 1
         name = f"c{self.n_controllers:03d}"
         ready = self.out / "logs" / f"{name}.ready"
-        argv = _run_argv(self.policy, self.address, seed=self.args.seed + self.n_controllers,
+        argv = run_argv(self.policy, self.address, seed=self.args.seed + self.n_controllers,
                          seconds=self.seconds, plan_ahead=True, rt=self.rt, ready=str(ready),
                          extra=self.extra)
         argv += ["--trace", str(self.out / "traces" / name),

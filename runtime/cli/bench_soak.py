@@ -54,7 +54,7 @@ import numpy.typing as npt
 
 from runtime.cli import CliError
 from runtime.cli.bench_deadline import PLANNERS
-from runtime.cli.bench_stalls import _run_argv
+from runtime.cli.bench_stalls import run_argv
 from runtime.cli.plantproc import plant_server
 from runtime.files import atomic_write_text, record_result
 from runtime.rt import read_steal_s
@@ -355,7 +355,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     steal0 = read_steal_s()
     with plant_server(args.task, seed=args.seed, rate_hz=args.rate, rt_priority=rt) as address:
         server_pid = child_pid(address)
-        argv = _run_argv(policy, address, seed=args.seed, seconds=seconds, plan_ahead=True,
+        argv = run_argv(policy, address, seed=args.seed, seconds=seconds, plan_ahead=True,
                          rt=rt, ready=str(ready), extra=extra)
         argv += ["--trace", str(trace_dir)]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -134,7 +134,7 @@ def cpu_quota(pct: float, period_s: float) -> Iterator[Path]:
             group.rmdir()
 
 
-def _run_argv(policy: str, address: str, *, seed: int, seconds: float, plan_ahead: bool,
+def run_argv(policy: str, address: str, *, seed: int, seconds: float, plan_ahead: bool,
               rt: int | None, ready: str, extra: dict[str, Any]) -> list[str]:
     argv = [sys.executable, "-m", "runtime.cli", "run", "--policy", policy, "--plant", address,
             "--mode", "realtime", "--seconds", f"{seconds:g}", "--seed", str(seed), "--json",
@@ -155,7 +155,7 @@ def run_one(policy: str, address: str, *, seed: int, seconds: float, plan_ahead:
     """One controller process with stalls injected; its run JSON plus the injection's figures."""
     with tempfile.TemporaryDirectory(prefix="rtdiff-stalls-") as tmp:
         ready = str(Path(tmp) / "ready")
-        argv = _run_argv(policy, address, seed=seed, seconds=seconds, plan_ahead=plan_ahead,
+        argv = run_argv(policy, address, seed=seed, seconds=seconds, plan_ahead=plan_ahead,
                          rt=None if quota is not None else rt, ready=ready, extra=extra)
         steal0 = read_steal_s()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

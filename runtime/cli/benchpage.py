@@ -50,9 +50,37 @@ misses are the controller's (commands emitted after their deadline less the tran
 and skipped ticks); compute is tick start to command sent.""",
     "tick": """\
 `rtdiff bench tick`: the Python tick loop alone, with a synthetic planner, at 1 kHz.""",
+    "faults": """\
+`rtdiff bench faults`: a fault proxy (`hw_bridge.faultproxy`, seeded, per direction: `up` is
+controller to plant) sits between a `rtdiff run` controller and the served double-pendulum,
+whose plant is wrapped in an audit (`hw_bridge.audit.AuditPlant`) that counts, at the plant
+boundary, every stale, duplicated or invalid command applied. `safe after`: from the last
+command applied before a partition to the safe action (bound: watchdog + one period);
+`regain`: from the heal to the first command applied after it. `counts agree`: the
+controller's acknowledged commands equal the plant's applied ones.""",
+    "kills": """\
+`rtdiff bench kills`: `kill -9` of the controller (a new one is started at once) or of the
+plant server (restarted on the same address) at seeded random moments, half of the
+controller kills aimed at a trace chunk being written. `safe after`: from the last command
+the plant applied to its safe action, plant clock; `regain`: from the restart to the first
+command applied; traces: every killed controller's trace read back and what it lost.""",
+    "flood": """\
+`rtdiff bench flood`: hostile local peers (hello storms, garbage, slow readers, thousands of
+identities, forbidden commands and replays) against the served plant while a 100 Hz
+controller drives it, beside a baseline without them in the same run. Server RSS and CPU
+from `/proc`; CPU is % of one core (main thread and ZeroMQ's I/O thread together).""",
+    "fuzz": """\
+`rtdiff bench fuzz`: coverage-guided fuzzing (atheris, libFuzzer) of the codec, the server's
+message handling (on a fake clock, with an audited plant) and the client's parser, with a
+structure-aware mutator. `invalid applied`: commands that reached the plant invalid, stale or
+duplicated; `edges`: code edges reached.""",
+    "soak": """\
+`rtdiff bench soak`: one realtime controller (with its trace) on the served plant for a long
+run: resident memory of both processes (growth from the end of the warm-up), trace records
+written against ticks run, misses per minute.""",
 }
 
-ORDER = ("demo", "stalls", "deadline", "tick")
+ORDER = ("demo", "stalls", "deadline", "tick", "faults", "kills", "flood", "fuzz", "soak")
 
 
 def _rng(values: Iterable[float | None], fmt: str = "{:.1f}") -> str:
@@ -181,6 +209,108 @@ def render_tick(records: list[dict[str, Any]]) -> list[str]:
                    "loop overhead p50 us"], rows)
 
 
+def render_faults(records: list[dict[str, Any]]) -> list[str]:
+    cells = _group(((c["fault"], c["rate_hz"], c["planner"]), c)
+                   for rec in records for c in rec["cells"] if "error" not in c)
+    rows = []
+    for (fault, rate, planner), cs in cells.items():
+        bad = [sum(c[k] for c in cs) for k in ("stale_applied", "duplicate_applied",
+                                                "invalid_applied")]
+        rows.append([
+            fault, f"{rate:g}", planner, str(len(cs)), " / ".join(map(str, bad)),
+            _pct((c["controller_misses"] / c["ticks"] if c["ticks"] else None for c in cs), 2),
+            str(sum(c["plant_late"] for c in cs)),
+            _rng((c["safe_after_ms"] for c in cs), "{:.1f}"),
+            _rng((c["regain_ms"] for c in cs), "{:.1f}"),
+            "yes" if all(c["counts_agree"]["agree"] for c in cs) else "**no**",
+            _rng((c.get("steal_s") for c in cs), "{:.2f}"),
+        ])
+    failed = [f"- {c['fault']} {c['rate_hz']:g} Hz {c['planner']}: did not run ({c['error']})"
+              for rec in records for c in rec["cells"] if "error" in c]
+    lines = _table(["fault", "Hz", "planner", "runs", "stale / dup / invalid applied",
+                    "controller miss %", "plant late", "safe after ms", "regain ms",
+                    "counts agree", "steal s"], rows)
+    return lines + (["", *failed] if failed else [])
+
+
+def render_kills(records: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for i, r in enumerate(records, 1):
+        reg = r["regain_ms"]["by_target"]
+        tr = r["traces"]
+
+        def p50_max(d: dict[str, Any] | None) -> str:
+            return "-" if not d or d.get("p50") is None else f"{d['p50']:.0f} / {d['max']:.0f}"
+
+        rows.append([
+            str(i), r["policy"], f"{r['rate_hz']:g}",
+            f"{r['kills'].get('controller', 0)} / {r['kills'].get('server', 0)}",
+            "-" if r["safe_after_ms"]["max"] is None else
+            f"{r['safe_after_ms']['p50']:.1f} / {r['safe_after_ms']['max']:.1f} "
+            f"(bound {r['safe_after_ms']['bound_ms']:g})",
+            p50_max(reg.get("controller")), p50_max(reg.get("server")),
+            f"{r['regained']}/{r['regained'] + r['not_regained']}",
+            f"{tr['read']} / {tr['unreadable']}", f"{tr['records_lost']['max']}",
+            f"{r['mid_chunk_kills']}", f"{r['steal_s']:.2f}" if r.get("steal_s") is not None
+            else "-",
+        ])
+    return _table(["run", "controller", "Hz", "kills ctl / srv", "safe after ms p50 / max",
+                   "regain after ctl kill ms p50 / max", "regain after srv kill ms p50 / max",
+                   "regained", "traces read / unreadable", "records lost max",
+                   "kills mid-write", "steal s"], rows)
+
+
+def render_flood(records: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for i, rec in enumerate(records, 1):
+        base, flood = rec["cells"][0], rec["cells"][-1]
+        rss = flood["server_rss_mb"]
+        rows.append([
+            str(i), str(flood["peers"]), ",".join(flood["kinds"]), f"{rec['seconds']:g}",
+            f"{100 * base['controller_miss_rate']:.2f} / {100 * flood['controller_miss_rate']:.2f}",
+            f"{_rng([rss['start']], '{:.0f}')} / {_rng([rss['max']], '{:.0f}')} / "
+            f"{_rng([rss.get('late_growth')], '{:.1f}')}",
+            f"{_rng([base['server_cpu_pct']['mean']], '{:.0f}')} / "
+            f"{_rng([flood['server_cpu_pct']['mean']], '{:.0f}')}",
+            str(flood["frames_sent_total"]), _rng([rec.get("steal_s")], "{:.2f}"),
+        ])
+    return _table(["run", "peers", "kinds", "s", "controller miss % base / flood",
+                   "server RSS MB start / max / late growth", "server CPU % base / flood",
+                   "frames sent", "steal s"], rows)
+
+
+def render_fuzz(records: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for i, rec in enumerate(records, 1):
+        ts = rec["targets"]
+        per = ts.items() if isinstance(ts, dict) else ((t["target"], t) for t in ts)
+        for name, t in per:
+            rows.append([str(i), name, str(t["messages"]), str(t["crashes"]),
+                         str(t["invalid_applied"]), str(t["edges"]), str(t["features"]),
+                         f"{t['execs_per_s']:.0f}", _rng([t.get("steal_s")], "{:.2f}")])
+    return _table(["run", "target", "inputs", "crashes", "invalid applied", "edges",
+                   "features", "inputs/s", "steal s"], rows)
+
+
+def render_soak(records: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for i, r in enumerate(records, 1):
+        rss, srv, tr = r["rss_mb"], r["server_rss_mb"], r["trace_records"]
+        per_min = r["miss_rate_per_minute"]
+        rows.append([
+            str(i), r["policy"], f"{r['rate_hz']:g}", str(r["minutes"]),
+            f"{rss['after_warmup']:.1f} / {rss['end']:.1f} ({r['rss_growth_pct']:.2f} %)",
+            f"{srv['after_warmup']:.1f} / {srv['end']:.1f} ({r['server_rss_growth_pct']:.2f} %)",
+            f"{tr['written']} / {tr['expected']}", str(tr["overflows"]),
+            f"{100 * r['miss_rate']:.3f}", f"{100 * max(per_min, default=0.0):.3f}",
+            _rng([r.get("steal_s")], "{:.1f}"),
+        ])
+    return _table(["run", "controller", "Hz", "minutes",
+                   "controller RSS MB after warm-up / end (growth)",
+                   "server RSS MB after warm-up / end (growth)", "trace records written / ticks",
+                   "ring overflows", "miss %", "worst minute miss %", "steal s"], rows)
+
+
 def _code(rec: dict[str, Any]) -> str:
     """The code a record measured: `current`, or the older commit it names (a before/after
     comparison keeps both sides apart)."""
@@ -190,10 +320,13 @@ def _code(rec: dict[str, Any]) -> str:
 
 RENDERERS: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
     "demo": render_demo, "stalls": render_stalls, "deadline": render_deadline,
-    "tick": render_tick,
+    "tick": render_tick, "faults": render_faults, "kills": render_kills,
+    "flood": render_flood, "fuzz": render_fuzz, "soak": render_soak,
 }
 TITLES = {"demo": "The demo (`make demo`)", "stalls": "Stalls and plan-ahead",
-          "deadline": "Deadlines over the bridge", "tick": "The tick loop"}
+          "deadline": "Deadlines over the bridge", "tick": "The tick loop",
+          "faults": "Link faults", "kills": "Kill and restart", "flood": "Floods",
+          "fuzz": "Coverage-guided fuzzing", "soak": "Soak"}
 
 
 def load_results(results_dir: Path) -> dict[str, list[dict[str, Any]]]:
