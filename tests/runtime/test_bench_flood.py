@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from runtime.cli import main
-from runtime.cli.bench_flood import cpu_pct, default_procs, flooders, render_flood, rss_mb
+from runtime.cli.bench_flood import cpu_pct, default_procs, flooders, rss_mb
 from runtime.cli.bench_soak import Sample
+from runtime.cli.benchpage import render_flood
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 
