@@ -26,7 +26,7 @@ second (docs/protocol.md, section 6, "Limits per peer").
 from __future__ import annotations
 
 import logging
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -66,6 +66,7 @@ from runtime.protocols import (
     Observation,
     Plant,
 )
+from runtime.stats import IntRing
 
 log = logging.getLogger("hw_bridge")
 
@@ -219,7 +220,7 @@ class ServerCore:
         self._states: dict[int, tuple[int, int]] = {}
         # state-to-command round trips (ns): from publishing a state to receiving the command
         # whose obs_seq names it; what `rtdiff bench bridge` reports
-        self.reaction_ns: deque[int] = deque(maxlen=1_000_000)
+        self.reaction_ns = IntRing(1 << 18)
         self._spec_wire = spec_to_wire(self.spec)
         self._lease_ns = round(config.lease_ms * 1e6)
         self._peer_timeout_ns = round(config.peer_timeout_ms * 1e6)

@@ -20,8 +20,6 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
-
 from runtime import Command, LateCommand, MonotonicClock
 from runtime.stats import percentiles
 from sims.experts import make_expert
@@ -60,7 +58,7 @@ def run(
         k += 1
     wall_s = (clock.now_ns() - t_start) * 1e-9
     counters = plant.counters()
-    lateness_ms = np.array(plant.tick_lateness_ns, dtype=np.float64) * 1e-6
+    lateness_ms = plant.tick_lateness_ns.values() * 1e-6
     plant.close()
     sim_s = counters["ticks"] * spec.period_s
     return {

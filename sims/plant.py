@@ -31,13 +31,13 @@ When an episode ends the realtime plant stops stepping physics until `reset()`.
 from __future__ import annotations
 
 import threading
-from collections import deque
 from typing import Any
 
 import numpy as np
 
 from runtime import Clock, Command, LateCommand, MonotonicClock, Observation, PlantSpec
 from runtime.planfeed import DRY, FALLBACK, FRESH, PLAN_FED, SAFE, ApplyLog, PlanFeed
+from runtime.stats import IntRing
 from sims.registry import make_task_env
 from sims.tasks.base import TaskEnv
 
@@ -93,7 +93,7 @@ class MujocoPlant:
         self._thread: threading.Thread | None = None
         self._run_thread = run_thread
         # realtime: tick start minus its schedule (ns), the newest 1e6 ticks
-        self.tick_lateness_ns: deque[int] = deque(maxlen=1_000_000)
+        self.tick_lateness_ns = IntRing(1 << 18)
         sp = self._spec
         self._feed = PlanFeed(
             sp.action_dim, low=sp.action_low, high=sp.action_high,

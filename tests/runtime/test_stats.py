@@ -188,3 +188,18 @@ def test_sliding_quantile_empty_and_bad_config() -> None:
         SlidingQuantile(0, 0.5)
     with pytest.raises(ValueError, match=r"q=1\.5 must be in \[0, 1\]"):
         SlidingQuantile(3, 1.5)
+
+
+def test_int_ring_keeps_the_newest_samples_in_order() -> None:
+    from runtime.stats import IntRing
+
+    ring = IntRing(4)
+    assert len(ring) == 0 and ring.values().tolist() == []
+    for x in range(3):
+        ring.append(x)
+    assert ring.values().tolist() == [0, 1, 2]
+    for x in range(3, 10):
+        ring.append(x)
+    assert len(ring) == 4 and ring.values().tolist() == [6, 7, 8, 9]
+    ring.clear()
+    assert len(ring) == 0
