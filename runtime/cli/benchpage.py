@@ -272,11 +272,12 @@ def render_flood(records: list[dict[str, Any]]) -> list[str]:
             f"{_rng([rss.get('late_growth')], '{:.1f}')}",
             f"{_rng([base['server_cpu_pct']['mean']], '{:.0f}')} / "
             f"{_rng([flood['server_cpu_pct']['mean']], '{:.0f}')}",
+            _rng([flood.get("server_cpu_us_per_frame")], "{:.1f}"),
             str(flood["frames_sent_total"]), _rng([rec.get("steal_s")], "{:.2f}"),
         ])
     return _table(["run", "peers", "kinds", "s", "controller miss % base / flood",
                    "server RSS MB start / max / late growth", "server CPU % base / flood",
-                   "frames sent", "steal s"], rows)
+                   "server CPU us per frame", "frames sent", "steal s"], rows)
 
 
 def render_fuzz(records: list[dict[str, Any]]) -> list[str]:
