@@ -169,6 +169,12 @@ def _add_serve(sp: argparse._SubParsersAction[_Parser]) -> None:
         help="realtime: never execute a plan computed from an observation older than this "
              "(default: the watchdog's time; a plan also ends with its own horizon)",
     )
+    p.add_argument(
+        "--audit", default=None, metavar="FILE",
+        help="count at the plant every stale, duplicated or invalid command applied "
+             "(hw_bridge.audit) and write the audit, the counters and the safety events to "
+             "FILE (JSON) when the server stops",
+    )
     _add_rt_priority(p, "this process")
     _target(p, "runtime.cli.serve:cli_serve")
 

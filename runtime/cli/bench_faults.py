@@ -2,9 +2,8 @@
 plant.
 
 For each cell (fault x rate x planner) and seed, three processes: a realtime served plant in a
-child (`rtdiff serve` itself, through `python -m runtime.cli.bench_faults serve AUDIT ARGS`,
-whose one addition is `hw_bridge.audit.AuditPlant` around the plant, keyed by the server's
-controller identity and written to AUDIT as JSON when the server stops); a
+child (`rtdiff serve --audit FILE`: `hw_bridge.audit.AuditPlant` around the plant, keyed by the
+server's controller identity and written to FILE as JSON when the server stops); a
 `hw_bridge.faultproxy.FaultProxy` in this process between the two, with the cell's faults;
 and an `rtdiff run --mode realtime --json` controller child connected to the proxy as if it
 were the plant (`bench_stalls.run_one`, no stalls).
@@ -35,7 +34,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -54,7 +52,6 @@ from runtime.cli.plantproc import free_port, wait_for_server
 from runtime.files import atomic_write_text, record_result
 from runtime.rt import read_steal_s, try_realtime
 
-MODULE = "runtime.cli.bench_faults"
 PARTITION_S = 0.3
 PARTITION_AT = 0.4  # of the run, after the controller's first command
 FIRST_COMMAND_TIMEOUT_S = 120.0  # a controller loads its model and ticks within this
@@ -82,50 +79,14 @@ FAULTS: dict[str, tuple[dict[str, Any], dict[str, Any], bool]] = {
 # ---- the plant's child: `rtdiff serve` with the audit ---------------------------------------
 
 
-def _child_main(argv: list[str]) -> int:
-    """`serve AUDIT ARGS...`: `rtdiff serve ARGS` with the plant wrapped in `AuditPlant`; the
-    audit, the server's counters and its safety events are written to AUDIT when it stops
-    (SIGTERM stops it)."""
-    from runtime.cli import main
-
-    if argv[:1] != ["serve"] or len(argv) < 2:
-        sys.stderr.write(f"usage: python -m {MODULE} serve AUDIT_JSON ARGS...\n")
-        return 2
-    import hw_bridge
-    from hw_bridge.audit import AuditPlant
-
-    audit_path = Path(argv[1])
-    base = hw_bridge.PlantServer
-
-    class AuditedServer(base):  # type: ignore[misc,valid-type]
-        def __init__(self, plant: Any, **kw: Any) -> None:
-            self.audit = AuditPlant(plant)
-            super().__init__(self.audit, **kw)
-            self.audit.attach(self.core)
-            signal.signal(signal.SIGTERM, lambda *_: self.stop())
-
-        def close(self) -> None:
-            out = self.audit.summary()
-            out["server_counters"] = self.counters
-            out["events"] = [{"kind": e.kind, "t_ns": int(e.t_ns),
-                              "last_valid_ns": int(e.last_valid_ns)} for e in self.events]
-            out["rate_hz"] = float(self.core.spec.rate_hz)
-            out["watchdog_ms"] = float(self.config.watchdog_ms)
-            atomic_write_text(audit_path, json.dumps(out))
-            super().close()
-
-    hw_bridge.PlantServer = AuditedServer  # type: ignore[misc]
-    return main(["serve", *argv[2:]])
-
-
 @contextlib.contextmanager
 def audited_plant(task: str, audit: Path, *, seed: int, rate_hz: float, watchdog_ms: float,
                   rt_priority: int | None) -> Iterator[str]:
     """A realtime audited plant process on a free loopback port; yields its address. When
     the block ends it is stopped (SIGTERM) and has written `audit`."""
     address = f"tcp://127.0.0.1:{free_port()}"
-    argv = [sys.executable, "-m", MODULE, "serve", str(audit), "--task", task, "--realtime",
-            "--bind", address, "--seed", str(seed), "--rate", f"{rate_hz:g}",
+    argv = [sys.executable, "-m", "runtime.cli", "serve", "--audit", str(audit), "--task", task,
+            "--realtime", "--bind", address, "--seed", str(seed), "--rate", f"{rate_hz:g}",
             "--watchdog-ms", f"{watchdog_ms:g}"]
     argv += ["--rt-priority", str(min(99, rt_priority + 1))] if rt_priority else []
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -408,5 +369,3 @@ def cli_bench_faults(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(_child_main(sys.argv[1:]))

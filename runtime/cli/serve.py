@@ -8,7 +8,9 @@ so `rtdiff --help` stays light.
 it, runs the watchdog and publishes each new state); without it the plant is lockstep: each
 command steps it once. `--keys DIR` turns CurveZMQ on with the allowlist in DIR (see
 `rtdiff keys`). Safety events and reconnects are logged on stderr; a one-line summary with the
-counters is printed when the server stops (`--seconds`, Ctrl-C).
+counters is printed when the server stops (`--seconds`, Ctrl-C, SIGTERM). `--audit FILE` wraps
+the plant in `hw_bridge.audit.AuditPlant` and writes what it counted, with the server's counters
+and safety events, to FILE at the stop.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from runtime.cli import CliError
 from runtime.clock import MonotonicClock
+from runtime.files import atomic_write_text
 from runtime.rt import try_realtime
 
 
@@ -59,9 +63,14 @@ def cli_serve(args: argparse.Namespace) -> int:
         # plant thread runs Python waits up to the switch interval (CPython's default 5 ms,
         # several 500 Hz periods) before the server can hand it over, and then counts as late.
         sys.setswitchinterval(min(100e-6, plant.spec().period_s / 20))
+    audit = None
+    if getattr(args, "audit", None):
+        from hw_bridge.audit import AuditPlant
+
+        audit = AuditPlant(plant)
     try:
         server = PlantServer(
-            plant,
+            audit if audit is not None else plant,
             bind=args.bind,
             mode=mode,
             watchdog_ms=getattr(args, "watchdog_ms", 100.0),
@@ -71,6 +80,8 @@ def cli_serve(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         plant.close()
         raise CliError(str(exc)) from None
+    if audit is not None:
+        audit.attach(server.core)  # sessions keyed by the controller's connection
     spec = plant.spec()
     sys.stderr.write(
         f"rtdiff serve: {spec.name} ({mode}, {spec.rate_hz:g} Hz) on {server.address}"
@@ -81,6 +92,8 @@ def cli_serve(args: argparse.Namespace) -> int:
         timer = threading.Timer(args.seconds, server.stop)
         timer.daemon = True
         timer.start()
+    if threading.current_thread() is threading.main_thread():  # a service manager's stop
+        signal.signal(signal.SIGTERM, lambda *_: server.stop())
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -89,7 +102,19 @@ def cli_serve(args: argparse.Namespace) -> int:
         if timer is not None:
             timer.cancel()
         counters = server.counters
+        if audit is not None:
+            _write_audit(args.audit, audit.summary(), server, counters)
         server.close()
         plant.close()
     sys.stderr.write(f"rtdiff serve: stopped; counters {json.dumps(counters)}\n")
     return 0
+
+
+def _write_audit(path: str, summary: dict[str, Any], server: Any,
+                 counters: dict[str, int]) -> None:
+    summary["server_counters"] = counters
+    summary["events"] = [{"kind": e.kind, "t_ns": int(e.t_ns),
+                          "last_valid_ns": int(e.last_valid_ns)} for e in server.events]
+    summary["rate_hz"] = float(server.core.spec.rate_hz)
+    summary["watchdog_ms"] = float(server.config.watchdog_ms)
+    atomic_write_text(Path(path), json.dumps(summary))
