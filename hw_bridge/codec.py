@@ -368,12 +368,15 @@ def _fast_command(m: dict[str, Any]) -> bool:
         and (dl is None or (type(dl) is int and _I64_MIN <= dl < _I64_END))
         and type(fb) is str
         and (not fb or _str_ok(fb))
-        and ("plan" not in m or _plan_fields(m))
+        and (_NO_PLAN.isdisjoint(m) or _plan_fields(m))
     )
 
 
+_NO_PLAN = frozenset(("plan", "plan_t0_ns", "plan_dt_ns", "plan_obs_t_ns"))
+
+
 def _plan_fields(m: dict[str, Any]) -> bool:
-    p, t0, dt, ot = m["plan"], m.get("plan_t0_ns", 0), m.get("plan_dt_ns", 0), m.get(
+    p, t0, dt, ot = m.get("plan"), m.get("plan_t0_ns", 0), m.get("plan_dt_ns", 0), m.get(
         "plan_obs_t_ns"
     )
     return (

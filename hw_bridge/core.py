@@ -97,6 +97,13 @@ COUNTER_NAMES = (
 )
 
 
+def _lag(now: int, t_ns: int) -> int | None:
+    """`now` (server clock) minus a client's `t_ns`, or None when that does not fit an int64
+    (a client clock, or a hostile `t_ns`, far off): never a value the protocol refuses."""
+    lag = now - t_ns
+    return lag if -(2**63) <= lag < 2**63 else None
+
+
 @runtime_checkable
 class HasSafeAction(Protocol):
     def safe_action(self, state: FloatArray) -> FloatArray: ...
@@ -566,7 +573,7 @@ class ServerCore:
             self.counters["late"] += 1
             self._send(ident, "error", code="late", ref_seq=seq, fatal=False,
                        message=f"arrived {(now - deadline) / 1e6:.3f} ms late",
-                       lag_ns=now - msg["t_ns"])
+                       lag_ns=_lag(now, msg["t_ns"]))
             return
         plan_wire = msg.get("plan") if self._realtime and self.peers[ident].version >= 2 else None
         plan: FloatArray | None = None
@@ -617,7 +624,7 @@ class ServerCore:
             self.counters["late"] += 1
             self._send(ident, "error", code="late", ref_seq=seq, fatal=False,
                        message="reached the plant after its deadline",
-                       lag_ns=arrived - msg["t_ns"])
+                       lag_ns=_lag(arrived, msg["t_ns"]))
             return
         except Exception as exc:  # e.g. a sim refusing apply after its episode ended
             self.limiter.last = last_before
@@ -625,7 +632,7 @@ class ServerCore:
             self._error(ident, "plant_error", f"apply: {exc}", seq, fatal=False)
             return
         # after apply returned: the wait for the plant's lock (it may be mid-tick) counts
-        self.ack_lag_ns = self.clock.now_ns() - msg["t_ns"]
+        self.ack_lag_ns = _lag(self.clock.now_ns(), msg["t_ns"])
         self.counters["applied"] += 1
         self.last_apply_ns = now
         if self.safe:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -304,3 +305,17 @@ def test_a_goal_size_changed_across_a_reconnect_is_refused() -> None:
     s.send(0, fuzzing._welcome(other, mode="realtime", version=1, session=2, t_ns=0))
     s.tick()
     _holds("client", s.build())
+
+
+FINDINGS_DIR = Path(__file__).with_name("fuzz_findings")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in FINDINGS_DIR.iterdir()))
+def test_the_inputs_a_long_fuzz_run_found_now_pass(name: str) -> None:
+    """Crash inputs kept from `rtdiff bench fuzz` runs, replayed: named TARGET-what-it-showed.
+    `codec-plan-fields-without-a-plan`: the fast command check skipped `plan_obs_t_ns` (and the
+    other plan fields) when `plan` itself was absent, which the reference check types.
+    `server-lag-beyond-int64`: a command whose `t_ns` is far from the server's clock made a
+    `late` error's `lag_ns` (and a state's `ack_lag_ns`) overflow int64; it is null then."""
+    target = name.split("-", 1)[0]
+    _holds(target, (FINDINGS_DIR / name).read_bytes())
