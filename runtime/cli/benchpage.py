@@ -266,7 +266,8 @@ def render_flood(records: list[dict[str, Any]]) -> list[str]:
         base, flood = rec["cells"][0], rec["cells"][-1]
         rss = flood["server_rss_mb"]
         rows.append([
-            str(i), str(flood["peers"]), ",".join(flood["kinds"]), f"{rec['seconds']:g}",
+            str(i), rec.get("planner", "-"), str(flood["peers"]), ",".join(flood["kinds"]),
+            f"{rec['seconds']:g}",
             f"{100 * base['controller_miss_rate']:.2f} / {100 * flood['controller_miss_rate']:.2f}",
             f"{_rng([rss['start']], '{:.0f}')} / {_rng([rss['max']], '{:.0f}')} / "
             f"{_rng([rss.get('late_growth')], '{:.1f}')}",
@@ -275,7 +276,7 @@ def render_flood(records: list[dict[str, Any]]) -> list[str]:
             _rng([flood.get("server_cpu_us_per_frame")], "{:.1f}"),
             str(flood["frames_sent_total"]), _rng([rec.get("steal_s")], "{:.2f}"),
         ])
-    return _table(["run", "peers", "kinds", "s", "controller miss % base / flood",
+    return _table(["run", "controller", "peers", "kinds", "s", "controller miss % base / flood",
                    "server RSS MB start / max / late growth", "server CPU % base / flood",
                    "server CPU us per frame", "frames sent", "steal s"], rows)
 
