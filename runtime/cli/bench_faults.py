@@ -31,15 +31,11 @@ recorded with its one-line reason, counts as missing the target, and the sweep g
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +44,7 @@ from hw_bridge.faultproxy import FaultProxy, LinkFaults
 from runtime.cli import CliError
 from runtime.cli.bench_deadline import PLANNERS, csv_list
 from runtime.cli.bench_stalls import run_one
-from runtime.cli.plantproc import free_port, wait_for_server
+from runtime.cli.plantproc import plant_server
 from runtime.files import atomic_write_text, record_result
 from runtime.rt import read_steal_s, try_realtime
 
@@ -79,30 +75,6 @@ FAULTS: dict[str, tuple[dict[str, Any], dict[str, Any], bool]] = {
 # ---- the plant's child: `rtdiff serve` with the audit ---------------------------------------
 
 
-@contextlib.contextmanager
-def audited_plant(task: str, audit: Path, *, seed: int, rate_hz: float, watchdog_ms: float,
-                  rt_priority: int | None) -> Iterator[str]:
-    """A realtime audited plant process on a free loopback port; yields its address. When
-    the block ends it is stopped (SIGTERM) and has written `audit`."""
-    address = f"tcp://127.0.0.1:{free_port()}"
-    argv = [sys.executable, "-m", "runtime.cli", "serve", "--audit", str(audit), "--task", task,
-            "--realtime", "--bind", address, "--seed", str(seed), "--rate", f"{rate_hz:g}",
-            "--watchdog-ms", f"{watchdog_ms:g}"]
-    argv += ["--rt-priority", str(min(99, rt_priority + 1))] if rt_priority else []
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        wait_for_server(proc)
-        yield address
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 # ---- one run --------------------------------------------------------------------------------
 
 
@@ -123,8 +95,9 @@ def run_faulted(fault: str, *, task: str, rate_hz: float, planner: str, seed: in
     steal0 = read_steal_s()
     with tempfile.TemporaryDirectory(prefix="rtdiff-faults-") as tmp:
         audit_path = Path(tmp) / "audit.json"
-        with audited_plant(task, audit_path, seed=seed, rate_hz=rate_hz,
-                           watchdog_ms=watchdog_ms, rt_priority=rt) as address:
+        with plant_server(task, seed=seed, rate_hz=rate_hz, rt_priority=rt,
+                          extra=["--audit", str(audit_path),
+                                 "--watchdog-ms", f"{watchdog_ms:g}"]) as address:
             proxy = FaultProxy(address, up=LinkFaults(**up), down=LinkFaults(**down),
                                seed=seed, on_frame=tap)
             with proxy:

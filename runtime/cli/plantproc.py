@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from runtime.cli import CliError, build_parser
 
@@ -64,8 +64,10 @@ def wait_for_server(server: subprocess.Popen[str], timeout_s: float = 30.0) -> N
 
 @contextlib.contextmanager
 def plant_server(task: str, *, seed: int, rate_hz: float | None = None,
-                 rt_priority: int | None = None) -> Iterator[str]:
-    """A realtime `rtdiff serve` process on a free loopback port; yields its address."""
+                 rt_priority: int | None = None,
+                 extra: Sequence[str] = ()) -> Iterator[str]:
+    """A realtime `rtdiff serve` process on a free loopback port; yields its address. `extra`:
+    more `rtdiff serve` arguments (e.g. `--audit FILE`). Stopped with SIGTERM at the end."""
     address = f"tcp://127.0.0.1:{free_port()}"
     argv = [sys.executable, "-m", "runtime.cli", "serve", "--task", task, "--realtime",
             "--bind", address, "--seed", str(seed)]
@@ -75,6 +77,7 @@ def plant_server(task: str, *, seed: int, rate_hz: float | None = None,
     argv += ["--rt-priority", str(min(99, rt_priority + 1))] if rt_priority else []
     if rate_hz is not None:
         argv += ["--rate", f"{rate_hz:g}"]
+    argv += list(extra)
     server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
