@@ -46,6 +46,12 @@ PLANNERS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "mlp": ("mlp:{task}", {}, {}),
     "expert": ("expert", {}, {}),
 }
+
+
+def runnable(planner: str) -> bool:
+    """A `bench deadline` planner name, or any policy `rtdiff run` takes (KIND:TASK, a
+    checkpoint directory): what the benches that drive `rtdiff run` accept."""
+    return planner in PLANNERS or ":" in planner or Path(planner).is_dir()
 MISS_TARGET = 0.001
 
 

@@ -42,7 +42,7 @@ from typing import Any
 from hw_bridge.audit import regain_ms, safe_after_ms
 from hw_bridge.faultproxy import FaultProxy, LinkFaults
 from runtime.cli import CliError
-from runtime.cli.bench_deadline import PLANNERS, csv_list
+from runtime.cli.bench_deadline import PLANNERS, csv_list, runnable
 from runtime.cli.bench_stalls import run_one
 from runtime.cli.plantproc import plant_server
 from runtime.files import atomic_write_text, record_result
@@ -256,7 +256,7 @@ def cli_bench_faults(args: argparse.Namespace) -> int:
     if unknown or not faults:
         raise CliError(f"unknown fault(s) {unknown}; known: {', '.join(FAULTS)}")
     planners = csv_list(args.planners)
-    bad = [p for p in planners if p not in PLANNERS and ":" not in p and not Path(p).is_dir()]
+    bad = [p for p in planners if not runnable(p)]
     if bad or not planners:
         raise CliError(f"unknown planner(s) {bad}; known: {', '.join(PLANNERS)}")
     if any(PLANNERS.get(p, ("", {}, {}))[1] for p in planners):

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.cli import CliError
-from runtime.cli.bench_deadline import MISS_TARGET, PLANNERS, csv_list
+from runtime.cli.bench_deadline import MISS_TARGET, PLANNERS, csv_list, runnable
 from runtime.cli.bench_soak import Sample, Sampler, child_pid, read_cpu_s
 from runtime.cli.bench_stalls import run_argv
 from runtime.cli.plantproc import plant_server
@@ -390,7 +390,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def cli_bench_flood(args: argparse.Namespace) -> int:
     kinds = parse_kinds(args.kinds)
     planner = args.planner
-    if planner not in PLANNERS and ":" not in planner and not Path(planner).is_dir():
+    if not runnable(planner):
         raise CliError(f"unknown planner {planner!r}; known: {sorted(PLANNERS)}")
     policy_t, overrides, extra = PLANNERS.get(planner, (planner, {}, {}))
     if overrides:

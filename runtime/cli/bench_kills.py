@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from runtime.cli import CliError
-from runtime.cli.bench_deadline import PLANNERS, csv_list
+from runtime.cli.bench_deadline import PLANNERS, csv_list, runnable
 from runtime.cli.bench_stalls import run_argv
 from runtime.cli.plantproc import free_port, wait_for_server
 from runtime.files import atomic_write_text, record_result
@@ -617,8 +617,7 @@ def cli_bench_kills(args: argparse.Namespace) -> int:
     if not targets or any(t not in TARGETS for t in targets):
         raise CliError(f"--targets must be a comma list of {', '.join(TARGETS)}, "
                        f"got {args.targets!r}")
-    if args.planner not in PLANNERS and ":" not in args.planner and not Path(
-            args.planner).is_dir():
+    if not runnable(args.planner):
         raise CliError(f"unknown planner {args.planner!r}; known: {sorted(PLANNERS)}")
     if args.delay_s <= MIN_DELAY_S:
         raise CliError(f"--delay-s must be above {MIN_DELAY_S:g} s, got {args.delay_s:g}")

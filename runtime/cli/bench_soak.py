@@ -53,7 +53,7 @@ import numpy as np
 import numpy.typing as npt
 
 from runtime.cli import CliError
-from runtime.cli.bench_deadline import PLANNERS
+from runtime.cli.bench_deadline import PLANNERS, runnable
 from runtime.cli.bench_stalls import run_argv
 from runtime.cli.plantproc import plant_server
 from runtime.files import atomic_write_text, record_result
@@ -490,8 +490,7 @@ def report(r: dict[str, Any]) -> str:
 
 
 def cli_bench_soak(args: argparse.Namespace) -> int:
-    if args.planner not in PLANNERS and ":" not in args.planner and not Path(
-            args.planner).is_dir():
+    if not runnable(args.planner):
         raise CliError(f"unknown planner {args.planner!r}; known: {sorted(PLANNERS)}")
     if args.minutes * 60.0 < 1.0:
         raise CliError(f"--minutes must give at least 1 s, got {args.minutes:g}")

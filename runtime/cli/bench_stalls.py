@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.cli import CliError
-from runtime.cli.bench_deadline import PLANNERS, csv_list
+from runtime.cli.bench_deadline import PLANNERS, csv_list, runnable
 from runtime.cli.plantproc import plant_server
 from runtime.files import atomic_write_text, record_result
 from runtime.planfeed import AGE_KEYS, SOURCE_NAMES, age_quantiles
@@ -253,7 +253,7 @@ def table(cells: list[dict[str, Any]]) -> str:
 def cli_bench_stalls(args: argparse.Namespace) -> int:
     planners = csv_list(args.planners)
     # a `bench deadline` planner name, or any policy `rtdiff run` takes (KIND:TASK, a dir)
-    unknown = [p for p in planners if p not in PLANNERS and ":" not in p and not Path(p).is_dir()]
+    unknown = [p for p in planners if not runnable(p)]
     if unknown:
         raise CliError(f"unknown planner(s) {unknown}; known: {sorted(PLANNERS)}")
     try:
