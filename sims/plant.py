@@ -31,7 +31,7 @@ When an episode ends the realtime plant stops stepping physics until `reset()`.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -39,7 +39,27 @@ from runtime import Clock, Command, LateCommand, MonotonicClock, Observation, Pl
 from runtime.planfeed import DRY, FALLBACK, FRESH, PLAN_FED, SAFE, ApplyLog, PlanFeed
 from runtime.stats import IntRing
 from sims.registry import make_task_env
-from sims.tasks.base import TaskEnv
+from sims.tasks.base import TaskInfo
+
+
+class PlantEnv(Protocol):
+    """What the plant needs of an env: a `TaskEnv` or `sims.generic.GymEnv`."""
+
+    task: TaskInfo
+    last_executed: np.ndarray
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]: ...
+
+    def step(
+        self, action: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]: ...
+
+    def neutral_action(self) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
 
 _COUNTERS = ("ticks", "applied", "late", "held", "stale", "superseded", "overruns", "episodes")
 
@@ -56,8 +76,9 @@ class MujocoPlant:
 
     def __init__(
         self,
-        task: str,
+        task: str | None = None,
         *,
+        env: PlantEnv | None = None,
         mode: str = "lockstep",
         clock: Clock | None = None,
         seed: int = 0,
@@ -70,9 +91,13 @@ class MujocoPlant:
         if mode not in ("lockstep", "realtime"):
             raise ValueError(f"{mode=} must be 'lockstep' or 'realtime'")
         self.mode = mode
-        self._env: TaskEnv = make_task_env(
-            task, disturbances=disturbances, rate_hz=rate_hz, **task_config
-        )
+        if env is None:
+            if task is None:
+                raise ValueError("MujocoPlant needs a task name or an env")
+            env = make_task_env(task, disturbances=disturbances, rate_hz=rate_hz, **task_config)
+        elif task is not None or task_config:
+            raise ValueError("MujocoPlant takes a task name (and its settings) or an env, not both")
+        self._env: PlantEnv = env
         self._spec = self._env.task.spec()
         self._period_ns = self._spec.period_ns
         self._clock: Clock = clock if clock is not None else MonotonicClock()
@@ -124,7 +149,9 @@ class MujocoPlant:
         return self._spec
 
     @property
-    def env(self) -> TaskEnv:
+    def env(self) -> Any:
+        """The env being stepped: a `TaskEnv` for built-in tasks and `mjcf:` models, a
+        `sims.generic.GymEnv` for `gym:` envs."""
         return self._env
 
     def reset(self, seed: int | None = None) -> Observation:

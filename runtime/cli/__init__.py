@@ -123,7 +123,10 @@ def _add_rt_priority(p: argparse.ArgumentParser, who: str, default: int | None =
 
 def _add_train(sp: argparse._SubParsersAction[_Parser]) -> None:
     p = sp.add_parser("train", help="train a policy on a dataset")
-    p.add_argument("--task", required=True)
+    p.add_argument(
+        "--task", default=None,
+        help="the task the dataset must hold (default: whatever plant the dataset holds)",
+    )
     p.add_argument(
         "--policy", required=True, choices=["rolling", "chunked", "pertick", "mlp"], help="kind"
     )
@@ -144,12 +147,30 @@ def _add_train(sp: argparse._SubParsersAction[_Parser]) -> None:
         help="a model, training or planner setting, e.g. n_embd=128, model.n_past=0, "
         "train.p_ramp=0.3, planner.clean_ticks=4 (repeatable; recorded in the checkpoint)",
     )
+    p.add_argument(
+        "--nproc", type=positive_int, default=1, metavar="N",
+        help="train on N processes of this node under torchrun (DistributedDataParallel: gloo "
+        "on CPU, nccl on CUDA); batch_size stays the global batch, split evenly",
+    )
+    p.add_argument(
+        "--nnodes", type=positive_int, default=None, metavar="M",
+        help="nodes in the job (run the same command on each; needs --rdzv-endpoint when > 1)",
+    )
+    p.add_argument(
+        "--rdzv-endpoint", default=None, metavar="HOST:PORT",
+        help="rendezvous address every node reaches (c10d, or a static one with --node-rank)",
+    )
+    p.add_argument(
+        "--node-rank", type=nonnegative_int, default=None, metavar="R",
+        help="this node's fixed rank (static rendezvous; node 0 hosts it at --rdzv-endpoint)",
+    )
     _target(p, "runtime.cli.train:cli_train")
 
 
 def _add_serve(sp: argparse._SubParsersAction[_Parser]) -> None:
-    p = sp.add_parser("serve", help="serve a simulated plant behind the ZeroMQ bridge")
-    p.add_argument("--task", required=True)
+    p = sp.add_parser("serve", help="serve a plant (simulated or real) behind the ZeroMQ bridge")
+    p.add_argument("--task", default=None, help="a built-in task: short for --plant sim:TASK")
+    _add_plant_spec(p, served=True, required=False)
     p.add_argument("--realtime", action="store_true", help="run physics on the wall clock")
     p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint to bind")
     p.add_argument("--keys", default=None, help="CurveZMQ key directory (turns encryption on)")
@@ -186,12 +207,41 @@ def _add_keys(sp: argparse._SubParsersAction[_Parser]) -> None:
     _target(p, "runtime.cli.keys:cli_keys")
 
 
+PLANT_SPEC_HELP = (
+    "sim:TASK | mjcf:PATH.xml | gym:ENV_ID | py:MODULE:ATTR | py:FILE.py:ATTR"
+)
+
+
+def _add_plant_spec(p: argparse.ArgumentParser, *, served: bool, required: bool = True) -> None:
+    """`--plant SPEC` and `--plant-arg KEY=VALUE` (docs/byo.md)."""
+    p.add_argument(
+        "--plant", required=required,
+        help=PLANT_SPEC_HELP + ("" if served else " | tcp://HOST:PORT | ipc://PATH"),
+    )
+    p.add_argument(
+        "--plant-arg", action="append", default=[], metavar="KEY=VALUE",
+        help="a keyword argument for the plant (repeatable; VALUE is read as JSON when it "
+             "parses, e.g. 3, 0.5, true, [1,2], else as text)",
+    )
+
+
+def _add_policy_spec(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """`--policy SPEC` and `--policy-arg KEY=VALUE` (docs/byo.md)."""
+    p.add_argument(
+        "--policy", required=required,
+        help="expert | KIND:TASK (shipped checkpoint) | checkpoint dir | py:MODULE:ATTR | "
+             "py:FILE.py:ATTR (a Planner, a factory, or a callable state -> action)",
+    )
+    p.add_argument(
+        "--policy-arg", action="append", default=[], metavar="KEY=VALUE",
+        help="a keyword argument for a py: policy (repeatable; VALUE read as JSON when it parses)",
+    )
+
+
 def _add_run(sp: argparse._SubParsersAction[_Parser]) -> None:
     p = sp.add_parser("run", help="drive a plant with a planner and report deadlines")
-    p.add_argument(
-        "--policy", required=True, help="expert | KIND:TASK (shipped checkpoint) | checkpoint dir"
-    )
-    p.add_argument("--plant", required=True, help="sim:TASK | tcp://HOST:PORT | ipc://PATH")
+    _add_policy_spec(p)
+    _add_plant_spec(p, served=False)
     p.add_argument("--mode", choices=["lockstep", "realtime"], default="lockstep")
     p.add_argument("--rate", type=positive_float, default=None, help="control rate in Hz")
     g = p.add_mutually_exclusive_group()
@@ -451,6 +501,17 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     _target(fz, "runtime.cli.bench_fuzz:cli_bench_fuzz")
 
 
+def _add_trace(sp: argparse._SubParsersAction[_Parser]) -> None:
+    p = sp.add_parser("trace", help="tick traces: export")
+    tp = p.add_subparsers(dest="trace_command", metavar="{export}", parser_class=_Parser)
+    tp.required = True
+    e = tp.add_parser("export", help="a trace as MCAP (JSON messages) for Foxglove Studio")
+    e.add_argument("run_dir", metavar="RUN_DIR", help="trace directory (rtdiff run --trace DIR)")
+    e.add_argument("--mcap", required=True, metavar="OUT.mcap", help="MCAP file to write")
+    e.add_argument("--force", action="store_true", help="replace OUT.mcap if it exists")
+    _target(e, "runtime.cli.trace_export:cli_trace_export")
+
+
 def _add_report(sp: argparse._SubParsersAction[_Parser]) -> None:
     p = sp.add_parser("report", help="plots and a markdown table from recorded runs")
     p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", default=None,
@@ -494,7 +555,7 @@ def build_parser() -> _Parser:
     sp.required = True
     for add in (
         _add_tasks, _add_collect, _add_train, _add_serve, _add_keys, _add_run, _add_bench,
-        _add_report, _add_demo,
+        _add_report, _add_demo, _add_trace,
     ):
         add(sp)
     return parser

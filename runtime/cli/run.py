@@ -1,9 +1,9 @@
 """`rtdiff run`: wire a planner to a plant, run the loop, report deadlines and task outcome.
 
-`--plant sim:TASK` builds an in-process MuJoCo plant (`sims`), `--plant tcp://HOST:PORT` or
-`ipc://PATH` a `hw_bridge.RemotePlant`. `--policy expert` is the task's expert (`sims.experts`),
-`KIND:TASK` or a checkpoint directory a learned planner (`policies.load_planner`). Those packages
-are imported here, lazily, and nowhere else in `runtime`.
+`--plant SPEC [--plant-arg K=V ...]` and `--policy SPEC [--policy-arg K=V ...]` are built by
+`runtime.cli.plants` (sim:, mjcf:, gym:, py: plants or a bridge endpoint; expert, KIND:TASK, a
+checkpoint directory or a py: policy). A `py:` policy that fails stops a lockstep run with one
+line; in realtime its failures become counted fallbacks (`user_policy` in the JSON).
 """
 
 from __future__ import annotations
@@ -18,38 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from runtime.cli import DEFAULT_RT_PRIORITY, CliError
+from runtime.cli.plants import make_planner, make_plant
 from runtime.clock import MonotonicClock
 from runtime.fallback import make_fallback
 from runtime.loop import ControlLoop, EpisodeResult, LoopConfig, RunResult
-from runtime.protocols import Anytime, KeepsAlive, Planner, Plant, ReportsNoiseLevels
+from runtime.protocols import Anytime, KeepsAlive, ReportsNoiseLevels
 from runtime.rt import GcPolicy, cap_threads, try_realtime
 from runtime.sidecar import Sidecar, capacity_for
+from runtime.specs import SpecError, parse_kv
 from runtime.trace import TraceRing
+from runtime.userpolicy import CallablePolicy, PolicyError
 
 TRANSPORT_MARGIN_S = 300e-6
-
-
-def make_plant(address: str, *, mode: str, seed: int, rate_hz: float | None) -> Plant:
-    """`sim:TASK` -> MujocoPlant; `tcp://...`/`ipc://...` -> RemotePlant."""
-    if address.startswith("sim:"):
-        from sims import make_plant as make_sim_plant
-
-        task = address[4:]
-        # In-process, the plant's pacing thread shares the GIL with the controller: its final
-        # spin must yield it (time.sleep(0)) or the tick thread stalls behind it.
-        clock = MonotonicClock(spin_ns=100_000, yield_in_spin=True)
-        try:
-            return make_sim_plant(task, mode=mode, seed=seed, rate_hz=rate_hz, clock=clock)
-        except (KeyError, ValueError) as exc:
-            raise CliError(str(exc).strip("'\"")) from None
-    if address.startswith(("tcp://", "ipc://")):
-        from hw_bridge import RemotePlant
-
-        try:
-            return RemotePlant(address)
-        except (ConnectionError, TimeoutError, ValueError, OSError) as exc:
-            raise CliError(f"cannot reach a plant at {address}: {exc}") from None
-    raise CliError(f"--plant must be sim:TASK, tcp://HOST:PORT or ipc://PATH, got {address!r}")
 
 
 def rt_priority(args: argparse.Namespace) -> int | None:
@@ -75,33 +55,6 @@ def busy_warning(load_per_cpu: float = 0.5) -> str | None:
         return None
     return (f"running without SCHED_FIFO on a busy machine (load {load:.1f} on {cpus} CPUs): "
             "expect deadline misses; see --rt-priority")
-
-
-def make_planner(
-    policy: str, plant: Plant, *, device: str, seed: int, overrides: dict[str, Any] | None = None
-) -> Planner:
-    """`expert` -> the task's expert; anything else -> `policies.load_planner`.
-
-    `overrides` replaces planner settings of the checkpoint (e.g. `chunk_steps` for the chunked
-    baseline's K), as `rtdiff bench deadline` does for its K=10 / K=50 columns.
-    """
-    spec = plant.spec()
-    if policy == "expert":
-        from sims.experts import make_expert
-
-        try:
-            return make_expert(spec.name, spec)
-        except (KeyError, ValueError) as exc:
-            raise CliError(f"no expert for plant {spec.name!r}: {exc}") from None
-    from policies import load_planner
-
-    try:
-        if overrides:
-            return load_planner(policy, spec=spec, device=device, seed=seed,
-                                overrides=overrides)
-        return load_planner(policy, spec=spec, device=device, seed=seed)
-    except (KeyError, ValueError, FileNotFoundError) as exc:
-        raise CliError(str(exc).strip("'\"")) from None
 
 
 class Progress:
@@ -163,6 +116,13 @@ def summary_table(out: dict[str, Any]) -> str:
                f"   action age ms p50 {age['p50']:.1f}  p99 {age['p99']:.1f}")
             + ("   (plan-ahead on)" if out.get("plan_ahead") else "")
         )
+    if "user_policy" in out:
+        up = out["user_policy"]
+        lines.append(
+            f"  policy calls {up['calls']}  errors {up['errors']}  non-finite {up['nonfinite']}"
+            f"  wrong shape {up['bad_shape']}  slowest call {up['call_ms_max']:.3f} ms"
+            + (f"\n  first error: {up['first_error']}" if up["first_error"] else "")
+        )
     if out.get("steal_s") is not None:
         lines.append(f"  host steal during the run {out['steal_s']:.2f} s")
     if "trace" in out:
@@ -182,7 +142,13 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
         warn = busy_warning()
         if warn:
             sys.stderr.write(f"rtdiff run: warning: {warn}\n")
-    plant = make_plant(args.plant, mode=args.mode, seed=args.seed, rate_hz=args.rate)
+    try:
+        plant_args = parse_kv(getattr(args, "plant_arg", None) or [], flag="--plant-arg")
+        policy_args = parse_kv(getattr(args, "policy_arg", None) or [], flag="--policy-arg")
+    except SpecError as exc:
+        raise CliError(str(exc)) from None
+    plant = make_plant(args.plant, plant_args, mode=args.mode, seed=args.seed, rate_hz=args.rate)
+    remote = args.plant.startswith(("tcp://", "ipc://"))
     served_mode = getattr(plant, "mode", args.mode)  # a served plant has its own mode
     if served_mode != args.mode:
         plant.close()
@@ -193,26 +159,25 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
         )
     task = plant.spec().name
     served_rate = plant.spec().rate_hz
-    if args.rate is not None and not args.plant.startswith("sim:") and (
-        abs(args.rate - served_rate) > 1e-6 * served_rate
-    ):
+    if args.rate is not None and abs(args.rate - served_rate) > 1e-6 * served_rate:
         plant.close()
         raise CliError(
-            f"the plant at {args.plant} runs at {served_rate:g} Hz but --rate is {args.rate:g}; "
-            "set the rate where the plant is served (rtdiff serve --rate)"
+            f"the plant {args.plant} runs at {served_rate:g} Hz but --rate is {args.rate:g}; "
+            + ("set the rate where the plant is served (rtdiff serve --rate)" if remote
+               else "it does not take a rate")
         )
     try:
         # loading and tracing a model takes seconds: a bridge plant keeps its session (and
         # the control lease) alive meanwhile
         with plant.kept_alive() if isinstance(plant, KeepsAlive) else contextlib.nullcontext():
             planner = make_planner(args.policy, plant, device=args.device, seed=args.seed,
-                                   overrides=getattr(args, "overrides", None))
+                                   overrides=getattr(args, "overrides", None),
+                                   policy_args=policy_args, strict=args.mode == "lockstep")
         spec = plant.spec()
         rate = args.rate or spec.rate_hz
         realtime = args.mode == "realtime"
         if realtime:
             cap_threads(1)  # the plant's own thread needs the other core
-        remote = not args.plant.startswith("sim:")
         # early emit by default for anytime planners in realtime: their plan stays valid between
         # steps; lockstep has no clock to beat and keeps refine-then-send (`--steps-per-tick K`
         # evaluations mean the action after K steps)
@@ -261,6 +226,8 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
             result = loop.run(seconds=args.seconds, episodes=episodes, seed=args.seed)
         except ConnectionError as exc:  # a bridge plant whose link stayed lost (BridgeError)
             raise CliError(f"the run stopped: {exc}") from None
+        except PolicyError as exc:  # a py: policy failing in lockstep
+            raise CliError(str(exc)) from None
         progress.done()
     finally:
         plant.close()
@@ -268,6 +235,10 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
     out.update(policy=args.policy, plant_spec=args.plant, task=task, refine=args.refine,
                seed=args.seed, steps_cap=args.steps_per_tick, emit_after_steps=emit_after,
                rt=rt_report, plan_ahead=plan_ahead)
+    if isinstance(planner, CallablePolicy):  # what the user's function did, counted
+        out["user_policy"] = {**planner.counters(),
+                         "first_error": planner.first_error,
+                         "call_ms_max": planner.call_ns_max / 1e6}
     link = getattr(plant, "latency", None)  # a bridge plant: measured send-to-plant times
     if link is not None and realtime:
         out["link_latency_us"] = link.summary_us()

@@ -1,8 +1,11 @@
-"""`rtdiff serve --task T`: a simulated plant (`sims`) behind the bridge (`hw_bridge`).
+"""`rtdiff serve --plant SPEC`: any local plant behind the bridge (`hw_bridge`).
 
-This wiring lives in the CLI face because it is the one place allowed to join two packages:
-`hw_bridge` serves any `runtime.Plant` and never imports `sims`. Both are imported lazily here,
-so `rtdiff --help` stays light.
+`--plant` takes the specs of `runtime.cli.plants` (sim:TASK, mjcf:PATH.xml, gym:ENV_ID,
+py:MODULE:ATTR for a user's Driver or Plant, with `--plant-arg KEY=VALUE`); `--task T` is the
+short form of `--plant sim:T`. This wiring lives in the CLI face because it is the one place
+allowed to join two packages: `hw_bridge` serves any `runtime.Plant` and never imports `sims`.
+Both are imported lazily, so `rtdiff --help` stays light and a `py:` driver is served on a
+computer without MuJoCo or torch.
 
 `--realtime` runs physics on the wall clock (the plant paces itself; the server ticks just after
 it, runs the watchdog and publishes each new state); without it the plant is lockstep: each
@@ -25,14 +28,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runtime.cli import CliError
+from runtime.cli.plants import make_plant
 from runtime.clock import MonotonicClock
 from runtime.files import atomic_write_text
 from runtime.rt import try_realtime
+from runtime.specs import SpecError, parse_kv
 
 
 def cli_serve(args: argparse.Namespace) -> int:
     from hw_bridge import PlantServer
-    from sims import make_plant
 
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
@@ -44,20 +48,29 @@ def cli_serve(args: argparse.Namespace) -> int:
     mode: Literal["lockstep", "realtime"] = "realtime" if args.realtime else "lockstep"
     if args.keys is not None and not Path(args.keys, "server.key_secret").exists():
         raise CliError(f"--keys {args.keys}: no server.key_secret there (run `rtdiff keys`)")
+    if bool(getattr(args, "plant", None)) == bool(getattr(args, "task", None)):
+        raise CliError("give one of --plant SPEC or --task TASK")
+    plant_text = getattr(args, "plant", None) or f"sim:{args.task}"
     try:
-        # The plant's pacing thread shares the GIL with the server loop: a spin that kept it
-        # would hold every command that arrives in the last 100 us before a tick until after
-        # the tick, and the server would count it late.
-        # a plan is executed for at most the watchdog's time after its observation (the
-        # watchdog then stops the plant anyway), unless told otherwise
-        watchdog_ms = getattr(args, "watchdog_ms", 100.0)
-        max_age_ms = getattr(args, "plan_max_age_ms", None) or watchdog_ms
-        plant = make_plant(args.task, mode=mode, seed=args.seed,
-                           clock=MonotonicClock(spin_ns=100_000, yield_in_spin=True),
-                           rate_hz=getattr(args, "rate", None),
-                           plan_max_age_s=max_age_ms / 1e3)
-    except (KeyError, ValueError) as exc:
-        raise CliError(str(exc).strip("'\"")) from None
+        plant_args = parse_kv(getattr(args, "plant_arg", None) or [], flag="--plant-arg")
+    except SpecError as exc:
+        raise CliError(str(exc)) from None
+    # The plant's pacing thread shares the GIL with the server loop: a spin that kept it
+    # would hold every command that arrives in the last 100 us before a tick until after
+    # the tick, and the server would count it late.
+    # A plan is executed for at most the watchdog's time after its observation (the
+    # watchdog then stops the plant anyway), unless told otherwise.
+    watchdog_ms = getattr(args, "watchdog_ms", 100.0)
+    max_age_ms = getattr(args, "plan_max_age_ms", None) or watchdog_ms
+    plant = make_plant(plant_text, plant_args, mode=mode, seed=args.seed,
+                       clock=MonotonicClock(spin_ns=100_000, yield_in_spin=True),
+                       rate_hz=getattr(args, "rate", None),
+                       plan_max_age_s=max_age_ms / 1e3, remote=False)
+    rate = getattr(args, "rate", None)
+    if rate is not None and abs(plant.spec().rate_hz - rate) > 1e-6 * rate:
+        got = plant.spec().rate_hz
+        plant.close()
+        raise CliError(f"--plant {plant_text} runs at {got:g} Hz and does not take --rate {rate:g}")
     if mode == "realtime":
         # The plant's thread and the server loop share one GIL: a command arriving while the
         # plant thread runs Python waits up to the switch interval (CPython's default 5 ms,

@@ -17,6 +17,7 @@ so that `n_substeps` steps still make one control period, and the episode keeps 
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -122,9 +123,10 @@ class TaskEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
         data: mujoco.MjData,
         *,
         n_substeps: int,
-        push_body: str,
+        push_body: str | None,
         disturbances: bool | DisturbanceConfig | dict[str, Any] = True,
         rate_hz: float | None = None,
+        xml: str = "",
     ) -> None:
         if n_substeps <= 0:
             raise ValueError(f"{n_substeps=} must be > 0")
@@ -137,9 +139,12 @@ class TaskEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
         self.data = data
         self.n_substeps = n_substeps
         self.dist_cfg = resolve_disturbances(task.disturbances, disturbances)
-        self._push_body = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, push_body)
-        if self._push_body < 0:
-            raise ValueError(f"{push_body=} is not a body of the {task.name!r} model")
+        self.xml = xml  # the model's MJCF text (`sims.generic.export_task`); empty: unknown
+        self._push_body = -1  # no body to push: pushes are drawn but act on nothing
+        if push_body is not None:
+            self._push_body = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, push_body)
+            if self._push_body < 0:
+                raise ValueError(f"{push_body=} is not a body of the {task.name!r} model")
         self._low = np.array(task.action_low, dtype=np.float64)
         self._high = np.array(task.action_high, dtype=np.float64)
         self.action_space = spaces.Box(self._low, self._high, dtype=np.float64)
@@ -195,9 +200,11 @@ class TaskEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
         a = np.clip(a, self._low, self._high)
         executed = self._disturber.delay(a)
         force = self._disturber.push_force()
-        self.data.xfrc_applied[self._push_body, :3] = force
+        if self._push_body >= 0:
+            self.data.xfrc_applied[self._push_body, :3] = force
         self._advance(executed)
-        self.data.xfrc_applied[self._push_body, :3] = 0.0
+        if self._push_body >= 0:
+            self.data.xfrc_applied[self._push_body, :3] = 0.0
         self.tick += 1
         self.last_push_n = force
         self.last_executed = executed
@@ -289,6 +296,21 @@ class TaskEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
         """Cost (B,) of rollouts: qpos (B, H, nq), qvel (B, H, nv), ctrl (B, H, nu),
         sensordata (B, H, nsensordata), goal (Dg,). Only tasks the sampling MPC can run."""
         raise NotImplementedError(f"task {self.task.name!r} defines no MPC cost")
+
+
+def mjcf_with_sensors(path: str, sensors: list[tuple[str, str, str, str]]) -> str:
+    """The MJCF text of file `path` with sensors appended, each (type, name, objtype, objname),
+    e.g. ("framepos", "tip_pos", "body", "fingertip"). Edited as text, so every number of the
+    file stays as written: the task's model and the MJCF `sims.generic.export_task` writes
+    from it compile to the same physics bit for bit (a round trip through `MjSpec.to_xml`
+    rounds numbers to six digits)."""
+    root = ET.parse(path).getroot()
+    block = root.find("sensor")
+    if block is None:
+        block = ET.SubElement(root, "sensor")
+    for kind, name, objtype, objname in sensors:
+        ET.SubElement(block, kind, name=name, objtype=objtype, objname=objname)
+    return ET.tostring(root, encoding="unicode")
 
 
 def gym_asset(name: str) -> str:

@@ -89,7 +89,7 @@ class BimodalEnv(TaskEnv):
     def __init__(self, **config: Any) -> None:
         model = mujoco.MjModel.from_xml_string(MJCF)
         super().__init__(
-            INFO, model, mujoco.MjData(model), n_substeps=2, push_body="agent", **config
+            INFO, model, mujoco.MjData(model), n_substeps=2, push_body="agent", xml=MJCF, **config
         )
         self._agent = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, "agent")
         self._block = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, "block")

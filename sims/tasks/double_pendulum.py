@@ -41,9 +41,12 @@ INFO = TaskInfo(
 
 class DoublePendulumEnv(TaskEnv):
     def __init__(self, **config: Any) -> None:
-        model = mujoco.MjModel.from_xml_path(gym_asset("inverted_double_pendulum.xml"))
+        path = gym_asset("inverted_double_pendulum.xml")
+        model = mujoco.MjModel.from_xml_path(path)
+        with open(path) as f:
+            xml = f.read()
         super().__init__(
-            INFO, model, mujoco.MjData(model), n_substeps=1, push_body="pole2", **config
+            INFO, model, mujoco.MjData(model), n_substeps=1, push_body="pole2", xml=xml, **config
         )
         self._tip = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "tip")
 

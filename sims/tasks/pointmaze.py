@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import tempfile
 from typing import Any
 
 import mujoco
@@ -46,6 +48,15 @@ INFO = TaskInfo(
 )
 
 
+def _last_xml(model: mujoco.MjModel) -> str:
+    """The MJCF text MuJoCo parsed last (here: the generated maze)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "maze.xml")
+        mujoco.mj_saveLastXML(path, model)
+        with open(path) as f:
+            return f.read()
+
+
 class PointMazeEnv(TaskEnv):
     def __init__(self, **config: Any) -> None:
         # gymnasium-robotics prints a notice about its Adroit envs on import; keep it off
@@ -57,8 +68,13 @@ class PointMazeEnv(TaskEnv):
             self.inner = _PointMaze(
                 maze_map=MEDIUM_MAZE, continuing_task=False, reward_type="dense"
             )
+            # the maze's MJCF is generated into a temporary file that is gone after loading:
+            # keep the text of the model just loaded
+            xml = _last_xml(self.inner.point_env.model)
         pe = self.inner.point_env
-        super().__init__(INFO, pe.model, pe.data, n_substeps=1, push_body="particle", **config)
+        super().__init__(
+            INFO, pe.model, pe.data, n_substeps=1, push_body="particle", xml=xml, **config
+        )
 
     @property
     def maze(self) -> Any:

@@ -13,13 +13,14 @@ the disc).
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from typing import Any
 
 import mujoco
 import numpy as np
 
 from sims.disturbances import DisturbanceConfig
-from sims.tasks.base import TaskEnv, TaskInfo, gym_asset
+from sims.tasks.base import TaskEnv, TaskInfo, gym_asset, mjcf_with_sensors
 
 GOAL_TOL_M = 0.08
 # The MJCF's puck has density 0.01 (an 8 mg puck). MuJoCo's soft contacts scale their
@@ -55,25 +56,29 @@ INFO = TaskInfo(
 
 
 def pusher_model() -> mujoco.MjModel:
-    spec = mujoco.MjSpec.from_file(gym_asset("pusher_v5.xml"))
-    puck = spec.body("object").geoms[0]
-    puck.density = PUCK_DENSITY_KG_M3
-    for name in ("tips_arm", "object"):
-        spec.add_sensor(
-            type=mujoco.mjtSensor.mjSENS_FRAMEPOS,
-            objtype=mujoco.mjtObj.mjOBJ_BODY,
-            name=f"{name}_pos",
-            objname=name,
-        )
-    model: mujoco.MjModel = spec.compile()
-    return model
+    return mujoco.MjModel.from_xml_string(pusher_xml())
+
+
+def pusher_xml() -> str:
+    """gymnasium's pusher_v5.xml with the task's puck density and two position sensors."""
+    text = mjcf_with_sensors(
+        gym_asset("pusher_v5.xml"),
+        [("framepos", f"{n}_pos", "body", n) for n in ("tips_arm", "object")],
+    )
+    root = ET.fromstring(text)
+    puck = root.find(".//body[@name='object']/geom")
+    if puck is None:
+        raise ValueError("pusher_v5.xml has no geom in body 'object'")
+    puck.set("density", repr(PUCK_DENSITY_KG_M3))
+    return ET.tostring(root, encoding="unicode")
 
 
 class PusherEnv(TaskEnv):
     def __init__(self, **config: Any) -> None:
-        model = pusher_model()
+        xml = pusher_xml()
+        model = mujoco.MjModel.from_xml_string(xml)
         super().__init__(
-            INFO, model, mujoco.MjData(model), n_substeps=2, push_body="object", **config
+            INFO, model, mujoco.MjData(model), n_substeps=2, push_body="object", xml=xml, **config
         )
         body = mujoco.mj_name2id
         self._obj = body(model, mujoco.mjtObj.mjOBJ_BODY, "object")

@@ -16,7 +16,7 @@ import mujoco
 import numpy as np
 
 from sims.disturbances import DisturbanceConfig
-from sims.tasks.base import TaskEnv, TaskInfo, gym_asset
+from sims.tasks.base import TaskEnv, TaskInfo, gym_asset, mjcf_with_sensors
 
 TOL_M = 0.02  # fingertip-to-target distance counted as "on target"
 SHARE_MIN = 0.6  # share of ticks on target for success
@@ -58,15 +58,14 @@ def _sample_target(rng: np.random.Generator) -> np.ndarray:
 
 
 def reacher_model() -> mujoco.MjModel:
-    spec = mujoco.MjSpec.from_file(gym_asset("reacher.xml"))
-    spec.add_sensor(
-        type=mujoco.mjtSensor.mjSENS_FRAMEPOS,
-        objtype=mujoco.mjtObj.mjOBJ_BODY,
-        name="tip_pos",
-        objname="fingertip",
+    return mujoco.MjModel.from_xml_string(reacher_xml())
+
+
+def reacher_xml() -> str:
+    """gymnasium's reacher.xml with a fingertip position sensor."""
+    return mjcf_with_sensors(
+        gym_asset("reacher.xml"), [("framepos", "tip_pos", "body", "fingertip")]
     )
-    model: mujoco.MjModel = spec.compile()
-    return model
 
 
 def link_lengths_m() -> tuple[float, float]:
@@ -82,9 +81,10 @@ def link_lengths_m() -> tuple[float, float]:
 
 class ReacherMovingEnv(TaskEnv):
     def __init__(self, **config: Any) -> None:
-        model = reacher_model()
+        xml = reacher_xml()
+        model = mujoco.MjModel.from_xml_string(xml)
         super().__init__(
-            INFO, model, mujoco.MjData(model), n_substeps=2, push_body="body1", **config
+            INFO, model, mujoco.MjData(model), n_substeps=2, push_body="body1", xml=xml, **config
         )
         self._tip = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "fingertip")
         self._on_target = 0
