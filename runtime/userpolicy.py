@@ -16,6 +16,8 @@ stops the run with a `PolicyError` that says at which tick and why. In realtime 
 the same faults never crash the loop: the action becomes NaN, the loop sends its fallback and
 counts it (`nonfinite` in the run's fallback counts), and the policy counts the cause
 (`counters()`: `errors`, `nonfinite`, `bad_shape`; the first error's text in `first_error`).
+The counts cover every call, the loop's warm-up calls (which measure the policy's latency
+before the first tick) included.
 """
 
 from __future__ import annotations
