@@ -37,7 +37,9 @@ class Driver(abc.ABC):
     - `read() -> (state (Ds,) float64, t_ns)`: the newest measurement and its time on `clock`.
       It must not invent a reading; if the device has nothing new it returns the last one with
       its original `t_ns` (the base class then flags the observation stale).
-    - `write(action (Da,) float64)`: already finite and within the spec's limits.
+    - `write(action (Da,) float64)`: already finite and within the spec's limits (`apply`
+      refuses a non-finite or misshapen action with ValueError and clips into the limits, so
+      a driver never sees either, whoever calls it).
     - `home(seed)`: bring the device to its start state for `reset` (default: nothing).
 
     Example:
@@ -111,10 +113,18 @@ class Driver(abc.ABC):
     def apply(self, cmd: Command) -> None:
         if not self.connected:
             raise DriverNotConnected(f"{type(self).__name__}.apply before connect")
+        sp = self._spec
+        action = np.asarray(cmd.action, dtype=np.float64)
+        # defence in depth: the loop and the server already refuse or replace these
+        if action.shape != (sp.action_dim,) or not np.all(np.isfinite(action)):
+            raise ValueError(
+                f"command {cmd.seq}: action must be finite with shape ({sp.action_dim},), "
+                f"got {action!r}"
+            )
         if cmd.deadline_ns > 0 and self.clock.now_ns() > cmd.deadline_ns:
             self._counts["late"] += 1
             raise LateCommand(f"command {cmd.seq} reached the driver after its deadline")
-        self.write(cmd.action)
+        self.write(np.minimum(np.maximum(action, sp.action_low), sp.action_high))
         self._counts["applied"] += 1
 
     def counters(self) -> dict[str, int]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 import re
 import sys
 from collections.abc import Iterable
@@ -141,7 +142,8 @@ def _split_py(target: str, text: str) -> tuple[str, str]:
 
 def load_object(spec: Spec) -> Any:
     """Import the object a `py:` spec names. A file is loaded as a module of its own (its
-    directory is not put on sys.path); a module is imported normally."""
+    directory is not put on sys.path); a module is imported normally, the current directory
+    first on the path as with `python -m`."""
     where, attr = _split_py(spec.target, spec.text)
     if where.endswith(".py"):
         path = Path(where).expanduser()
@@ -159,6 +161,11 @@ def load_object(spec: Spec) -> Any:
             sys.modules.pop(name, None)
             raise SpecError(f"{spec.text!r}: importing {path} raised {one_line(exc)}") from None
     else:
+        # like `python -m`: a module in the current directory is found (a console script's
+        # sys.path starts at its own bin/ directory instead)
+        cwd = os.getcwd()
+        if cwd not in sys.path and "" not in sys.path:
+            sys.path.insert(0, cwd)
         try:
             module = importlib.import_module(where)
         except ModuleNotFoundError as exc:

@@ -238,6 +238,20 @@ def _add_policy_spec(p: argparse.ArgumentParser, *, required: bool = True) -> No
     )
 
 
+def _add_check(sp: argparse._SubParsersAction[_Parser]) -> None:
+    p = sp.add_parser("check", help="check a plant or a policy against rtdiff's contracts")
+    _add_plant_spec(p, served=True)
+    _add_policy_spec(p, required=False)
+    p.add_argument("--mode", choices=["lockstep", "realtime"], default="lockstep",
+                   help="how to drive the plant (a policy is checked in lockstep)")
+    p.add_argument("--rate", type=positive_float, default=None, help="control rate in Hz")
+    p.add_argument("--ticks", type=positive_int, default=200, help="lockstep ticks to drive")
+    p.add_argument("--seconds", type=positive_float, default=1.0, help="realtime: how long")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _target(p, "runtime.cli.check:cli_check")
+
+
 def _add_run(sp: argparse._SubParsersAction[_Parser]) -> None:
     p = sp.add_parser("run", help="drive a plant with a planner and report deadlines")
     _add_policy_spec(p)
@@ -292,9 +306,9 @@ def _add_run(sp: argparse._SubParsersAction[_Parser]) -> None:
 
 def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     p = sp.add_parser("bench", help="benchmarks: tick | bridge | deadline | stalls | soak | "
-                                    "flood | kills | faults | fuzz")
+                                    "flood | kills | faults | fuzz | ddp")
     bp = p.add_subparsers(dest="bench",
-                          metavar="{tick,bridge,deadline,stalls,soak,flood,kills,faults,fuzz}",
+                          metavar="{tick,bridge,deadline,stalls,soak,flood,kills,faults,fuzz,ddp}",
                           parser_class=_Parser)
     bp.required = True
 
@@ -500,6 +514,22 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     _add_results(fz)
     _target(fz, "runtime.cli.bench_fuzz:cli_bench_fuzz")
 
+    dd = bp.add_parser("ddp", help="training samples/s of N DDP processes against one")
+    dd.add_argument("--nproc", type=positive_int, default=2, help="processes of the DDP run")
+    dd.add_argument("--policy", choices=["rolling", "chunked", "pertick", "mlp"],
+                    default="rolling")
+    dd.add_argument("--steps", type=positive_int, default=200, help="optimizer steps per run")
+    dd.add_argument("--batch", type=positive_int, default=256, help="global batch (windows)")
+    dd.add_argument("--data", default=None,
+                    help="dataset directory (default: a synthetic 6-D state, 2-D action one)")
+    dd.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    dd.add_argument("--seed", type=nonnegative_int, default=0)
+    dd.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                    help="a `rtdiff train --set` setting for both runs (repeatable)")
+    dd.add_argument("--json", action="store_true")
+    _add_results(dd)
+    _target(dd, "runtime.cli.bench_ddp:cli_bench_ddp")
+
 
 def _add_trace(sp: argparse._SubParsersAction[_Parser]) -> None:
     p = sp.add_parser("trace", help="tick traces: export")
@@ -555,7 +585,7 @@ def build_parser() -> _Parser:
     sp.required = True
     for add in (
         _add_tasks, _add_collect, _add_train, _add_serve, _add_keys, _add_run, _add_bench,
-        _add_report, _add_demo, _add_trace,
+        _add_report, _add_demo, _add_trace, _add_check,
     ):
         add(sp)
     return parser

@@ -198,8 +198,8 @@ def make_planner(
             return planner_from_object(
                 load_object(parsed), spec, kwargs=parsed.kwargs, strict=strict, name=str(parsed)
             )
-        except SpecError as exc:
-            raise CliError(f"--policy {parsed}: {exc}") from None
+        except SpecError as exc:  # its message names the spec
+            raise CliError(str(exc)) from None
     if policy_args:
         raise CliError(f"--policy-arg applies to py: policies, not {policy!r}")
     if policy == "expert":

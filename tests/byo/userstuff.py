@@ -47,3 +47,37 @@ def motor(mode: str = "lockstep", rate_hz: float = 200.0, episode_ticks: int = 5
 
 READY = FirstOrderMotor(mode="lockstep")
 NOT_A_PLANT = 42
+
+
+class BackwardsClock:
+    """A clock that jumps 5 ms back every 10th reading (a driver stamping with a bad clock)."""
+
+    def __init__(self) -> None:
+        self.t, self.n = 1_000_000_000, 0
+
+    def now_ns(self) -> int:
+        self.n += 1
+        self.t += 1_000_000 if self.n % 10 else -5_000_000
+        return self.t
+
+    def sleep_until_ns(self, t_ns: int) -> None:
+        self.t = max(self.t, t_ns)
+
+
+class StampsWithItsClock(FirstOrderMotor):
+    """Stamps each reading with its clock as it is, even when that clock jumps back."""
+
+    def read(self) -> tuple[np.ndarray, int]:
+        x, _ = super().read()
+        return x, self.clock.now_ns()
+
+
+def motor_with_bad_clock(mode: str = "lockstep") -> object:
+    return StampsWithItsClock(mode="realtime", clock=BackwardsClock())
+
+
+class TakesAnything(FirstOrderMotor):
+    """A plant that applies whatever it is given, NaN included (what rtdiff check catches)."""
+
+    def apply(self, cmd: object) -> None:
+        self.write(cmd.action)  # type: ignore[attr-defined]
