@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gymnasium
 import numpy as np
 
-from runtime import Command, Observation, PlantSpec
+from runtime import Command, Observation, Planner, Plant, PlantSpec
 from runtime.lockstep import PlantTap, run_lockstep
 from sims.datasets import Episode, is_dataset, require_hdf5, write_dataset
 from sims.experts import make_expert
@@ -87,7 +88,8 @@ class _Dart:
         return int(self.expert.refine(budget_ns))
 
     def action(self) -> np.ndarray:
-        self.label = self.expert.action()
+        # a copy: a planner may hand out the same buffer every tick
+        self.label = np.array(self.expert.action(), dtype=np.float64)
         u, eps = self.rng.random(), self.rng.standard_normal(self.spec.action_dim)
         a = self.label + (eps * self.noise * self.half if u < self.prob else 0.0)
         return np.clip(a, self.spec.action_low, self.spec.action_high)
@@ -99,7 +101,7 @@ class _Recorder(PlantTap):
 
     def __init__(
         self,
-        plant: MujocoPlant,
+        plant: Plant,
         dart: _Dart,
         task: str,
         progress: Callable[[int, int, int], None] | None,
@@ -111,6 +113,7 @@ class _Recorder(PlantTap):
         self.ends: list[tuple[np.ndarray, bool]] = []
         self.successes = 0
         self._steps: dict[str, list[Any]] = {}
+        self._sent: np.ndarray = np.zeros(plant.spec().action_dim)
 
     def started(self, obs: Observation) -> None:
         self._steps = {k: [] for k in ("states", "goals", "labels", "executed", "rewards",
@@ -121,6 +124,7 @@ class _Recorder(PlantTap):
     def applied(self, cmd: Command) -> None:
         self._steps["labels"].append(self.dart.label)
         self._steps["executed"].append(cmd.action)
+        self._sent = cmd.action
         self._steps["mode"].append(int(getattr(self.dart.expert, "mode", 0)))
 
     def observed(self, obs: Observation) -> None:
@@ -130,7 +134,9 @@ class _Recorder(PlantTap):
         st["rewards"].append(obs.reward)
         st["push"].append(obs.info.get("push", np.zeros(3)))
         st["switch"].append("goal_switch" in obs.info)
-        st["acted"].append(obs.info["executed"])
+        # what acted: a simulated plant says (an action delay may hold an older one), any
+        # other plant acted on what was sent
+        st["acted"].append(obs.info.get("executed", self._sent))
         if obs.done:
             self._end(obs)
 
@@ -161,7 +167,7 @@ class _Recorder(PlantTap):
         )
         # the label at the final observation, which the loop hands no planner
         expert.observe(obs)
-        self.ends.append((expert.action(), bool(obs.terminated)))
+        self.ends.append((np.array(expert.action(), dtype=np.float64), bool(obs.terminated)))
         if self.progress is not None:
             self.progress(len(self.episodes), self.total, self.successes)
 
@@ -174,16 +180,35 @@ def collect_episodes(
     info = get_task(cfg.task)
     dart_prob = info.dart_prob if cfg.dart_prob is None else cfg.dart_prob
     plant = MujocoPlant(cfg.task, seed=cfg.seed)
-    spec = plant.spec()
-    expert = make_expert(cfg.task, spec, seed=cfg.seed)
-    dart = _Dart(expert, spec, np.random.default_rng([cfg.seed, 0xDA27]), dart_prob,
-                 info.dart_noise)
-    recorder = _Recorder(plant, dart, cfg.task, progress, cfg.episodes)
     try:
-        run_lockstep(recorder, dart, episodes=cfg.episodes, seed=cfg.seed,
-                     steps_per_tick=cfg.refine_steps)
+        spec = plant.spec()
+        expert = make_expert(cfg.task, spec, seed=cfg.seed)
+        return record_episodes(plant, expert, name=cfg.task, episodes=cfg.episodes,
+                               seed=cfg.seed, dart_prob=dart_prob, dart_noise=info.dart_noise,
+                               refine_steps=cfg.refine_steps, progress=progress)
     finally:
         plant.close()
+
+
+def record_episodes(
+    plant: Plant,
+    policy: Planner,
+    *,
+    name: str,
+    episodes: int,
+    seed: int,
+    dart_prob: float = 0.0,
+    dart_noise: float = 0.3,
+    refine_steps: int = 1,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> tuple[list[Episode], list[tuple[np.ndarray, bool]]]:
+    """Any plant driven by any planner for `episodes` lockstep episodes (DART-perturbed on a
+    share `dart_prob` of the ticks); the episodes and their final labels, as
+    `collect_episodes` returns them. The caller owns (and closes) the plant."""
+    spec = plant.spec()
+    dart = _Dart(policy, spec, np.random.default_rng([seed, 0xDA27]), dart_prob, dart_noise)
+    recorder = _Recorder(plant, dart, name, progress, episodes)
+    run_lockstep(recorder, dart, episodes=episodes, seed=seed, steps_per_tick=refine_steps)
     return recorder.episodes, recorder.ends
 
 
@@ -200,7 +225,7 @@ class _Progress:
         fill = round(width * done / total)
         line = (
             f"collect {self.task}: [{'#' * fill}{'.' * (width - fill)}] {done}/{total} "
-            f"episodes, expert success {n_success / done:.0%}"
+            f"episodes, success {n_success / done:.0%}"
         )
         if self.tty:
             sys.stderr.write("\r" + line + ("\n" if done == total else ""))
@@ -222,32 +247,100 @@ def collect(cfg: CollectConfig, *, progress: bool = True) -> dict[str, Any]:
     out = cfg.out.absolute()  # minari joins the dataset path onto itself when it is relative
     _check_out(out)
     require_hdf5()  # before the collection, not after it
+    episodes, ends = collect_episodes(cfg, _Progress(cfg.task) if progress else None)
+    env = MujocoPlant(cfg.task).env
+    info = get_task(cfg.task)
+    meta = {
+        "task": cfg.task,
+        "episodes": len(episodes),
+        "ticks": int(sum(e.ticks for e in episodes)),
+        "seed": cfg.seed,
+        "seeds": [cfg.seed + i for i in range(len(episodes))],
+        "dart_prob": info.dart_prob if cfg.dart_prob is None else cfg.dart_prob,
+        "dart_noise": info.dart_noise,
+        "rate_hz": info.rate_hz,
+        "state_dim": info.state_dim,
+        "goal_dim": info.goal_dim,
+        "action_dim": info.action_dim,
+        "expert": info.expert,
+        "success_rate": float(np.mean([e.success for e in episodes])),
+    }
+    try:
+        _write_atomically(out, episodes, ends, env.observation_space, env.action_space, meta)
+    finally:
+        env.close()
+    return meta
+
+
+def collect_plant(
+    plant: Plant,
+    policy: Planner,
+    *,
+    out: Path,
+    episodes: int,
+    seed: int = 0,
+    dart_prob: float = 0.0,
+    dart_noise: float = 0.3,
+    plant_text: str = "",
+    policy_text: str = "",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Any plant driven by any planner, written atomically to `out` as a dataset named after
+    the plant's spec (`rtdiff collect --plant SPEC --policy SPEC`); returns a summary. The
+    dataset's spaces and `rtdiff.json` come from the spec: its dimensions, action limits and
+    rate are what `rtdiff train` reads. The caller owns (and closes) the plant."""
+    out = out.absolute()
+    _check_out(out)
+    require_hdf5()
+    spec = plant.spec()
+    eps, ends = record_episodes(
+        plant, policy, name=spec.name, episodes=episodes, seed=seed, dart_prob=dart_prob,
+        dart_noise=dart_noise, progress=_Progress(spec.name) if progress else None,
+    )
+    obs_spaces: dict[str, gymnasium.spaces.Space[Any]] = {
+        "state": gymnasium.spaces.Box(-np.inf, np.inf, (spec.state_dim,), np.float64)}
+    if spec.goal_dim:
+        obs_spaces["goal"] = gymnasium.spaces.Box(-np.inf, np.inf, (spec.goal_dim,), np.float64)
+    act_space = gymnasium.spaces.Box(spec.action_low, spec.action_high, dtype=np.float64)
+    meta = {
+        "task": spec.name,
+        "plant": plant_text or spec.name,
+        "policy": policy_text,
+        "episodes": len(eps),
+        "ticks": int(sum(e.ticks for e in eps)),
+        "seed": seed,
+        "seeds": [seed + i for i in range(len(eps))],
+        "dart_prob": dart_prob,
+        "dart_noise": dart_noise,
+        "rate_hz": spec.rate_hz,
+        "state_dim": spec.state_dim,
+        "goal_dim": spec.goal_dim,
+        "action_dim": spec.action_dim,
+        "action_low": spec.action_low.tolist(),
+        "action_high": spec.action_high.tolist(),
+        "expert": policy_text,
+        "success_rate": float(np.mean([e.success for e in eps])) if eps else 0.0,
+    }
+    _write_atomically(out, eps, ends, gymnasium.spaces.Dict(obs_spaces), act_space, meta)
+    return meta
+
+
+def _write_atomically(
+    out: Path,
+    episodes: list[Episode],
+    ends: list[tuple[np.ndarray, bool]],
+    observation_space: Any,
+    action_space: Any,
+    meta: dict[str, Any],
+) -> None:
+    """Write the dataset into a hidden temp directory beside `out`, then swap it into place:
+    an existing dataset is replaced only once the new one is complete."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        episodes, ends = collect_episodes(cfg, _Progress(cfg.task) if progress else None)
-        env = MujocoPlant(cfg.task).env
-        info = get_task(cfg.task)
-        meta = {
-            "task": cfg.task,
-            "episodes": len(episodes),
-            "ticks": int(sum(e.ticks for e in episodes)),
-            "seed": cfg.seed,
-            "seeds": [cfg.seed + i for i in range(len(episodes))],
-            "dart_prob": info.dart_prob if cfg.dart_prob is None else cfg.dart_prob,
-            "dart_noise": info.dart_noise,
-            "rate_hz": info.rate_hz,
-            "state_dim": info.state_dim,
-            "goal_dim": info.goal_dim,
-            "action_dim": info.action_dim,
-            "expert": info.expert,
-            "success_rate": float(np.mean([e.success for e in episodes])),
-        }
-        write_dataset(tmp, episodes, ends, env.observation_space, env.action_space, meta)
-        env.close()
-        # swap into place: an existing dataset is replaced only once the new one is complete
+        write_dataset(tmp, episodes, ends, observation_space, action_space, meta)
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         if out.exists():
             out.rename(old)
@@ -257,7 +350,6 @@ def collect(cfg: CollectConfig, *, progress: bool = True) -> dict[str, Any]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return meta
 
 
 def collect_from_args(args: argparse.Namespace) -> int:

@@ -88,8 +88,11 @@ def _add_tasks(sp: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _add_collect(sp: argparse._SubParsersAction[_Parser]) -> None:
-    p = sp.add_parser("collect", help="record expert demonstrations as a Minari dataset")
-    p.add_argument("--task", required=True, help="task name (see `rtdiff tasks`)")
+    p = sp.add_parser("collect", help="record a plant driven by a policy as a Minari dataset")
+    p.add_argument("--task", default=None,
+                   help="a built-in task, recorded with its expert (see `rtdiff tasks`)")
+    _add_plant_spec(p, served=False, required=False)
+    _add_policy_spec(p, required=False)
     p.add_argument("--episodes", type=positive_int, required=True, help="episodes to record")
     p.add_argument("--out", required=True, help="dataset directory to create")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="base seed")
@@ -97,7 +100,8 @@ def _add_collect(sp: argparse._SubParsersAction[_Parser]) -> None:
         "--dart-prob",
         type=float,
         default=None,
-        help="probability of executing a perturbed action (default: the task's setting)",
+        help="probability of executing a perturbed action (default: the task's setting with "
+             "--task, 0 with --plant)",
     )
     _target(p, "runtime.cli.collect:cli_collect")
 

@@ -130,3 +130,37 @@ def test_serve_needs_one_plant(capsys: pytest.CaptureFixture[str]) -> None:
     assert "give one of --plant SPEC or --task TASK" in capsys.readouterr().err
     assert main(["serve", "--plant", "tcp://127.0.0.1:1", "--seconds", "0.1"]) == 2
     assert "an endpoint cannot be served" in capsys.readouterr().err
+
+
+def test_collect_records_any_plant_driven_by_any_policy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sims.datasets import load_episodes
+
+    out = tmp_path / "motor"
+    assert main(["collect", "--plant", MOTOR, "--plant-arg", "episode_ticks=30", "--policy",
+                 "py:tests.byo.userstuff:pd", "--episodes", "2", "--out", str(out)]) == 0
+    assert "wrote 2 episodes (60 ticks) of first-order-motor (200 Hz)" in capsys.readouterr().out
+    meta = json.loads((out / "rtdiff.json").read_text())
+    assert meta["rate_hz"] == 200 and meta["action_low"] == [-1.0] and meta["dart_prob"] == 0
+    eps = list(load_episodes(str(out)))
+    assert len(eps) == 2 and eps[0].states.shape == (31, 2) and eps[0].actions.shape == (30, 1)
+    # the labels are the policy's actions: pd(state) at each recorded state
+    from tests.byo.userstuff import pd
+    np.testing.assert_allclose(eps[0].actions[0], pd(eps[0].states[0].astype(np.float64)),
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    ([], "give one of --task TASK"),
+    (["--plant", MOTOR], "--plant needs --policy SPEC"),
+    (["--task", "double-pendulum", "--policy", "expert"], "--policy goes with --plant"),
+    (["--plant", MOTOR, "--policy", "py:tests.byo.userstuff:Buggy"], "raised ZeroDivisionError"),
+])
+def test_collect_errors_are_one_line(
+    argv: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["collect", *argv, "--episodes", "1", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "d").exists()
