@@ -615,6 +615,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"rtdiff {args.command}: interrupted\n")
         return 130
+    except ModuleNotFoundError as exc:
+        extra = EXTRA_OF.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        sys.stderr.write(
+            f"rtdiff {args.command}: error: this needs {exc.name}, which is not installed "
+            f"(pip install 'rtdiff[{extra}]')\n"
+        )
+        return 2
+
+
+# the optional packages and the install extra that brings each (pyproject.toml)
+EXTRA_OF = {
+    "mujoco": "sim", "gymnasium": "sim", "gymnasium_robotics": "sim", "minari": "sim",
+    "h5py": "sim", "torch": "learn", "safetensors": "learn", "matplotlib": "learn",
+    "dynamixel_sdk": "dynamixel", "mcap": "trace", "ray": "scale",
+}
 
 
 if __name__ == "__main__":
