@@ -84,8 +84,21 @@ def _row(info: TaskInfo) -> dict[str, Any]:
 
 
 def cli_tasks(args: argparse.Namespace) -> int:
-    """`rtdiff tasks [--json]`: a table, or one JSON object {"tasks": [...]}."""
+    """`rtdiff tasks [--json] [--export-mjcf DIR]`: a table, or one JSON object
+    {"tasks": [...]}; with `--export-mjcf`, each task's model written as DIR/TASK.xml
+    (`sims.generic.export_task`: `--plant mjcf:DIR/TASK.xml` runs its physics)."""
     infos = [get_task(n) for n in task_names()]
+    export = getattr(args, "export_mjcf", None)
+    if export:
+        import os
+
+        from sims.generic import export_task
+
+        os.makedirs(export, exist_ok=True)
+        for i in infos:
+            path = export_task(i.name, os.path.join(export, f"{i.name}.xml"))
+            print(f"wrote {path}")
+        return 0
     if getattr(args, "json", False):
         print(json.dumps({"tasks": [_row(i) for i in infos]}))
         return 0

@@ -84,6 +84,8 @@ def _target(sub: argparse.ArgumentParser, target: str) -> None:
 def _add_tasks(sp: argparse._SubParsersAction[_Parser]) -> None:
     p = sp.add_parser("tasks", help="list the simulated tasks")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--export-mjcf", default=None, metavar="DIR",
+                   help="write each task's model as DIR/TASK.xml, runnable as mjcf:DIR/TASK.xml")
     _target(p, "sims.registry:cli_tasks")
 
 

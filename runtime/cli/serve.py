@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runtime.cli import CliError
-from runtime.cli.plants import make_plant
+from runtime.cli.plants import make_plant, plant_spec_of
 from runtime.clock import MonotonicClock
 from runtime.files import atomic_write_text
 from runtime.rt import try_realtime
@@ -67,15 +67,15 @@ def cli_serve(args: argparse.Namespace) -> int:
                        rate_hz=getattr(args, "rate", None),
                        plan_max_age_s=max_age_ms / 1e3, remote=False)
     rate = getattr(args, "rate", None)
-    if rate is not None and abs(plant.spec().rate_hz - rate) > 1e-6 * rate:
-        got = plant.spec().rate_hz
+    if rate is not None and abs(plant_spec_of(plant).rate_hz - rate) > 1e-6 * rate:
+        got = plant_spec_of(plant).rate_hz
         plant.close()
         raise CliError(f"--plant {plant_text} runs at {got:g} Hz and does not take --rate {rate:g}")
     if mode == "realtime":
         # The plant's thread and the server loop share one GIL: a command arriving while the
         # plant thread runs Python waits up to the switch interval (CPython's default 5 ms,
         # several 500 Hz periods) before the server can hand it over, and then counts as late.
-        sys.setswitchinterval(min(100e-6, plant.spec().period_s / 20))
+        sys.setswitchinterval(min(100e-6, plant_spec_of(plant).period_s / 20))
     audit = None
     if getattr(args, "audit", None):
         from hw_bridge.audit import AuditPlant
@@ -95,7 +95,7 @@ def cli_serve(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     if audit is not None:
         audit.attach(server.core)  # sessions keyed by the controller's connection
-    spec = plant.spec()
+    spec = plant_spec_of(plant)
     sys.stderr.write(
         f"rtdiff serve: {spec.name} ({mode}, {spec.rate_hz:g} Hz) on {server.address}"
         f"{' with CurveZMQ' if args.keys else ''}\n"

@@ -192,3 +192,12 @@ def test_a_gymnasium_env_is_a_plant_at_its_own_rate() -> None:
         GymEnv("InvertedPendulum-v5", rate_hz=100.0)
     with pytest.raises(ValueError, match="not a Box"):
         GymEnv("CartPole-v1")
+
+
+def test_rtdiff_tasks_exports_every_model(tmp_path: Path) -> None:
+    from runtime.cli import main
+
+    assert main(["tasks", "--export-mjcf", str(tmp_path)]) == 0
+    for task in task_names():
+        env = MjcfEnv(str(tmp_path / f"{task}.xml"))
+        assert env.task.name == task and env.task.rate_hz == make_task_env(task).task.rate_hz
