@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check runtime policies sims hw_bridge tests
+	$(BIN)/ruff check runtime policies sims hw_bridge tests examples
 	$(BIN)/mypy runtime hw_bridge policies sims
 	$(BIN)/lint-imports
 
