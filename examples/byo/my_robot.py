@@ -42,7 +42,7 @@ class FakeDevice:
 class MyRobot(Driver):
     """One wheel: state [angle_rad, speed_rad_s], action [target speed_rad_s] in +-5."""
 
-    def __init__(self, port: str = "/dev/ttyUSB0", rate_hz: float = 100.0, **kw: object) -> None:
+    def __init__(self, port: str = "/dev/ttyUSB0", rate_hz: float = 100.0) -> None:
         spec = PlantSpec(
             name="my-robot", state_dim=2, action_dim=1,
             action_low=np.array([-5.0]), action_high=np.array([5.0]), rate_hz=rate_hz,
