@@ -361,12 +361,17 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     d = bp.add_parser("deadline", help="planners x rates in realtime over the bridge")
     d.add_argument("--out", default="runs/deadline", help="run directory to write")
     d.add_argument("--tasks", default="double-pendulum,bimodal", help="comma list")
+    d.add_argument("--plant", default=None, metavar="SPEC",
+                   help="instead of --tasks: any plant rtdiff serve takes (mjcf:, gym:, py:)")
+    d.add_argument("--plant-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyword argument for --plant (repeatable)")
     d.add_argument("--rates", default="50,100,250,500", help="comma list of Hz")
     d.add_argument(
         "--planners",
         default="rolling,chunked,chunked-k10,chunked-k50,chunked-async,pertick,mlp,expert",
         help="comma list of: rolling, rolling-late (refines then sends), rolling-async, "
-             "chunked, chunked-k10, chunked-k50, chunked-async, pertick, mlp, expert",
+             "chunked, chunked-k10, chunked-k50, chunked-async, pertick, mlp, expert, or any "
+             "policy spec (py:..., KIND:TASK, a checkpoint directory)",
     )
     d.add_argument("--seeds", type=positive_int, default=2, help="seeds per cell")
     d.add_argument("--seed", type=nonnegative_int, default=0, help="first seed")

@@ -1,5 +1,10 @@
 """`rtdiff bench deadline`: planners x control rates, realtime, plant in its own process.
 
+`--plant SPEC [--plant-arg K=V]` replaces `--tasks` with any plant `rtdiff serve` takes
+(mjcf:, gym:, py:), and `--planners` takes any policy spec besides the names below (py:...,
+KIND:TASK, a checkpoint directory), so a user's model and policy are measured like the
+built-in ones.
+
 For each task and rate, one `rtdiff serve --realtime --rate R` process holds the MuJoCo plant
 behind the ZeroMQ bridge on loopback; every planner then drives it for `--seconds`, once per
 seed, from this process, with a trace. Each run's JSON goes to `OUT/runs/`, its trace to
@@ -48,6 +53,15 @@ PLANNERS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 }
 
 
+def label(spec: str) -> str:
+    """A file-safe name for a plant or policy spec in cell names: `mjcf:robots/arm.xml` ->
+    `arm`, `py:pkg.mod:policy` -> `policy`, `gym:Hopper-v5` -> `Hopper-v5`; plain names stay."""
+    if ":" not in spec and "/" not in spec:
+        return spec
+    last = spec.rsplit(":", 1)[-1] if spec.startswith("py:") else spec.split(":", 1)[-1]
+    return Path(last).stem if last.endswith((".xml", ".py")) else Path(last).name
+
+
 def runnable(planner: str) -> bool:
     """A `bench deadline` planner name, or any policy `rtdiff run` takes (KIND:TASK, a
     checkpoint directory): what the benches that drive `rtdiff run` accept."""
@@ -88,8 +102,9 @@ def run_cell(*, planner: str, task: str, address: str, rate_hz: float, seconds: 
              rt_priority: int | None = None) -> dict[str, Any]:
     from runtime.cli.run import execute
 
-    policy, overrides, options = PLANNERS[planner]
-    name = cell_name(task, planner, rate_hz, seed, tag)
+    # a name of the table, or any policy `rtdiff run` takes (py:..., KIND:TASK, a directory)
+    policy, overrides, options = PLANNERS.get(planner, (planner, {}, {}))
+    name = cell_name(label(task), label(planner), rate_hz, seed, tag)
     args = run_args(policy.format(task=task), address, seed=seed, seconds=seconds,
                     trace=str(out_dir / "traces" / name), rt_priority=rt_priority)
     args.rate = rate_hz
@@ -100,7 +115,8 @@ def run_cell(*, planner: str, task: str, address: str, rate_hz: float, seconds: 
         _, out = execute(args)
     except CliError as exc:
         out = {"error": str(exc)}
-    out.update(name=name, planner=planner, task=task, rate_hz=rate_hz, seed=seed,
+    out.update(name=name, planner=label(planner), task=label(task), rate_hz=rate_hz, seed=seed,
+               plant_spec=task, policy=policy,
                hog=bool(tag), **({"trace": f"traces/{name}"} if "error" not in out else {}))
     (out_dir / "runs" / f"{name}.json").write_text(json.dumps(out))
     return out
@@ -108,9 +124,14 @@ def run_cell(*, planner: str, task: str, address: str, rate_hz: float, seconds: 
 
 def cli_bench_deadline(args: argparse.Namespace) -> int:
     planners = csv_list(args.planners)
-    unknown = [p for p in planners if p not in PLANNERS]
+    unknown = [p for p in planners if not runnable(p)]
     if unknown:
-        raise CliError(f"unknown planner(s) {unknown}; known: {', '.join(PLANNERS)}")
+        raise CliError(f"unknown planner(s) {unknown}; known: {', '.join(PLANNERS)}, or a "
+                       "policy spec (py:..., KIND:TASK, a checkpoint directory)")
+    plant_extra: list[str] = []
+    for item in getattr(args, "plant_arg", None) or []:
+        plant_extra += ["--plant-arg", item]
+    tasks = [args.plant] if getattr(args, "plant", None) else csv_list(args.tasks)
     try:
         rates = [float(r) for r in csv_list(args.rates)]
     except ValueError:
@@ -121,20 +142,22 @@ def cli_bench_deadline(args: argparse.Namespace) -> int:
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
     cells: list[dict[str, Any]] = []
     steal0 = read_steal_s()
-    for task in csv_list(args.tasks):
+    for task in tasks:
         for rate in rates:
             rt = getattr(args, "rt_priority", None)
             server = contextlib.ExitStack()
             try:
                 address = server.enter_context(
-                    plant_server(task, seed=args.seed, rate_hz=rate, rt_priority=rt)
+                    plant_server(task, seed=args.seed, rate_hz=rate, rt_priority=rt,
+                                 extra=plant_extra)
                 )
             except CliError as exc:  # e.g. a rate the task refuses: every cell says so
                 sys.stderr.write(f"bench deadline: {task} at {rate:g} Hz: {exc}\n")
                 for planner in planners:
                     for seed in range(args.seed, args.seed + args.seeds):
-                        cell = {"error": str(exc), "name": cell_name(task, planner, rate, seed),
-                                "planner": planner, "task": task, "rate_hz": rate,
+                        name = cell_name(label(task), label(planner), rate, seed)
+                        cell = {"error": str(exc), "name": name, "plant_spec": task,
+                                "planner": label(planner), "task": label(task), "rate_hz": rate,
                                 "seed": seed, "hog": False}
                         (out_dir / "runs" / f"{cell['name']}.json").write_text(json.dumps(cell))
                         cells.append(cell)
@@ -241,10 +264,10 @@ def decisions_at_equal_success(rows: list[dict[str, Any]], task: str) -> dict[st
 
 
 def summary_table(summary: dict[str, Any]) -> str:
-    lines = [f"{'task':<16}{'planner':<15}{'Hz':>6}{'hog':>5}{'miss %':>9}{'late p99':>10}"
+    lines = [f"{'task':<20}{'planner':<15}{'Hz':>6}{'hog':>5}{'miss %':>9}{'late p99':>10}"
              f"{'cmp p99':>9}{'steps':>7}{'replan/s':>9}{'success %':>11}{'eps':>6}"]
     for r in summary["cells"]:
-        head = f"{r['task']:<16}{r['planner']:<15}{r['rate_hz']:>6g}{'yes' if r['hog'] else '':>5}"
+        head = f"{r['task']:<20}{r['planner']:<15}{r['rate_hz']:>6g}{'yes' if r['hog'] else '':>5}"
         if "error" in r:
             lines.append(f"{head}   {r['error']}")
             continue

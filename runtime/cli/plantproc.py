@@ -69,7 +69,9 @@ def plant_server(task: str, *, seed: int, rate_hz: float | None = None,
     """A realtime `rtdiff serve` process on a free loopback port; yields its address. `extra`:
     more `rtdiff serve` arguments (e.g. `--audit FILE`). Stopped with SIGTERM at the end."""
     address = f"tcp://127.0.0.1:{free_port()}"
-    argv = [sys.executable, "-m", "runtime.cli", "serve", "--task", task, "--realtime",
+    # a built-in task's name, or any plant spec `rtdiff serve --plant` takes
+    which = ["--plant", task] if ":" in task else ["--task", task]
+    argv = [sys.executable, "-m", "runtime.cli", "serve", *which, "--realtime",
             "--bind", address, "--seed", str(seed)]
     # The plant is the ground truth and must keep its schedule: one priority level above the
     # controller, so a controller thread computing under SCHED_FIFO (not time-sliced against

@@ -61,8 +61,6 @@ def make_plant(
     if spec.scheme in ("tcp", "ipc"):
         if not remote:
             raise CliError(f"--plant {text}: an endpoint cannot be served; give a local plant")
-        if rate_hz is not None:
-            raise CliError("--rate applies to a local plant; a remote plant keeps its own rate")
         from hw_bridge import RemotePlant
 
         try:

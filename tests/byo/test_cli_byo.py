@@ -164,3 +164,18 @@ def test_collect_errors_are_one_line(
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "d").exists()
+
+
+def test_bench_deadline_measures_a_users_plant_and_policy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["bench", "deadline", "--plant", MOTOR, "--plant-arg", "episode_ticks=100000",
+                 "--rates", "100", "--planners", "py:tests.byo.userstuff:pd", "--seeds", "1",
+                 "--seconds", "1", "--out", str(tmp_path), "--json"])
+    assert code == 0
+    cells = json.loads(capsys.readouterr().out)["cells"]
+    assert [(c["task"], c["planner"], c["rate_hz"]) for c in cells] == [
+        ("motor", "pd", 100.0)]
+    assert "error" not in cells[0] and cells[0]["ticks"] >= 50
+    run = json.loads((tmp_path / "runs" / "motor_pd_100hz_s0.json").read_text())
+    assert run["plant_spec"] == MOTOR and run["user_policy"]["errors"] == 0
