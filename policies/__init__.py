@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import torch
 
+from policies.base import check_dims
 from policies.baselines import ChunkedAsyncPlanner, ChunkedPlanner, MLPPlanner, PerTickPlanner
 from policies.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from policies.config import KINDS, PlannerConfig
@@ -166,7 +167,12 @@ def planner_from_checkpoint(
     When `spec`'s plant runs faster than the model's rate (`model_rate_hz`), the planner comes
     wrapped in `RateAdapter`, which keeps the plan on the model's time base; a slower plant is a
     ValueError.
+
+    Any plant whose state, action and goal dimensions are the checkpoint's fits, whatever its
+    name; other dimensions are a one-line ValueError, which names the checkpoint's task (the
+    plant its dataset came from) and the plant.
     """
+    check_dims(spec, ckpt.dims, f"checkpoint for {ckpt.kind}:{ckpt.task}")
     planner = _build_planner(ckpt, spec=spec, kind=kind, device=device, seed=seed,
                              overrides=overrides, frozen=frozen)
     rate = model_rate_hz(ckpt)

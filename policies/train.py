@@ -23,6 +23,21 @@ After training the rolling planner's surprise scale is calibrated on the data: t
 planner would measure (the error of its clean estimate of the next state, at the steady-state
 ramp levels) has its 90th percentile as the re-noise threshold, so re-noising stays off in
 ordinary ticks and fires when the world departs from the plan.
+
+Several processes (`rtdiff train --nproc N`, which starts this under torchrun): each process is
+one rank (`Ranks.from_env`), the model is wrapped in DistributedDataParallel (gloo on CPU, nccl
+on CUDA) and `batch_size` stays the global batch: each rank draws `batch_size / world_size`
+windows from its own generator (seed `rank_seed(seed, rank)`; rank 0 draws what a single
+process draws), DDP averages the gradients, so every rank takes the same optimizer step on the
+same number of windows per step as one process. The logged losses are means over all ranks.
+Rank 0 alone keeps the EMA, logs, evaluates and writes the checkpoint (the same format); the
+weights of all ranks are compared bit for bit at the end (`ranks_in_sync` in the record).
+
+Any dataset whose state and action spaces are 1-D Boxes trains: the plant's name, dimensions,
+action limits and control rate come from the dataset (`rtdiff.json` and the Minari spaces,
+`dataset_plant`) and go into the checkpoint's `train["plant"]`; a planner loads on any plant
+whose dimensions match. The lockstep evaluation runs only on a built-in task of the same name
+and dimensions.
 """
 
 from __future__ import annotations
@@ -30,16 +45,20 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from policies.checkpoint import Checkpoint, save_checkpoint
 from policies.config import PlannerConfig
@@ -91,11 +110,109 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    checkpoint: Checkpoint
+    checkpoint: Checkpoint | None  # None on the ranks other than 0 of a distributed run
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss since last)
     first_loss: float = float("nan")  # loss of the first step
     final_loss: float = float("nan")  # mean loss over the last log interval
     seconds: float = 0.0
+    samples_per_s: float = float("nan")  # windows per second over all ranks, first steps excluded
+    ranks_in_sync: bool | None = None  # distributed: all ranks ended with bit-equal weights
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a distributed job: global rank, world size, rank on its node."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Ranks | None:
+        """From torchrun's `RANK`, `WORLD_SIZE` and `LOCAL_RANK`; None outside such a job."""
+        env = os.environ if env is None else env
+        if "WORLD_SIZE" not in env or "RANK" not in env:
+            return None
+        try:
+            ranks = cls(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+        except ValueError:
+            raise TrainError(
+                f"RANK={env['RANK']!r}, WORLD_SIZE={env['WORLD_SIZE']!r}: not integers"
+            ) from None
+        if not 0 <= ranks.rank < ranks.world_size:
+            raise TrainError(f"RANK={ranks.rank} is not in [0, WORLD_SIZE={ranks.world_size})")
+        return ranks
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank `rank`'s batch generator; rank 0's is `seed` itself."""
+    return seed + 1_000_003 * rank
+
+
+def backend_for(device: str) -> str:
+    """The process-group backend for a training device: nccl on CUDA, gloo on CPU."""
+    return "nccl" if device.startswith("cuda") else "gloo"
+
+
+def check_world(world_size: int, *, device: str, batch_size: int, local_size: int) -> None:
+    """Raise `TrainError` (one line) when `world_size` processes cannot train: a batch that
+    does not split evenly, a missing backend, fewer CUDA devices than processes on a node."""
+    if batch_size % world_size:
+        raise TrainError(
+            f"batch_size {batch_size} does not split over {world_size} processes "
+            f"(the global batch is divided evenly: --set batch_size=K with K % {world_size} == 0)"
+        )
+    if not tdist.is_available():
+        raise TrainError("this torch build has no torch.distributed")
+    backend = backend_for(device)
+    if backend == "nccl" and not tdist.is_nccl_available():
+        raise TrainError("--device cuda on several processes needs NCCL, which this torch lacks")
+    if backend == "gloo" and not tdist.is_gloo_available():
+        raise TrainError("several CPU processes need the gloo backend, which this torch lacks")
+    if backend == "nccl" and torch.cuda.device_count() < local_size:
+        raise TrainError(
+            f"--nproc {local_size} on CUDA needs {local_size} CUDA devices on this node, "
+            f"torch sees {torch.cuda.device_count()}"
+        )
+
+
+@contextmanager
+def process_group(ranks: Ranks | None, device: str) -> Iterator[None]:
+    """Join the job's default process group (env:// from torchrun) for the block; a no-op for
+    a single process."""
+    if ranks is None:
+        yield
+        return
+    if device.startswith("cuda"):
+        torch.cuda.set_device(ranks.local_rank)
+    tdist.init_process_group(backend_for(device))
+    try:
+        yield
+    finally:
+        tdist.destroy_process_group()
+
+
+def _mean_over_ranks(total: float, count: int, ranks: Ranks | None, dev: torch.device) -> float:
+    """`total / count` summed over all ranks (a collective: every rank calls it)."""
+    if ranks is None:
+        return total / count
+    t = torch.tensor([total, float(count)], dtype=torch.float64, device=dev)
+    tdist.all_reduce(t)
+    return float(t[0] / t[1])
+
+
+def _ranks_in_sync(model: torch.nn.Module, dev: torch.device) -> bool:
+    """Whether every rank holds rank 0's weights bit for bit (a collective)."""
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    ref = flat.clone()
+    tdist.broadcast(ref, src=0)
+    same = torch.tensor([int(torch.equal(flat, ref))], device=dev)
+    tdist.all_reduce(same, op=tdist.ReduceOp.MIN)
+    return bool(same.item())
 
 
 def _lr_at(step: int, cfg: TrainConfig) -> float:
@@ -115,16 +232,18 @@ def denoiser_loss(
     *,
     action_weight: float = 1.0,
     token_weights: torch.Tensor | None = None,
+    forward: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """ctx (B, P+1, Ds), goal (B, Dg) | None, z/eps (B, H, Dz), tau (B, H) -> scalar loss.
 
-    `token_weights` (H,) with mean 1 reweights the plan tokens (None: all weigh 1).
+    `token_weights` (H,) with mean 1 reweights the plan tokens (None: all weigh 1). `forward`
+    runs the model instead of `model` itself (its DistributedDataParallel wrapper).
     """
     Ds = model.cfg.state_dim
     t = tau.unsqueeze(-1)  # (B, H, 1)
     x = (1.0 - t) * z + t * eps  # (B, H, Dz)
     x[:, 0, :Ds] = z[:, 0, :Ds]  # inpainted: the current state is observed
-    z_hat = model(x, tau, ctx, goal)  # (B, H, Dz)
+    z_hat = (model if forward is None else forward)(x, tau, ctx, goal)  # (B, H, Dz)
     if token_weights is None:
         state_loss = F.mse_loss(z_hat[..., :Ds], z[..., :Ds])
         return state_loss + action_weight * F.mse_loss(z_hat[..., Ds:], z[..., Ds:])
@@ -155,6 +274,7 @@ def train(
     model_overrides: dict[str, Any] | None = None,
     planner_overrides: dict[str, Any] | None = None,
     rate_hz: float | None = None,
+    ranks: Ranks | None = None,
 ) -> TrainResult:
     """Train a policy of `cfg.kind` on `episodes`; the checkpoint holds the EMA weights.
 
@@ -168,12 +288,25 @@ def train(
     logged. It draws no randomness from the training generator, so it does not change the
     weights. `model_overrides` / `planner_overrides` replace fields of the default model and
     planner configs (the dims always come from the data).
+
+    With `ranks` this process is one rank of a distributed run whose default process group is
+    up (`process_group`): DDP as the module docstring says; `log` and `evaluate` are used on
+    rank 0 only, and the other ranks get a result without a checkpoint.
     """
     if rate_hz is not None and not (rate_hz > 0 and math.isfinite(rate_hz)):
         raise ValueError(f"{rate_hz=} must be a positive finite rate")
+    world, rank = (1, 0) if ranks is None else (ranks.world_size, ranks.rank)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} does not split over {world} processes")
+    batch = cfg.batch_size // world  # this rank's windows per step
+    leader = rank == 0
+    if not leader:
+        log = evaluate = None
     record: dict[str, Any] = {} if rate_hz is None else {"rate_hz": float(rate_hz)}
     t_start = time.perf_counter()
     dev = torch.device(cfg.device)
+    if ranks is not None and dev.type == "cuda":
+        dev = torch.device("cuda", ranks.local_rank)
     norm = fit_normalizer(episodes)
     Ds, Da, Dg = norm.dims
     is_mlp = cfg.kind == "mlp"
@@ -201,11 +334,16 @@ def train(
     )
     model.angles.set_stats(norm.state_mean, norm.state_std)  # no-op without angle dims
     model.to(dev).train()
-    ema = copy.deepcopy(model).eval()
-    for p in ema.parameters():
-        p.requires_grad_(False)
+    net: Callable[..., torch.Tensor] = model
+    if ranks is not None:  # same initial weights everywhere: DDP also broadcasts rank 0's
+        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    ema: Denoiser | MLPPolicy | None = None
+    if leader:
+        ema = copy.deepcopy(model).eval()
+        for p in ema.parameters():
+            p.requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(rank_seed(cfg.seed, rank))
     ctx_all = torch.from_numpy(win.ctx).to(dev)  # (N, P+1, Ds)
     goal_all = torch.from_numpy(win.goal).to(dev)  # (N, Dg)
     plan_all = torch.from_numpy(win.plan).to(dev)  # (N, H, Dz)
@@ -216,15 +354,20 @@ def train(
     losses: list[tuple[int, float]] = []
     first_loss = final_loss = float("nan")
     running, n_running = 0.0, 0
+    skip = min(5, cfg.steps - 1)  # steps left out of the throughput (allocation, DDP buckets)
+    t_timed = time.perf_counter()
+    eval_s = 0.0  # evaluation time inside the timed steps, not training
     for step in range(cfg.steps):
-        idx = torch.randint(len(win), (cfg.batch_size,), generator=gen).to(dev)
+        if step == skip:
+            t_timed, eval_s = time.perf_counter(), 0.0
+        idx = torch.randint(len(win), (batch,), generator=gen).to(dev)
         ctx, z = ctx_all[idx], plan_all[idx]
         goal = goal_all[idx] if Dg > 0 else None
         if isinstance(model, MLPPolicy):
-            loss = F.mse_loss(model(ctx, goal), z[:, 0, Ds:])
+            loss = F.mse_loss(net(ctx, goal), z[:, 0, Ds:])
         else:
             tau = sample_train_levels(
-                cfg.batch_size,
+                batch,
                 horizon,
                 pcfg.clean_ticks,
                 profile=profile,
@@ -235,7 +378,7 @@ def train(
             eps = torch.randn(z.shape, generator=gen).to(dev)
             loss = denoiser_loss(
                 model, ctx, goal, z, tau, eps, action_weight=cfg.action_weight,
-                token_weights=tok_w,
+                token_weights=tok_w, forward=None if ranks is None else net,
             )
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
@@ -243,24 +386,29 @@ def train(
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        with torch.no_grad():
-            decay = min(cfg.ema_decay, (1.0 + step) / (10.0 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1.0 - decay)
+        if ema is not None:
+            with torch.no_grad():
+                decay = min(cfg.ema_decay, (1.0 + step) / (10.0 + step))
+                for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                    pe.lerp_(pm, 1.0 - decay)
         value = float(loss.detach())
         if step == 0:
-            first_loss = value
+            first_loss = _mean_over_ranks(value, 1, ranks, dev)
         running, n_running = running + value, n_running + 1
         last = step == cfg.steps - 1
         if (cfg.log_every and (step + 1) % cfg.log_every == 0) or last:
-            mean = running / n_running
+            mean = _mean_over_ranks(running, n_running, ranks, dev)
             losses.append((step + 1, mean))
             final_loss = mean
             running, n_running = 0.0, 0
             if log is not None:
                 el = time.perf_counter() - t_start
                 log(f"step {step + 1}/{cfg.steps}  loss {mean:.4f}  {el:.0f} s")
-        if evaluate is not None and eval_every > 0 and (step + 1) % eval_every == 0 and not last:
+        if (
+            ema is not None and evaluate is not None and eval_every > 0
+            and (step + 1) % eval_every == 0 and not last
+        ):
+            t_eval = time.perf_counter()
             snap = copy.deepcopy(ema).cpu()
             snap_cfg = (
                 calibrate_surprise(snap, win, pcfg, seed=cfg.seed)
@@ -270,13 +418,23 @@ def train(
             line = evaluate(Checkpoint(cfg.kind, task, snap, norm, snap_cfg, dict(record)))
             if log is not None:
                 log(f"step {step + 1}/{cfg.steps}  {line}")
+            eval_s += time.perf_counter() - t_eval
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    timed_s = time.perf_counter() - t_timed - eval_s
+    samples_per_s = cfg.batch_size * (cfg.steps - skip) / timed_s if timed_s > 0 else float("nan")
+    in_sync = None if ranks is None else _ranks_in_sync(model, dev)
+    if ema is None:
+        return TrainResult(None, losses, first_loss, final_loss, time.perf_counter() - t_start,
+                           samples_per_s, in_sync)
     if isinstance(ema, Denoiser):
         pcfg = calibrate_surprise(ema, win, pcfg, seed=cfg.seed)
     ema.cpu()
     ckpt = Checkpoint(
         kind=cfg.kind, task=task, model=ema, normalizer=norm, planner=pcfg, train=dict(record)
     )
-    return TrainResult(ckpt, losses, first_loss, final_loss, time.perf_counter() - t_start)
+    return TrainResult(ckpt, losses, first_loss, final_loss, time.perf_counter() - t_start,
+                       samples_per_s, in_sync)
 
 
 def calibrate_surprise(
@@ -380,11 +538,19 @@ def parse_settings(
     return out["model"], out["train"], out["planner"]
 
 
-def train_from_args(args: Any) -> int:
-    """`rtdiff train --task T --policy KIND --data DIR --out DIR [--steps N] [--device D]`.
+COMMAND_ENV = "RTDIFF_TRAIN_COMMAND"  # the command a launcher ran, recorded by every rank
 
-    Raises `TrainError` (one line) for a request it cannot run.
+
+def train_from_args(args: Any) -> int:
+    """`rtdiff train --policy KIND --data DIR --out DIR [--task T] [--steps N] [--device D]`.
+
+    Inside a torchrun job (`Ranks.from_env`) this process trains as one rank; `rtdiff train
+    --nproc N` (`runtime.cli.train`) starts such a job. Raises `TrainError` (one line) for a
+    request it cannot run.
     """
+    ranks = Ranks.from_env()
+    leader = ranks is None or ranks.leader
+    say = _progress if leader else _quiet
     if args.policy not in TRAIN_KINDS:
         raise TrainError(f"--policy {args.policy!r} must be one of {', '.join(TRAIN_KINDS)}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -393,15 +559,21 @@ def train_from_args(args: Any) -> int:
         from sims.datasets import load_episodes
     except ImportError as exc:
         raise TrainError(f"cannot load datasets: sims.datasets is unavailable ({exc})") from None
+    spaces = dataset_spaces(args.data)
     try:
         episodes = list(load_episodes(args.data))
     except (OSError, ValueError, KeyError) as exc:
         raise TrainError(f"cannot read dataset {args.data}: {exc}") from None
     if not episodes:
         raise TrainError(f"dataset {args.data} holds no episodes")
-    tasks = sorted({str(getattr(ep, "task", args.task)) for ep in episodes})
-    if tasks != [args.task]:
-        raise TrainError(f"dataset {args.data} holds task(s) {tasks}, not {args.task!r}")
+    task = getattr(args, "task", None)
+    tasks = sorted({str(getattr(ep, "task", task)) for ep in episodes})
+    if task is not None and tasks != [task]:
+        raise TrainError(f"dataset {args.data} holds task(s) {tasks}, not {task!r}")
+    if len(tasks) != 1:
+        raise TrainError(f"dataset {args.data} holds several plants {tasks}: name one with --task")
+    task = tasks[0]
+    plant = dataset_plant(args.data, episodes, spaces)
     if args.device == "cpu":
         # One thread: on a small shared VM a second thread mostly fights the other processes
         # (measured: 49 ms/step on 1 thread vs 800 ms/step on 2 under load).
@@ -419,38 +591,68 @@ def train_from_args(args: Any) -> int:
         )
     except (TypeError, ValueError) as exc:
         raise TrainError(str(exc)) from None
-    _progress(f"{len(episodes)} episodes of {args.task}; {cfg.kind} for {cfg.steps} steps")
+    if ranks is not None:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", ranks.world_size))
+        check_world(ranks.world_size, device=args.device, batch_size=cfg.batch_size,
+                    local_size=local)
+    where = "" if ranks is None else f" on {ranks.world_size} processes"
+    say(f"{len(episodes)} episodes of {task}; {cfg.kind} for {cfg.steps} steps{where}")
     eval_every = int(getattr(args, "eval_every", 0) or 0)
     eval_episodes = int(getattr(args, "eval_episodes", 5) or 0)
-    rate_hz = _dataset_rate_hz(args.data)
-    evaluate = _sim_evaluator(args.task, episodes=eval_episodes, seed=10_000 + args.seed)
-    if evaluate is None:
-        _progress("no simulated plant available: no lockstep evaluation")
+    evaluate: Callable[[Checkpoint], str] | None = None
+    if leader and eval_episodes > 0:
+        evaluate, why_not = _sim_evaluator(plant, episodes=eval_episodes, seed=10_000 + args.seed)
+        if evaluate is None:
+            say(f"{why_not}: no lockstep evaluation")
     try:
-        res = train(
-            episodes, cfg, task=args.task, log=_progress, evaluate=evaluate, eval_every=eval_every,
-            model_overrides=model_set, planner_overrides=planner_set, rate_hz=rate_hz,
-        )
+        with process_group(ranks, args.device):
+            res = train(
+                episodes, cfg, task=task, log=say if leader else None, evaluate=evaluate,
+                eval_every=eval_every, model_overrides=model_set, planner_overrides=planner_set,
+                rate_hz=plant["rate_hz"], ranks=ranks,
+            )
     except (TypeError, ValueError) as exc:
         raise TrainError(str(exc)) from None
     ckpt = res.checkpoint
+    if ckpt is None:  # a rank other than 0: rank 0 writes the checkpoint
+        return 0
     ckpt.train = {
-        "command": "rtdiff " + " ".join(sys.argv[1:]),
+        "command": os.environ.get(COMMAND_ENV) or "rtdiff " + " ".join(sys.argv[1:]),
         # one plan token = one step of the data: `policies.tokenrate` runs faster plants
-        "rate_hz": rate_hz,
+        "rate_hz": plant["rate_hz"],
+        "plant": plant,
         "config": asdict(cfg),
         "episodes": len(episodes),
         "first_loss": res.first_loss,
         "final_loss": res.final_loss,
         "seconds": round(res.seconds, 1),
+        "samples_per_s": round(res.samples_per_s, 1),
         "torch": torch.__version__,
     }
-    out = save_checkpoint(ckpt, args.out)
-    summary = f"saved {out}  loss {res.first_loss:.4f} -> {res.final_loss:.4f}  {res.seconds:.0f} s"
-    _progress(summary)
+    if ranks is not None:
+        ckpt.train["distributed"] = {
+            "world_size": ranks.world_size,
+            "backend": backend_for(args.device),
+            "per_rank_batch": cfg.batch_size // ranks.world_size,
+            "ranks_in_sync": res.ranks_in_sync,
+        }
+        if not res.ranks_in_sync:
+            say("warning: the ranks' weights differ at the end (gradients not all-reduced?)")
+    try:
+        out = save_checkpoint(ckpt, args.out)
+    except OSError as exc:
+        raise TrainError(f"cannot write checkpoint {args.out}: {exc}") from None
+    say(
+        f"saved {out}  loss {res.first_loss:.4f} -> {res.final_loss:.4f}  {res.seconds:.0f} s, "
+        f"{res.samples_per_s:.0f} samples/s"
+    )
     if evaluate is not None:
-        _progress(f"final: {evaluate(ckpt)}")
+        say(f"final: {evaluate(ckpt)}")
     return 0
+
+
+def _quiet(line: str) -> None:
+    """The progress sink of ranks other than 0: they log nothing."""
 
 
 def _dataset_rate_hz(path: str) -> float | None:
@@ -460,27 +662,115 @@ def _dataset_rate_hz(path: str) -> float | None:
         rate = float(meta["rate_hz"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return rate if rate > 0 else None
+    return rate if rate > 0 and math.isfinite(rate) else None
 
 
-def _sim_evaluator(task: str, *, episodes: int, seed: int) -> Callable[[Checkpoint], str] | None:
-    """A lockstep evaluation on `sims.make_plant(task)`, or None without a simulator."""
-    if episodes <= 0:
-        return None
+def _minari_space(path: str, key: str) -> dict[str, Any] | None:
+    """The Minari dataset's `observation_space` / `action_space` (Minari's JSON form of a
+    gymnasium space, kept in `metadata.json`), or None where it does not say."""
     try:
-        from sims import make_plant
-    except ImportError:
+        meta = json.loads((Path(path) / "metadata.json").read_text())
+        space = json.loads(meta[key])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
+    return space if isinstance(space, dict) else None
+
+
+def _box_dim(space: Any, what: str, path: str) -> int:
+    """The size of a 1-D Box space (Minari's JSON form); TrainError for anything else."""
+    kind, shape = (space.get("type"), space.get("shape")) if isinstance(space, dict) else (
+        type(space).__name__, None)
+    if kind != "Box" or not isinstance(shape, list) or len(shape) != 1:
+        of = f" of shape {shape}" if kind == "Box" else ""
+        raise TrainError(f"dataset {path}: its {what} space is a {kind}{of}, not a 1-D Box")
+    return int(shape[0])
+
+
+def _limits(values: Any, n: int) -> list[float | None]:
+    """A Box bound as JSON: n floats, None for an unbounded (or missing) element."""
+    vals = values if isinstance(values, list) and len(values) == n else [None] * n
+    return [float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None for v in vals]
+
+
+def dataset_spaces(path: str) -> dict[str, Any]:
+    """What the dataset's Minari spaces say, as far as it has them: `state_dim`, `goal_dim`,
+    `action_dim`, `action_low`, `action_high`. Raises `TrainError` for a space that is not a
+    1-D Box (before any episode is read: such data does not make windows)."""
+    out: dict[str, Any] = {}
+    action = _minari_space(path, "action_space")
+    if action is not None:
+        out["action_dim"] = _box_dim(action, "action", path)
+        out["action_low"], out["action_high"] = action.get("low"), action.get("high")
+    obs = _minari_space(path, "observation_space")
+    if obs is not None:
+        subs = obs.get("subspaces") if obs.get("type") == "Dict" else {"state": obs}
+        if not isinstance(subs, dict) or "state" not in subs:
+            raise TrainError(f"dataset {path}: its observation space has no 'state' Box")
+        out["state_dim"] = _box_dim(subs["state"], "state", path)
+        out["goal_dim"] = _box_dim(subs["goal"], "goal", path) if "goal" in subs else 0
+    return out
+
+
+def dataset_plant(
+    path: str, episodes: Sequence[EpisodeLike], spaces: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What the dataset says about its plant: name, state/action/goal dims, action limits and
+    control rate, from the episodes, `rtdiff.json` and its `spaces` (`dataset_spaces`).
+    Raises `TrainError` when they disagree about a dimension."""
+    first = episodes[0]
+    dims = {
+        "state_dim": int(np.asarray(first.states).shape[-1]),
+        "action_dim": int(np.asarray(first.actions).shape[-1]),
+        "goal_dim": int(np.asarray(first.goals).shape[-1]),
+    }
+    try:
+        meta = json.loads((Path(path) / "rtdiff.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    for key, value in dims.items():
+        for said in (spaces.get(key), meta.get(key) if isinstance(meta, dict) else None):
+            if said is not None and int(said) != value:
+                raise TrainError(
+                    f"dataset {path}: {key} {said} in its description, {value} in its episodes"
+                )
+    n, said = dims["action_dim"], meta if isinstance(meta, dict) else {}
+    return {
+        "name": str(getattr(first, "task", "")),
+        **dims,
+        "action_low": _limits(spaces.get("action_low", said.get("action_low")), n),
+        "action_high": _limits(spaces.get("action_high", said.get("action_high")), n),
+        "rate_hz": _dataset_rate_hz(path),
+    }
+
+
+def _sim_evaluator(
+    plant: Mapping[str, Any], *, episodes: int, seed: int
+) -> tuple[Callable[[Checkpoint], str] | None, str]:
+    """A lockstep evaluation on the built-in task `plant` names, or (None, why not): no
+    simulator, or a plant that is no built-in task (or one of another shape)."""
+    task = str(plant["name"])
+    try:
+        from sims import get_task, make_plant
+    except ImportError:
+        return None, "no simulated plant available"
+    try:
+        info = get_task(task)
+    except KeyError:
+        return None, f"plant {task!r} is not a built-in task"
+    if (info.state_dim, info.action_dim, info.goal_dim) != (
+        plant["state_dim"], plant["action_dim"], plant["goal_dim"]
+    ):
+        return None, f"plant {task!r} differs in its dims from the built-in task of that name"
     from policies import planner_from_checkpoint
 
     def evaluate(ckpt: Checkpoint) -> str:
-        plant = make_plant(task)
+        sim = make_plant(task)
         planner: Any = None
         try:
-            planner = planner_from_checkpoint(ckpt, spec=plant.spec(), seed=seed)
-            ev = lockstep_eval(planner, plant, episodes=episodes, seed=seed)
+            planner = planner_from_checkpoint(ckpt, spec=sim.spec(), seed=seed)
+            ev = lockstep_eval(planner, sim, episodes=episodes, seed=seed)
         finally:
-            plant.close()
+            sim.close()
             close = getattr(planner, "close", None)
             if close is not None:
                 close()
@@ -489,4 +779,4 @@ def _sim_evaluator(task: str, *, episodes: int, seed: int) -> Callable[[Checkpoi
             f"success {ev['success_rate']:.0%}, mean return {ev['mean_return']:.1f}"
         )
 
-    return evaluate
+    return evaluate, ""

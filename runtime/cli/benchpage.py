@@ -78,9 +78,15 @@ duplicated; `edges`: code edges reached.""",
 `rtdiff bench soak`: one realtime controller (with its trace) on the served plant for a long
 run: resident memory of both processes (growth from the end of the warm-up), trace records
 written against ticks run, misses per minute.""",
+    "ddp": """\
+`rtdiff bench ddp`: `rtdiff train` on one process, then on N processes under torchrun
+(DistributedDataParallel), same data, model, seed, global batch and steps. Samples/s: windows
+per second over all ranks as the trainer measured them (the first five steps left out; process
+start-up and rendezvous are not in it). Final loss: the mean over the last log interval.""",
 }
 
-ORDER = ("demo", "stalls", "deadline", "tick", "faults", "kills", "flood", "fuzz", "soak")
+ORDER = ("demo", "stalls", "deadline", "tick", "faults", "kills", "flood", "fuzz", "soak",
+         "ddp")
 
 
 def _rng(values: Iterable[float | None], fmt: str = "{:.1f}") -> str:
@@ -313,6 +319,23 @@ def render_soak(records: list[dict[str, Any]]) -> list[str]:
                    "ring overflows", "miss %", "worst minute miss %", "steal s"], rows)
 
 
+def render_ddp(records: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for i, r in enumerate(records, 1):
+        one, ddp = r["one"], r["ddp"]
+        rows.append([
+            str(i), r["policy"], r["device"], f"{r['nproc']} / {r.get('cpus', '-')}",
+            str(r["batch"]), str(r["steps"]),
+            f"{one['samples_per_s']:.0f}", f"{ddp['samples_per_s']:.0f}", f"{r['ratio']:.2f}",
+            f"{one['final_loss']:.4f} / {ddp['final_loss']:.4f}",
+            "yes" if ddp.get("ranks_in_sync") else "**no**",
+            _rng([r.get("steal_s")], "{:.2f}"),
+        ])
+    return _table(["run", "policy", "device", "processes / CPUs", "global batch", "steps",
+                   "samples/s 1 process", "samples/s N processes", "ratio",
+                   "final loss 1 / N", "ranks in sync", "steal s"], rows)
+
+
 def _code(rec: dict[str, Any]) -> str:
     """The code a record measured: `current`, or the older commit it names (a before/after
     comparison keeps both sides apart)."""
@@ -324,11 +347,13 @@ RENDERERS: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
     "demo": render_demo, "stalls": render_stalls, "deadline": render_deadline,
     "tick": render_tick, "faults": render_faults, "kills": render_kills,
     "flood": render_flood, "fuzz": render_fuzz, "soak": render_soak,
+    "ddp": render_ddp,
 }
 TITLES = {"demo": "The demo (`make demo`)", "stalls": "Stalls and plan-ahead",
           "deadline": "Deadlines over the bridge", "tick": "The tick loop",
           "faults": "Link faults", "kills": "Kill and restart", "flood": "Floods",
-          "fuzz": "Coverage-guided fuzzing", "soak": "Soak"}
+          "fuzz": "Coverage-guided fuzzing", "soak": "Soak",
+          "ddp": "Training on several processes (DDP)"}
 
 
 def load_results(results_dir: Path) -> dict[str, list[dict[str, Any]]]:
