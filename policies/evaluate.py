@@ -10,6 +10,14 @@
 The last form runs several planners on `bimodal` and reports, beside success, how often per
 episode the executed lateral command switches sign before the block (dithering between modes).
 
+Episode i runs on seed `--seed` + i: the plant resets with it, a learned planner's generator is
+reseeded with it (`reseed`) and an expert is built with it. So an episode's record
+(`score_episode`) depends on its seed alone, not on the episodes run before it in the same
+process, and `aggregate` combines records in seed order. `rtdiff eval` runs these same
+episodes spread over processes or a Ray cluster, keeps their records in a resumable store,
+and takes this study's settings as options (`--variants`, `--disturbances`, `--push-force`,
+`--set`, `--steps-per-tick`).
+
 Variants of the same checkpoint (only the planner's surprise-driven re-noising differs; the
 re-noising on a goal change, `goal_renoise`, is the same in all three):
 - `renoise`: surprise-driven re-noising as calibrated in the checkpoint (the default planner);
@@ -56,7 +64,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -64,7 +72,7 @@ import torch
 
 from policies.config import PlannerConfig
 from policies.model import Denoiser
-from policies.recovery import BimodalCourse, RecoveryPredicate, recovery_predicate
+from policies.recovery import RECOVERY, BimodalCourse, RecoveryPredicate, recovery_predicate
 from policies.rolling import RollingPlanner
 from runtime.lockstep import PlantTap, run_lockstep
 from runtime.protocols import Command, Observation
@@ -192,6 +200,35 @@ class PushTracker:
         self.left_tolerance += self._left
         self._start = None
 
+    def record(self) -> dict[str, Any]:
+        """What `merged` needs of this tracker's episodes (JSON-able): the recovery ticks, the
+        counts and the log, each push as [first tick, recovery ticks or None]."""
+        return {
+            "recover": list(self.recover),
+            "recover_left": list(self.recover_left),
+            "censored": self.censored,
+            "left_tolerance": self.left_tolerance,
+            "jump_before_settled": self.jump_before_settled,
+            "jump_during_recovery": self.jump_during_recovery,
+            "log": [[k, v] for (_, k), v in self.log.items()],
+        }
+
+    @classmethod
+    def merged(cls, records: Sequence[tuple[int, dict[str, Any]]]) -> PushTracker:
+        """A tracker holding the pushes of (episode id, `record()`) pairs, in their order;
+        its log is keyed (episode id, first tick)."""
+        t = cls(lambda state, goal: True)
+        for episode, r in records:
+            t.recover += [int(v) for v in r["recover"]]
+            t.recover_left += [int(v) for v in r["recover_left"]]
+            t.censored += int(r["censored"])
+            t.left_tolerance += int(r["left_tolerance"])
+            t.jump_before_settled += int(r["jump_before_settled"])
+            t.jump_during_recovery += int(r["jump_during_recovery"])
+            for k, v in r["log"]:
+                t.log[(episode, int(k))] = None if v is None else int(v)
+        return t
+
     def summary(self) -> dict[str, Any]:
         excluded = self.jump_before_settled + self.jump_during_recovery
         return {
@@ -266,19 +303,19 @@ class _Switches:
 
 
 class _Scored(PlantTap):
-    """The evaluated plant: feeds every step to the push tracker, the bimodal course rule and
-    the switch counter, and counts the ticks the planner re-noised."""
+    """The evaluated plant of one episode: feeds every step to the push tracker, the bimodal
+    course rule and the switch counter, and counts the ticks the planner re-noised."""
 
     def __init__(
         self,
         plant: Any,
         planner: Any,
-        recovered: RecoveryPredicate,
+        recovered: RecoveryPredicate | None,
         switches: _Switches | None,
     ) -> None:
         super().__init__(plant)
         self.planner = planner
-        self.pushes = PushTracker(recovered)
+        self.pushes = None if recovered is None else PushTracker(recovered)
         self.course = recovered if isinstance(recovered, BimodalCourse) else None
         self.switches = switches
         self.collided = 0
@@ -289,7 +326,8 @@ class _Scored(PlantTap):
         self._k = 0
         if self.course is not None:
             self.course.reset(obs.info)
-        self.pushes.start(obs.state, obs.goal)
+        if self.pushes is not None:
+            self.pushes.start(obs.state, obs.goal)
         if self.switches is not None:
             self.switches.start()
 
@@ -307,14 +345,131 @@ class _Scored(PlantTap):
         self._k += 1
         if self.course is not None:
             self.course.update(obs.info)
-        self.pushes.tick(self._k, obs.state, obs.goal, obs.info)
+        if self.pushes is not None:
+            self.pushes.tick(self._k, obs.state, obs.goal, obs.info)
         if obs.done:
-            self.pushes.end()
+            if self.pushes is not None:
+                self.pushes.end()
             if self.course is not None:
                 self.course.end(obs.info)
             self.collided += bool(obs.info.get("collided", False))
             if self.switches is not None:
                 self.switches.end()
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What an episode's record holds besides success and return: push recovery under the
+    task's rule (`pushes`; the rule's angles and tolerances) and the mode switches of the
+    lateral command (`dither` = (lateral index, along index, until, deadband), or None)."""
+
+    task: str
+    pushes: bool = True
+    angle_idx: tuple[int, ...] = (1, 2)
+    tol_rad: float = 0.05
+    tol_m: float | None = None  # the fingertip rule's; None: the reacher's success tolerance
+    dither: tuple[int, int, float, float] | None = None
+
+    @classmethod
+    def for_task(cls, task: str, **kw: Any) -> Scoring:
+        """The push ablation's scoring: push recovery, and on the `course` rule (bimodal) the
+        switch counter too."""
+        if "dither" not in kw and RECOVERY.get(task) == "course":
+            kw["dither"] = (0, 1, 1.0, 0.1)
+        return cls(task, **kw)
+
+    def predicate(self) -> tuple[str, RecoveryPredicate]:
+        """The rule's name and a fresh predicate (the bimodal one keeps per-episode state)."""
+        tol_m = self.tol_m
+        if tol_m is None:
+            from sims.tasks.reacher_moving import TOL_M
+
+            tol_m = TOL_M
+        return recovery_predicate(
+            self.task, angle_idx=self.angle_idx, tol_rad=self.tol_rad, tol_m=tol_m
+        )
+
+
+def reseed(planner: Any, seed: int) -> bool:
+    """Seed the torch generator of a learned planner (through a `RateAdapter`) with `seed`.
+    False when it has none (an expert: build it with the seed instead)."""
+    inner = planner
+    while inner is not None:
+        generator = getattr(inner, "generator", None)
+        if isinstance(generator, torch.Generator):
+            generator.manual_seed(seed)
+            return True
+        inner = getattr(inner, "inner", None)
+    return False
+
+
+def score_episode(
+    planner: Any, plant: Any, *, seed: int, steps_per_tick: int, scoring: Scoring
+) -> dict[str, Any]:
+    """One lockstep episode on seed `seed` (the plant reset with it, a learned planner's
+    generator reseeded with it), scored: a JSON-able record that `aggregate` combines.
+
+    Its numbers depend on the seed alone, not on the episodes the planner and the plant ran
+    before, so an episode gives the same record in whatever process runs it."""
+    reseed(planner, seed)
+    rule, recovered = scoring.predicate() if scoring.pushes else (None, None)
+    switches = None if scoring.dither is None else _Switches(*scoring.dither)
+    scored = _Scored(plant, planner, recovered, switches)
+    res = run_lockstep(scored, planner, episodes=1, seed=seed, steps_per_tick=steps_per_tick)
+    ep = res.episodes[0]
+    rec: dict[str, Any] = {
+        "seed": seed,
+        "success": bool(ep.success),
+        "return": float(ep.episode_return),
+        "ticks": int(ep.ticks),
+        "scored_ticks": scored.ticks,
+        "renoise_ticks": scored.renoise_ticks,
+        "renoise_goal_ticks": scored.renoise_goal_ticks,
+    }
+    if scored.pushes is not None:
+        rec["recovery"] = rule
+        rec["pushes"] = scored.pushes.record()
+    if scored.course is not None:
+        rec["course"] = {**scored.course.summary(), "collided": bool(scored.collided)}
+    if switches is not None:
+        rec["switches"] = switches.per_episode[0]
+    return rec
+
+
+def aggregate(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The summary of episode records (`score_episode`), in seed order whatever order they
+    came in: success, mean return, the push-recovery figures, the course and switch counts
+    where recorded, and `_log` ((seed, first tick) of every counted push -> its recovery
+    ticks, for `paired_difference`)."""
+    recs = sorted(records, key=lambda r: int(r["seed"]))
+    n = len(recs)
+    if not n:
+        raise ValueError("no episode records to aggregate")
+    out: dict[str, Any] = {
+        "episodes": n,
+        "success_rate": sum(bool(r["success"]) for r in recs) / n,
+        "mean_return": float(np.mean([float(r["return"]) for r in recs])),
+    }
+    if all("pushes" in r for r in recs):
+        out["recovery"] = recs[0].get("recovery")
+        tracker = PushTracker.merged([(int(r["seed"]), r["pushes"]) for r in recs])
+        out.update(tracker.summary())
+        out["_log"] = tracker.log
+    if all("course" in r for r in recs):
+        keys = ("pushes_before_block", "side_kept", "side_switched", "side_not_passed")
+        out.update({k: sum(int(r["course"][k]) for r in recs) for k in keys})
+        out["collisions"] = sum(bool(r["course"]["collided"]) for r in recs)
+    if all("switches" in r for r in recs):
+        sw = np.asarray([int(r["switches"]) for r in recs], dtype=np.float64)
+        out["switches_per_episode"] = round(float(sw.mean()), 2)
+        out["episodes_with_switch"] = int((sw > 0).sum())
+    ticks = sum(int(r["scored_ticks"]) for r in recs)
+    renoised = sum(int(r["renoise_ticks"]) for r in recs)
+    goal = sum(int(r["renoise_goal_ticks"]) for r in recs)
+    out["renoise_tick_fraction"] = round(renoised / max(1, ticks), 3)
+    # re-noised ticks that were not a goal change (surprise alone)
+    out["surprise_renoise_tick_fraction"] = round((renoised - goal) / max(1, ticks), 3)
+    return out
 
 
 def run_episodes(
@@ -324,76 +479,14 @@ def run_episodes(
     episodes: int,
     seed: int,
     steps_per_tick: int,
-    recovered: RecoveryPredicate,
-    dither: tuple[int, int, float, float] | None = None,
+    scoring: Scoring,
 ) -> dict[str, Any]:
-    """Lockstep episodes with push bookkeeping. `dither` = (lateral index, along index, until,
-    deadband) also counts mode switches per episode as `run_dither` does."""
-    switches = None if dither is None else _Switches(*dither)
-    scored = _Scored(plant, planner, recovered, switches)
-    res = run_lockstep(scored, planner, episodes=episodes, seed=seed,
-                       steps_per_tick=steps_per_tick)
-    extra: dict[str, Any] = {}
-    if scored.course is not None:
-        extra.update(scored.course.summary(), collisions=scored.collided)
-    if switches is not None:
-        extra.update(switches.summary())
-    ticks = scored.ticks
-    return {
-        "episodes": episodes,
-        "success_rate": sum(e.success for e in res.episodes) / episodes,
-        **scored.pushes.summary(),
-        **extra,
-        "_log": scored.pushes.log,
-        "renoise_tick_fraction": round(scored.renoise_ticks / max(1, ticks), 3),
-        # re-noised ticks that were not a goal change (surprise alone)
-        "surprise_renoise_tick_fraction": round(
-            (scored.renoise_ticks - scored.renoise_goal_ticks) / max(1, ticks), 3
-        ),
-    }
-
-
-class _Switching(PlantTap):
-    """The plant of the dither comparison: feeds every command to the switch counter."""
-
-    def __init__(self, plant: Any, switches: _Switches) -> None:
-        super().__init__(plant)
-        self.switches = switches
-
-    def started(self, obs: Observation) -> None:
-        self.switches.start()
-
-    def applied(self, cmd: Command) -> None:
-        assert self.last is not None
-        self.switches.command(self.last.state, cmd.action)
-
-    def observed(self, obs: Observation) -> None:
-        if obs.done:
-            self.switches.end()
-
-
-def run_dither(
-    planner: Any,
-    plant: Any,
-    *,
-    episodes: int,
-    seed: int,
-    steps_per_tick: int,
-    lateral_idx: int,
-    along_idx: int,
-    until: float,
-    deadband: float,
-) -> dict[str, Any]:
-    """Success and mode switches: sign changes of the lateral command (|a| > deadband) while the
-    agent is still before the obstacle (state[along_idx] < until)."""
-    switches = _Switches(lateral_idx, along_idx, until, deadband)
-    res = run_lockstep(_Switching(plant, switches), planner, episodes=episodes, seed=seed,
-                       steps_per_tick=steps_per_tick)
-    return {
-        "episodes": episodes,
-        "success_rate": sum(e.success for e in res.episodes) / episodes,
-        **switches.summary(),
-    }
+    """`episodes` scored lockstep episodes on seeds `seed`, `seed + 1`, ..., aggregated."""
+    return aggregate([
+        score_episode(planner, plant, seed=seed + i, steps_per_tick=steps_per_tick,
+                      scoring=scoring)
+        for i in range(episodes)
+    ])
 
 
 def main_dither(argv: list[str]) -> int:
@@ -417,26 +510,28 @@ def main_dither(argv: list[str]) -> int:
     from sims.experts import make_expert
 
     out: dict[str, Any] = {"task": args.task, "seed": args.seed, "results": {}}
+    scoring = Scoring(args.task, pushes=False,
+                      dither=(args.lateral_idx, args.along_idx, args.until, args.deadband))
     for policy in args.policies.split(","):
         plant = make_plant(args.task)
         planner: Any = None
         try:
             spec = plant.spec()
-            if policy == "expert":
-                planner = make_expert(spec.name, spec)
-            else:
+            if policy != "expert":
                 planner = load_planner(policy, spec=spec, seed=args.seed)
-            res = run_dither(
-                planner,
-                plant,
-                episodes=args.episodes,
-                seed=args.seed,
-                steps_per_tick=args.steps_per_tick,
-                lateral_idx=args.lateral_idx,
-                along_idx=args.along_idx,
-                until=args.until,
-                deadband=args.deadband,
-            )
+            records = []
+            for i in range(args.episodes):
+                seed = args.seed + i
+                # an expert draws from a generator of its own (bimodal: the side it takes):
+                # built for each episode with the episode's seed
+                episode_planner = (make_expert(spec.name, spec, seed=seed)
+                                   if policy == "expert" else planner)
+                records.append(score_episode(episode_planner, plant, seed=seed,
+                                             steps_per_tick=args.steps_per_tick,
+                                             scoring=scoring))
+            agg = aggregate(records)
+            res = {k: agg[k] for k in ("episodes", "success_rate", "switches_per_episode",
+                                       "episodes_with_switch")}
         finally:
             plant.close()
             close = getattr(planner, "close", None)
@@ -514,9 +609,8 @@ def main(argv: list[str] | None = None) -> int:
         from sims.tasks.reacher_moving import TOL_M
 
         tol_m = TOL_M
-    rule, recovered = recovery_predicate(
-        args.task, angle_idx=angle_idx, tol_rad=args.tol_rad, tol_m=tol_m
-    )
+    scoring = Scoring.for_task(args.task, angle_idx=angle_idx, tol_rad=args.tol_rad, tol_m=tol_m)
+    rule, _ = scoring.predicate()
     out: dict[str, Any] = {
         "policy": args.policy,
         "task": args.task,
@@ -535,10 +629,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     logs: dict[str, dict[tuple[int, int], int | None]] = {}
     for variant in args.variants.split(","):
-        # a fresh predicate per variant: the bimodal one keeps per-episode state and logs
-        _, recovered = recovery_predicate(
-            args.task, angle_idx=angle_idx, tol_rad=args.tol_rad, tol_m=tol_m
-        )
         plant = make_plant(args.task, **plant_kw)
         try:
             planner = RollingPlanner(
@@ -554,8 +644,7 @@ def main(argv: list[str] | None = None) -> int:
                 episodes=args.episodes,
                 seed=args.seed,
                 steps_per_tick=args.steps_per_tick,
-                recovered=recovered,
-                dither=(0, 1, 1.0, 0.1) if rule == "course" else None,
+                scoring=scoring,
             )
         finally:
             plant.close()

@@ -258,6 +258,47 @@ def _add_check(sp: argparse._SubParsersAction[_Parser]) -> None:
     _target(p, "runtime.cli.check:cli_check")
 
 
+def _add_ray(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+        help=f"run on Ray ({what}): alone, a local instance over this machine's CPUs; "
+             "`auto` or HOST:PORT / ray://HOST:PORT joins a cluster (docs/scale.md)",
+    )
+
+
+def _add_eval(sp: argparse._SubParsersAction[_Parser]) -> None:
+    p = sp.add_parser("eval", help="lockstep evaluation sweeps (tasks x planners x settings x "
+                                   "seeds) into a resumable store, here or on Ray")
+    p.add_argument("--tasks", default="double-pendulum", help="comma list")
+    p.add_argument("--planners", default="rolling",
+                   help="comma list of expert, KIND (= KIND:TASK per task), KIND:TASK or a "
+                        "checkpoint dir")
+    p.add_argument("--episodes", type=positive_int, default=12, help="seeds per cell")
+    p.add_argument("--seed", type=nonnegative_int, default=1000,
+                   help="episode i runs on seed SEED + i")
+    p.add_argument("--variants", default="renoise",
+                   help="comma list of re-noising variants of learned planners: renoise (as "
+                        "calibrated), none, blank (restart from noise)")
+    p.add_argument("--disturbances", default="default",
+                   help="comma list of: default (the task's), pushes (pushes only), none")
+    p.add_argument("--push-force", default=None, metavar="LOW,HIGH",
+                   help="push force range in N instead of the task's")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="replace a planner setting of learned planners' checkpoints "
+                        "(repeatable)")
+    p.add_argument("--steps-per-tick", default="1", help="comma list of refine steps per tick")
+    _add_ray(p, "one task per --batch episodes")
+    p.add_argument("--store", default=None, metavar="FILE",
+                   help="episode store (JSONL) to append to and resume from "
+                        "(default runs/eval/episodes.jsonl)")
+    p.add_argument("--batch", type=positive_int, default=None,
+                   help="episodes per Ray task (default: 1-8, at least 4 tasks per CPU)")
+    p.add_argument("--max-retries", type=nonnegative_int, default=3,
+                   help="with --ray: runs again of a task whose worker died")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _target(p, "runtime.cli.eval:cli_eval")
+
+
 def _add_run(sp: argparse._SubParsersAction[_Parser]) -> None:
     p = sp.add_parser("run", help="drive a plant with a planner and report deadlines")
     _add_policy_spec(p)
@@ -312,9 +353,10 @@ def _add_run(sp: argparse._SubParsersAction[_Parser]) -> None:
 
 def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     p = sp.add_parser("bench", help="benchmarks: tick | bridge | deadline | stalls | soak | "
-                                    "flood | kills | faults | fuzz | ddp")
+                                    "flood | kills | faults | fuzz | ddp | eval")
     bp = p.add_subparsers(dest="bench",
-                          metavar="{tick,bridge,deadline,stalls,soak,flood,kills,faults,fuzz,ddp}",
+                          metavar="{tick,bridge,deadline,stalls,soak,flood,kills,faults,fuzz,ddp,"
+                                  "eval}",
                           parser_class=_Parser)
     bp.required = True
 
@@ -379,8 +421,24 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     d.add_argument("--hog", action="store_true", help="repeat rolling with a CPU hog")
     _add_rt_priority(d, "controller and plant (the plant one level higher)")
     d.add_argument("--json", action="store_true")
+    _add_ray(d, "each cell (served plant + controller) is a Ray task holding 2 CPUs, so no "
+                "two cells share cores")
     _add_results(d)
     _target(d, "runtime.cli.bench_deadline:cli_bench_deadline")
+
+    ev = bp.add_parser("eval", help="lockstep evaluation throughput: 2 Ray workers and 1 vs "
+                                    "this process, and Ray's overhead per episode")
+    ev.add_argument("--task", default="double-pendulum")
+    ev.add_argument("--planner", default="rolling",
+                    help="an `rtdiff eval` planner: expert, KIND, KIND:TASK, a checkpoint dir")
+    ev.add_argument("--episodes", type=positive_int, default=20, help="per mode and round")
+    ev.add_argument("--rounds", type=positive_int, default=1,
+                    help="repeat the three modes, alternating their order")
+    ev.add_argument("--seed", type=nonnegative_int, default=0)
+    ev.add_argument("--batch", type=positive_int, default=1, help="episodes per Ray task")
+    ev.add_argument("--json", action="store_true")
+    _add_results(ev)
+    _target(ev, "runtime.cli.eval:cli_bench_eval")
 
     s = bp.add_parser("stalls", help="stop the controller on purpose; what the plant applied")
     s.add_argument("--task", default="double-pendulum")
@@ -595,7 +653,8 @@ def build_parser() -> _Parser:
     sp = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sp.required = True
     for add in (
-        _add_tasks, _add_collect, _add_train, _add_serve, _add_keys, _add_run, _add_bench,
+        _add_tasks, _add_collect, _add_train, _add_serve, _add_keys, _add_run, _add_eval,
+        _add_bench,
         _add_report, _add_demo, _add_trace, _add_check,
     ):
         add(sp)

@@ -18,6 +18,12 @@ machine, to show what a loaded second core costs.
 
 A cell that cannot run (no shipped checkpoint for that planner and task, say) is recorded with
 its one-line reason and the sweep goes on: a missing baseline must not hide the others.
+
+`--ray [ADDRESS]` runs each cell as a Ray task (`served_cell`: a plant server of its own and the
+controller) that holds `CELL_CPUS` CPUs, so two realtime cells never share cores: on a 2-core
+machine they run one at a time, on a cluster side by side on different nodes or cores. Each
+such cell records the host steal of its node across it (`cell_steal_s`) and where it ran
+(`node`: hostname, Ray node id); its trace stays on that node (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -122,6 +129,78 @@ def run_cell(*, planner: str, task: str, address: str, rate_hz: float, seconds: 
     return out
 
 
+CELL_CPUS = 2  # a realtime cell: the served plant's process and the controller's
+
+
+def served_cell(*, task: str, planner: str, rate_hz: float, seconds: float, seed: int,
+                plant_seed: int, out_dir: str, tag: str = "", rt_priority: int | None = None,
+                plant_extra: list[str] | None = None) -> dict[str, Any]:
+    """`run_cell` with a plant server of its own, started and stopped around it (with a CPU hog
+    for a `_hog` cell): one Ray task of `--ray`. Adds the host steal of this node across the
+    cell, where it ran and when (`cell_monotonic_ns`: start and end on the node's monotonic
+    clock, which its processes share)."""
+    from runtime.cli.raycluster import node
+
+    out = Path(out_dir)
+    (out / "runs").mkdir(parents=True, exist_ok=True)  # on a cluster: this node's disk
+    t0 = time.monotonic_ns()
+    steal0 = read_steal_s()
+    try:
+        with plant_server(task, seed=plant_seed, rate_hz=rate_hz, rt_priority=rt_priority,
+                          extra=plant_extra or []) as address, \
+                (cpu_hog() if tag else contextlib.nullcontext()):
+            cell = run_cell(planner=planner, task=task, address=address, rate_hz=rate_hz,
+                            seconds=seconds, seed=seed, out_dir=out, tag=tag,
+                            rt_priority=rt_priority)
+    except CliError as exc:  # the server refused (a rate the task refuses, say)
+        cell = failed_cell(str(exc), task=task, planner=planner, rate_hz=rate_hz, seed=seed,
+                           tag=tag)
+    steal1 = read_steal_s()
+    cell["cell_steal_s"] = None if steal0 is None or steal1 is None else steal1 - steal0
+    cell["node"] = node()
+    cell["cell_monotonic_ns"] = [t0, time.monotonic_ns()]
+    return cell
+
+
+def failed_cell(error: str, *, task: str, planner: str, rate_hz: float, seed: int,
+                tag: str = "") -> dict[str, Any]:
+    """The record of a cell that could not run, with its one-line reason."""
+    return {"error": error, "name": cell_name(label(task), label(planner), rate_hz, seed, tag),
+            "plant_spec": task, "planner": label(planner), "task": label(task),
+            "rate_hz": rate_hz, "seed": seed, "hog": bool(tag)}
+
+
+def ray_cells(args: argparse.Namespace, tasks: list[str], rates: list[float],
+              planners: list[str], plant_extra: list[str], out_dir: Path) -> list[dict[str, Any]]:
+    """Every cell of the sweep as a Ray task holding `CELL_CPUS` CPUs; their results, in
+    order, each also written to this machine's `OUT/runs/`."""
+    from runtime.cli.raycluster import ray_session, task_error
+
+    seeds = range(args.seed, args.seed + args.seeds)
+    specs: list[dict[str, Any]] = [
+        {"task": t, "planner": p, "rate_hz": r, "seed": s, "tag": ""}
+        for t in tasks for r in rates for p in planners for s in seeds]
+    if args.hog and "rolling" in planners:
+        specs += [{"task": t, "planner": "rolling", "rate_hz": r, "seed": s, "tag": "_hog"}
+                  for t in tasks for r in rates for s in seeds]
+    common = {"seconds": args.seconds, "plant_seed": args.seed, "out_dir": str(out_dir.resolve()),
+              "rt_priority": getattr(args, "rt_priority", None), "plant_extra": plant_extra}
+    cells = []
+    with ray_session(args.ray) as ray:
+        remote = ray.remote(num_cpus=CELL_CPUS)(served_cell)
+        refs = [remote.remote(**spec, **common) for spec in specs]
+        for spec, ref in zip(specs, refs, strict=True):
+            try:
+                cell = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                cell = failed_cell(task_error(exc), **spec)
+            sys.stderr.write(f"bench deadline: {cell['name']} done on "
+                             f"{cell.get('node', {}).get('hostname', '?')}\n")
+            (out_dir / "runs" / f"{cell['name']}.json").write_text(json.dumps(cell))
+            cells.append(cell)
+    return cells
+
+
 def cli_bench_deadline(args: argparse.Namespace) -> int:
     planners = csv_list(args.planners)
     unknown = [p for p in planners if not runnable(p)]
@@ -142,6 +221,9 @@ def cli_bench_deadline(args: argparse.Namespace) -> int:
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
     cells: list[dict[str, Any]] = []
     steal0 = read_steal_s()
+    if getattr(args, "ray", None) is not None:
+        cells = ray_cells(args, tasks, rates, planners, plant_extra, out_dir)
+        tasks = []  # every cell ran on Ray
     for task in tasks:
         for rate in rates:
             rt = getattr(args, "rt_priority", None)
