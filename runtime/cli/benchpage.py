@@ -83,10 +83,17 @@ written against ticks run, misses per minute.""",
 (DistributedDataParallel), same data, model, seed, global batch and steps. Samples/s: windows
 per second over all ranks as the trainer measured them (the first five steps left out; process
 start-up and rendezvous are not in it). Final loss: the mean over the last log interval.""",
+    "eval": """\
+`rtdiff bench eval`: the same seeded lockstep episodes of one planner on one task, run three
+ways in one run: in this process (`plain`), on a local Ray instance one task at a time
+(`1 worker`) and two at a time (`2 workers`), each after a warm-up that loads the planner in
+every process. `2 workers / plain`: the throughput ratio; `Ray overhead`: (1 worker - plain)
+per episode; `episode`: the plain process's time per episode; `same`: every mode's rows
+equal.""",
 }
 
 ORDER = ("demo", "stalls", "deadline", "tick", "faults", "kills", "flood", "fuzz", "soak",
-         "ddp")
+         "ddp", "eval")
 
 
 def _rng(values: Iterable[float | None], fmt: str = "{:.1f}") -> str:
@@ -336,6 +343,24 @@ def render_ddp(records: list[dict[str, Any]]) -> list[str]:
                    "final loss 1 / N", "ranks in sync", "steal s"], rows)
 
 
+def render_eval(records: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for i, r in enumerate(records, 1):
+        m = r["modes"]
+        rows.append([
+            str(i), r["planner"], r["task"], f"{r['episodes']} x {r['rounds']}", str(r["batch"]),
+            str(r.get("cpus", "-")),
+            *(_rng(m[k]["episodes_per_s"], "{:.2f}") for k in ("plain", "ray1", "ray2")),
+            f"{r['speedup_2_workers']:.2f}", f"{r['ray_overhead_ms_per_episode']:.1f}",
+            f"{r['episode_ms']:.1f}", "yes" if r["same_results"] else "**no**",
+            _rng([r.get("steal_s")], "{:.2f}"),
+        ])
+    return _table(["run", "planner", "task", "episodes x rounds", "batch", "CPUs",
+                   "episodes/s plain", "episodes/s 1 worker", "episodes/s 2 workers",
+                   "2 workers / plain", "Ray overhead ms/episode", "episode ms", "same",
+                   "steal s"], rows)
+
+
 def _code(rec: dict[str, Any]) -> str:
     """The code a record measured: `current`, or the older commit it names (a before/after
     comparison keeps both sides apart)."""
@@ -348,12 +373,14 @@ RENDERERS: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
     "tick": render_tick, "faults": render_faults, "kills": render_kills,
     "flood": render_flood, "fuzz": render_fuzz, "soak": render_soak,
     "ddp": render_ddp,
+    "eval": render_eval,
 }
 TITLES = {"demo": "The demo (`make demo`)", "stalls": "Stalls and plan-ahead",
           "deadline": "Deadlines over the bridge", "tick": "The tick loop",
           "faults": "Link faults", "kills": "Kill and restart", "flood": "Floods",
           "fuzz": "Coverage-guided fuzzing", "soak": "Soak",
-          "ddp": "Training on several processes (DDP)"}
+          "ddp": "Training on several processes (DDP)",
+          "eval": "Evaluation on Ray workers"}
 
 
 def load_results(results_dir: Path) -> dict[str, list[dict[str, Any]]]:

@@ -284,3 +284,20 @@ def test_bench_deadline_on_ray_runs_realtime_cells_one_at_a_time_on_two_cpus(
         assert r["node"]["hostname"] and r["node"]["node_id"] and "cell_steal_s" in r
     first, second = sorted(r["cell_monotonic_ns"] for r in runs)
     assert first[0] < first[1] <= second[0] < second[1]  # one after the other
+
+
+def test_the_benchmarks_page_has_an_eval_section(tmp_path: Path) -> None:
+    from runtime.cli.benchpage import render_page
+    from runtime.files import record_result
+
+    modes = {m: {"seconds": [s], "episodes_per_s": [10 / s], "steal_s": [0.0]}
+             for m, s in (("plain", 2.0), ("ray1", 2.1), ("ray2", 1.1))}
+    record_result(tmp_path, "eval", {
+        "task": DP, "planner": "rolling:double-pendulum", "episodes": 10, "rounds": 1,
+        "batch": 1, "cpus": 2, "modes": modes, "episode_ms": 200.0, "speedup_2_workers": 1.82,
+        "ray_overhead_ms_per_episode": 10.0, "same_results": True, "steal_s": 0.25},
+        argv=["bench", "eval", "--episodes", "10"])
+    page = render_page(tmp_path)
+    assert "## Evaluation on Ray workers" in page
+    row = next(line for line in page.splitlines() if line.startswith("| 1 | rolling:"))
+    assert "| 5.00 | 4.76 | 9.09 | 1.82 | 10.0 | 200.0 | yes | 0.25 |" in row
