@@ -353,10 +353,11 @@ def _add_run(sp: argparse._SubParsersAction[_Parser]) -> None:
 
 def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     p = sp.add_parser("bench", help="benchmarks: tick | bridge | deadline | stalls | soak | "
-                                    "flood | kills | faults | fuzz | ddp | eval")
+                                    "flood | kills | faults | fuzz | ddp | eval | "
+                                    "paradigms")
     bp = p.add_subparsers(dest="bench",
                           metavar="{tick,bridge,deadline,stalls,soak,flood,kills,faults,fuzz,ddp,"
-                                  "eval}",
+                                  "eval,paradigms}",
                           parser_class=_Parser)
     bp.required = True
 
@@ -598,6 +599,37 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     dd.add_argument("--json", action="store_true")
     _add_results(dd)
     _target(dd, "runtime.cli.bench_ddp:cli_bench_ddp")
+
+    pa = bp.add_parser("paradigms", help="planner paradigms (dllm, ar, rolling, chunked, mlp, "
+                                         "expert) on the same tasks, seeds and clock")
+    pa.add_argument("--tasks", default="double-pendulum,reacher-moving",
+                    help="comma list of tasks (or plant specs: mjcf:, gym:, py:)")
+    pa.add_argument("--plant-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="a keyword argument for every task's plant (repeatable)")
+    pa.add_argument("--planners", default="dllm,ar,rolling,chunked,mlp,expert",
+                    help="comma list of KIND (= KIND:TASK per task), `bench deadline` names, "
+                         "expert, or any policy spec (KIND:TASK, a checkpoint dir, py:...)")
+    pa.add_argument("--episodes", type=positive_int, default=10,
+                    help="lockstep episodes per cell (seeds SEED, SEED+1, ...)")
+    pa.add_argument("--seed", type=nonnegative_int, default=1000, help="first seed")
+    pa.add_argument("--steps-per-tick", type=positive_int, default=1,
+                    help="lockstep refine steps per tick (more for a planner that declares "
+                         "steps_per_decision)")
+    pa.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    pa.add_argument("--realtime", action="store_true",
+                    help="also run each planner in realtime over the bridge at the task's rate "
+                         "and at --rates")
+    pa.add_argument("--rates", default="250,500", help="with --realtime: comma list of Hz")
+    pa.add_argument("--seconds", type=positive_float, default=5.0,
+                    help="with --realtime: per run")
+    _add_rt_priority(pa, "the realtime runs' controller and plant (the plant one level higher)")
+    pa.add_argument("--out", default="runs/paradigms", help="directory for summary.json")
+    pa.add_argument("--markdown", default=None, metavar="FILE", help="write the table here")
+    pa.add_argument("--plot", default=None, metavar="FILE",
+                    help="success against end-to-end time per planner (PNG)")
+    pa.add_argument("--json", action="store_true")
+    _add_results(pa)
+    _target(pa, "runtime.cli.bench_paradigms:cli_bench_paradigms")
 
 
 def _add_trace(sp: argparse._SubParsersAction[_Parser]) -> None:

@@ -83,6 +83,20 @@ written against ticks run, misses per minute.""",
 (DistributedDataParallel), same data, model, seed, global batch and steps. Samples/s: windows
 per second over all ranks as the trainer measured them (the first five steps left out; process
 start-up and rendezvous are not in it). Final loss: the mean over the last log interval.""",
+    "paradigms": """\
+`rtdiff bench paradigms`: each planner drives the same seeded lockstep episodes of a task
+(`dllm`: masked discrete diffusion, `ar`: autoregressive, `rolling`: continuous rolling
+diffusion, `chunked`: chunked diffusion, `mlp`: one-step behaviour cloning, `expert`: the
+ceiling). `mask`: the checkpoint's attention mask (aligned with the token roles, or full; `-`:
+none). `decision ms`: per tick, the planner's observe + refine + action. `end-to-end s`: wall
+time of the episodes. `ticks to success`: mean length of the successful episodes on goal tasks
+(`-` on goal-less ones). `hit %`: ticks whose action was within 5 % of the action range (every
+dimension) of what the plan held for that tick one tick before; `churn %`: plan rows for a
+later tick that moved by more than that between consecutive ticks (`-`: no plan).
+`malformed / 1000`: per 1000 decisions, non-finite or out-of-limit actions before the loop's
+repair plus the planner's own counts (an action emitted still masked, filled in from the plan
+or a fallback). `max Hz`: with `--realtime`, the highest rate run whose misses stayed at or
+below 0.1 %.""",
     "eval": """\
 `rtdiff bench eval`: the same seeded lockstep episodes of one planner on one task, run three
 ways in one run: in this process (`plain`), on a local Ray instance one task at a time
@@ -93,7 +107,7 @@ equal.""",
 }
 
 ORDER = ("demo", "stalls", "deadline", "tick", "faults", "kills", "flood", "fuzz", "soak",
-         "ddp", "eval")
+         "ddp", "paradigms", "eval")
 
 
 def _rng(values: Iterable[float | None], fmt: str = "{:.1f}") -> str:
@@ -343,6 +357,33 @@ def render_ddp(records: list[dict[str, Any]]) -> list[str]:
                    "final loss 1 / N", "ranks in sync", "steal s"], rows)
 
 
+def render_paradigms(records: list[dict[str, Any]]) -> list[str]:
+    def mask(m: bool | None) -> str:
+        return "-" if m is None else ("aligned" if m else "full")
+
+    cells = _group(((r["task"], r["planner"], mask(r.get("aligned_mask")), r["episodes"]), r)
+                   for rec in records for r in rec["rows"] if "error" not in r)
+    rows = []
+    for (task, planner, m, episodes), rs in cells.items():
+        rows.append([
+            task, planner, m, str(len(rs)), str(episodes),
+            _pct(r["success_rate"] for r in rs),
+            _rng((r["decision_ms"]["p50"] for r in rs), "{:.3f}"),
+            _rng((r["decision_ms"]["p99"] for r in rs), "{:.3f}"),
+            _rng((r["end_to_end_s"] for r in rs), "{:.1f}"),
+            _rng((r["ticks_to_success"] for r in rs), "{:.0f}"),
+            _pct(r["hit_rate"] for r in rs), _pct(r["churn"] for r in rs),
+            _rng((r["malformed_per_1000"] for r in rs), "{:.1f}"),
+            _rng((r.get("realtime", {}).get("max_rate_hz") for r in rs), "{:g}"),
+        ])
+    failed = [f"- {r['task']} {r['planner']}: did not run ({r['error']})"
+              for rec in records for r in rec["rows"] if "error" in r]
+    lines = _table(["task", "planner", "mask", "runs", "episodes", "success %",
+                    "decision ms p50", "decision ms p99", "end-to-end s", "ticks to success",
+                    "hit %", "churn %", "malformed / 1000", "max Hz"], rows)
+    return lines + (["", *failed] if failed else [])
+
+
 def render_eval(records: list[dict[str, Any]]) -> list[str]:
     rows = []
     for i, r in enumerate(records, 1):
@@ -372,7 +413,7 @@ RENDERERS: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
     "demo": render_demo, "stalls": render_stalls, "deadline": render_deadline,
     "tick": render_tick, "faults": render_faults, "kills": render_kills,
     "flood": render_flood, "fuzz": render_fuzz, "soak": render_soak,
-    "ddp": render_ddp,
+    "ddp": render_ddp, "paradigms": render_paradigms,
     "eval": render_eval,
 }
 TITLES = {"demo": "The demo (`make demo`)", "stalls": "Stalls and plan-ahead",
@@ -380,6 +421,7 @@ TITLES = {"demo": "The demo (`make demo`)", "stalls": "Stalls and plan-ahead",
           "faults": "Link faults", "kills": "Kill and restart", "flood": "Floods",
           "fuzz": "Coverage-guided fuzzing", "soak": "Soak",
           "ddp": "Training on several processes (DDP)",
+          "paradigms": "Planner paradigms on the same tasks and clock",
           "eval": "Evaluation on Ray workers"}
 
 
