@@ -435,7 +435,8 @@ class _FrameCheck:
     """What the harness adds under `AuditPlant` (which checks every action, plan, duplicate and
     stale command): a controller command (`src_seq` >= 0) reaches the plant only while the
     core handles a frame of the current controller (`sender`, `payload`), its `src_seq` is
-    that frame's `seq`, and a plan has 1..MAX_PLAN_TICKS rows. Breaches go to `violations`
+    that frame's `seq`, its action is finite (even where the plant would refuse it), and a plan
+    has 1..MAX_PLAN_TICKS rows. Breaches go to `violations`
     (the core catches what `apply` raises). Every fifth apply raises when `flaky`."""
 
     core: ServerCore | None = None
@@ -447,6 +448,11 @@ class _FrameCheck:
 
     def check(self, cmd: Command) -> None:
         self.applies += 1
+        # checked here, before the plant's own checks: a `Driver` refuses a non-finite action
+        # itself, which must not hide a server that hands one over
+        if not np.all(np.isfinite(np.asarray(cmd.action, dtype=np.float64))):
+            self.violations.append(f"an action that is not finite reached the plant "
+                                   f"(src_seq {cmd.src_seq})")
         if cmd.plan is not None and not 1 <= len(cmd.plan) <= MAX_PLAN_TICKS:
             self.violations.append(f"a plan of {len(cmd.plan)} rows (src_seq {cmd.src_seq})")
         if cmd.src_seq >= 0:

@@ -192,6 +192,10 @@ def process_group(ranks: Ranks | None, device: str) -> Iterator[None]:
     tdist.init_process_group(backend_for(device))
     try:
         yield
+        # every rank leaves together: a rank that tore its group down while another still
+        # trained or evaluated aborted in gloo's threads now and then ("terminate called
+        # without an active exception", SIGABRT)
+        tdist.barrier()
     finally:
         tdist.destroy_process_group()
 
