@@ -180,6 +180,13 @@ class _Run:
         "fallback",
         "gc_policy",
         "high",
+        "hit_have",
+        "hit_plan",
+        "hit_prev",
+        "hit_src",
+        "hit_ticks",
+        "hit_tol",
+        "hits",
         "k_local",
         "last",
         "last_seq",
@@ -273,8 +280,9 @@ class _Run:
             1 if not realtime else 1 << 30
         )
         # early emit: the steps before the command
-        self.early = cfg.emit_after_steps > 0 and cfg.refine == "sync"
-        self.pre_cap = min(self.cap, cfg.emit_after_steps) if self.early else self.cap
+        self.early = (cfg.emit_after_steps > 0 or cfg.emit_first) and cfg.refine == "sync"
+        self.pre_cap = (0 if cfg.emit_first else min(self.cap, cfg.emit_after_steps)
+                        ) if self.early else self.cap
 
         # -- buffers --------------------------------------------------------------------------
         self.out, self.last, self.low, self.high = loop._out, loop._last, loop._low, loop._high
@@ -282,6 +290,16 @@ class _Run:
 
         # -- optional capabilities, looked up once ---------------------------------------------
         self.plan_src: PlanSource | None = loop.plan_source()
+        # the plan hit rate: row 0 of the plan read after each command is the next tick's
+        # predicted action (sync mode: in async mode the worker owns the planner)
+        self.hit_src: PlanSource | None = (
+            planner if isinstance(planner, PlanSource) and cfg.refine == "sync" else None
+        )
+        self.hit_plan = np.zeros((MAX_PLAN_TICKS, self.out.size))
+        self.hit_prev = np.zeros(self.out.size)  # what the plan held for this tick
+        self.hit_have = False
+        self.hit_tol = cfg.plan_hit_tolerance * (self.high - self.low)
+        self.hits = self.hit_ticks = 0
         self.surprising: ReportsSurprise | None = (
             planner if isinstance(planner, ReportsSurprise) else None
         )
@@ -576,6 +594,8 @@ class ControlLoop:
                 return False
         t.t_obs = r.now_ns()
         t.started = starting = r.episode_start
+        if starting:
+            r.hit_have = False  # the last episode's plan says nothing about this one
         if starting and r.planner_ready:
             pass  # reset already, by `_start` or `_restart_episode`
         elif r.worker is not None:
@@ -728,8 +748,28 @@ class ControlLoop:
             pass
         t_emit = t.t_emit = r.now_ns()
         t.code = code
+        if r.hit_src is not None:
+            self._plan_hit(r, n_plan)
         missed = t.missed = t_emit > t.emit_by
         r.misses += missed
+
+    def _plan_hit(self, r: _Run, n_plan: int) -> None:
+        """After the command: was it what the plan held for this tick one tick earlier? Then
+        keep row 0 of the plan now (the plan-ahead rows when they went out with the command),
+        the prediction for the next tick, before the steps after the command change it."""
+        out = r.out
+        if r.hit_have:
+            r.hit_ticks += 1
+            r.hits += bool(np.all(np.abs(out - r.hit_prev) <= r.hit_tol))
+        if n_plan:
+            _copyto(r.hit_prev, r.plan_buf[0])
+            r.hit_have = True
+            return
+        src = r.hit_src
+        n = src.plan_into(r.hit_plan) if src is not None else 0
+        if n:
+            _copyto(r.hit_prev, r.hit_plan[0])
+        r.hit_have = n > 0
 
     def _refine_on(self, r: _Run, t: _Tick) -> None:
         """Refine after the command (early emit): collect garbage in the slack, then refine
@@ -811,6 +851,8 @@ class ControlLoop:
             transport_margin_ns=(r.margin_floor, r.margin, r.margin_max),
             steal_s=None if r.steal_before is None or steal_after is None
             else steal_after - r.steal_before,
+            plan_hits=(r.hits, r.hit_ticks) if r.hit_src is not None else None,
+            plan_hit_tolerance=self.config.plan_hit_tolerance,
         )
 
     def _anchor(self, obs: Observation, phase_ns: int) -> int | None:

@@ -49,6 +49,15 @@ class LoopConfig:
         The action after one step is the one lockstep evaluation sends (one step per tick);
         the steps after the emit still sharpen every later token, including next tick's token 0.
         What it buys: a stall (the OS, a slow step) after the emit costs no deadline.
+    emit_first: sync only: send token 0's action as the plan already holds it, at the tick's
+        start before any refine step ("action already predicted"), then refine for the ticks
+        to come as with `emit_after_steps`. The command costs one `action()` read after the
+        observation; every step of the tick sharpens later tokens only. Excludes
+        `emit_after_steps`.
+    plan_hit_tolerance: the plan hit rate of the run's JSON counts a tick as a hit when its
+        emitted action is within this fraction of the action range, in every dimension, of
+        what the planner's plan held for that tick one tick earlier (planners with a plan,
+        sync mode).
     plan_ahead: realtime only: send the planner's plan for the ticks after each command with
         it, when the planner has one (`runtime.PlanSource`) and the plant executes plans
         (`runtime.ExecutesPlans`); a plant whose controller is late then applies the plan's
@@ -74,6 +83,8 @@ class LoopConfig:
     phase_offset_s: float | None = None
     fresh_wait_s: float | None = None
     emit_after_steps: int = 0
+    emit_first: bool = False
+    plan_hit_tolerance: float = 0.05
     plan_ahead: bool = True
     gil_switch_s: float | None = None
     budget: BudgetConfig = field(default_factory=BudgetConfig)
@@ -97,6 +108,11 @@ class LoopConfig:
             raise ValueError(f"{self.gil_switch_s=} must be > 0")
         if self.emit_after_steps < 0:
             raise ValueError(f"{self.emit_after_steps=} must be >= 0")
+        if self.emit_first and (self.emit_after_steps > 0 or self.refine != "sync"):
+            raise ValueError("emit_first is a sync mode of its own: not with emit_after_steps "
+                             "or async refinement")
+        if not 0.0 < self.plan_hit_tolerance < 1.0:
+            raise ValueError(f"{self.plan_hit_tolerance=} must be in (0, 1)")
         if self.transport_margin_s < 0:
             raise ValueError(f"{self.transport_margin_s=} must be >= 0")
         if self.deadline_margin_s < 0 or self.emit_reserve_s < 0 or self.warmup_steps < 0:

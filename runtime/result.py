@@ -40,6 +40,9 @@ class RunResult:
     # largest value, ns: fixed unless the plant measures its link (`transport_margin_ns()`)
     transport_margin_ns: tuple[int, int, int] = (0, 0, 0)
     steal_s: float | None = None  # host steal during the run (/proc/stat), None where unknown
+    # (hits, ticks compared) of the plan hit rate; None for a planner without a plan
+    plan_hits: tuple[int, int] | None = None
+    plan_hit_tolerance: float = 0.05
 
     def stats(self) -> DeadlineStats:
         return DeadlineStats.from_records(self.records, period_ns=self.period_ns)
@@ -66,6 +69,12 @@ class RunResult:
         n = len(r)
         replans = int(np.count_nonzero((r["steps"] > 0) & (r["fallback"] == 0))) if n else 0
         out["replans_per_s"] = replans / (n * self.period_ns * 1e-9) if n else 0.0
+        # the share of ticks whose command was what the plan held for them one tick earlier
+        # (within `plan_hit_tolerance` of the action range, every dimension)
+        hits, compared = self.plan_hits or (0, 0)
+        out["plan_hit_rate"] = hits / compared if compared else None
+        out["plan_hit_ticks"] = compared
+        out["plan_hit_tolerance"] = self.plan_hit_tolerance
         if self.mode == "realtime":
             out["plant_misses"] = int(self.plant_counters.get("late", 0))
             pc = self.plant_counters

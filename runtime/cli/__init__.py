@@ -311,6 +311,11 @@ def _add_run(sp: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--steps-per-tick", type=positive_int, default=None, help="cap on steps")
     p.add_argument("--refine", choices=["sync", "async"], default="sync")
     p.add_argument(
+        "--emit-first", action="store_true",
+        help="sync: send token 0's action as the plan already holds it at the tick's start, "
+             "before any refine step, then refine for the ticks to come",
+    )
+    p.add_argument(
         "--emit-after", type=nonnegative_int, default=None, metavar="N",
         help="sync: send the command after N refine steps, then refine on for later ticks "
              "(0: refine first, send at the end; default: 1 for the rolling planner in "

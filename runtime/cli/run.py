@@ -116,6 +116,12 @@ def summary_table(out: dict[str, Any]) -> str:
                f"   action age ms p50 {age['p50']:.1f}  p99 {age['p99']:.1f}")
             + ("   (plan-ahead on)" if out.get("plan_ahead") else "")
         )
+    if out.get("plan_hit_rate") is not None:
+        lines.append(f"  plan hit rate {100 * out['plan_hit_rate']:.1f} % of "
+                     f"{out['plan_hit_ticks']} ticks (the command within "
+                     f"{100 * out['plan_hit_tolerance']:g} % of the action range of what the "
+                     "plan held for it one tick earlier)"
+                     + ("; sent before any step (--emit-first)" if out.get("emit_first") else ""))
     if "user_policy" in out:
         up = out["user_policy"]
         lines.append(
@@ -182,12 +188,18 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
         # steps; lockstep has no clock to beat and keeps refine-then-send (`--steps-per-tick K`
         # evaluations mean the action after K steps)
         emit_after = getattr(args, "emit_after", None)
-        if emit_after is None:
+        emit_first = bool(getattr(args, "emit_first", False))
+        if emit_first and (emit_after or args.refine != "sync"):
+            raise CliError("--emit-first is a mode of its own: not with --emit-after N or "
+                           "--refine async")
+        if emit_first:
+            emit_after = 0
+        elif emit_after is None:
             emit_after = int(isinstance(planner, Anytime) and planner.anytime
                              and args.refine == "sync" and realtime)
         config = LoopConfig(
             rate_hz=rate, mode=args.mode, refine=args.refine, steps_per_tick=args.steps_per_tick,
-            emit_after_steps=emit_after,
+            emit_after_steps=emit_after, emit_first=emit_first,
             plan_ahead=not getattr(args, "no_plan_ahead", False),
             # Loopback delivery p99.9 is well under 0.3 ms (docs/benchmarks.md, bench bridge);
             # a command emitted later than that before its deadline counts as a miss here too.
@@ -234,6 +246,7 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
     out = result.to_json()
     out.update(policy=args.policy, plant_spec=args.plant, task=task, refine=args.refine,
                seed=args.seed, steps_cap=args.steps_per_tick, emit_after_steps=emit_after,
+               emit_first=emit_first,
                rt=rt_report, plan_ahead=plan_ahead)
     if isinstance(planner, CallablePolicy):  # what the user's function did, counted
         out["user_policy"] = {**planner.counters(),
