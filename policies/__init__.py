@@ -3,7 +3,8 @@
 `load_planner("rolling:double-pendulum", spec=spec)` gives a `runtime.Planner` from a checkpoint
 shipped in `policies/checkpoints/<kind>-<task>/`, or from a checkpoint directory path.
 Planner kinds: rolling, chunked, chunked-async, pertick (these three share the chunked
-checkpoint when no checkpoint of their own ships), mlp.
+checkpoint when no checkpoint of their own ships), mlp, and the discrete planners over binned
+sub-tokens: dllm (masked discrete diffusion), ar (autoregressive).
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from typing import Any, cast
 
 import torch
 
+from policies.ar import ARPlanner
 from policies.base import check_dims
 from policies.baselines import ChunkedAsyncPlanner, ChunkedPlanner, MLPPlanner, PerTickPlanner
 from policies.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from policies.config import KINDS, PlannerConfig
+from policies.discrete import DiscreteConfig, SubTokenTransformer
+from policies.dllm import DLLMPlanner
 from policies.frozen import freeze_for_cpu
 from policies.model import Denoiser, DenoiserConfig, MLPConfig, MLPPolicy
 from policies.normalize import Normalizer
@@ -36,11 +40,14 @@ _FALLBACK_DIRS = {
 __all__ = [
     "CHECKPOINT_ROOT",
     "KINDS",
+    "ARPlanner",
     "Checkpoint",
     "ChunkedAsyncPlanner",
     "ChunkedPlanner",
+    "DLLMPlanner",
     "Denoiser",
     "DenoiserConfig",
+    "DiscreteConfig",
     "MLPConfig",
     "MLPPlanner",
     "MLPPolicy",
@@ -49,6 +56,7 @@ __all__ = [
     "PlannerConfig",
     "RateAdapter",
     "RollingPlanner",
+    "SubTokenTransformer",
     "load_checkpoint",
     "load_planner",
     "model_rate_hz",
@@ -206,6 +214,13 @@ def _build_planner(
         if bad:
             raise ValueError(f"unknown planner setting(s) {bad}; known: {sorted(known)}")
         cfg = dataclasses.replace(cfg, **overrides)
+    if kind in ("dllm", "ar") or isinstance(model, SubTokenTransformer):
+        if kind not in ("dllm", "ar") or not isinstance(model, SubTokenTransformer):
+            raise ValueError(f"{where} holds a {ckpt.model_type} model, not a {kind} one")
+        if frozen and device == "cpu":
+            model.freeze_for_cpu()  # in place; keeps eager if tracing fails or differs
+        discrete = DLLMPlanner if kind == "dllm" else ARPlanner
+        return discrete(model, norm, spec, cfg, device=device, seed=seed)
     if kind == "mlp":
         if not isinstance(model, MLPPolicy):
             raise ValueError(f"{where} holds a denoiser, not an mlp policy")

@@ -6,9 +6,10 @@ tensor files, so a truncated or edited file is refused with a one-line `ValueErr
 tensor is read into a model.
 
     config.json       {"format": "rtdiff-policy", "version": 1, "kind": "rolling", "task": ...,
-                       "model_type": "denoiser" | "mlp", "model": {...}, "planner": {...},
+                       "model_type": "denoiser" | "mlp" | "discrete", "model": {...},
+                       "planner": {...},
                        "train": {...}, "sha256": {"model.safetensors": ..., ...}}
-    model.safetensors the EMA weights (state_dict names)
+    model.safetensors the EMA weights (state_dict names); a discrete model's tokenizer too
     stats.safetensors state_mean/std, action_mean/std, goal_mean/std (float32)
 """
 
@@ -28,6 +29,7 @@ from safetensors.torch import load_file as load_torch
 from safetensors.torch import save_file as save_torch
 
 from policies.config import KINDS, PlannerConfig
+from policies.discrete import DiscreteConfig, SubTokenTransformer
 from policies.model import Denoiser, DenoiserConfig, MLPConfig, MLPPolicy
 from policies.normalize import Normalizer
 
@@ -44,13 +46,15 @@ class Checkpoint:
 
     kind: str  # one of config.KINDS: the planner this checkpoint was trained for
     task: str
-    model: Denoiser | MLPPolicy
+    model: Denoiser | MLPPolicy | SubTokenTransformer
     normalizer: Normalizer
     planner: PlannerConfig
     train: dict[str, Any] = field(default_factory=dict)  # how it was made (command, loss...)
 
     @property
     def model_type(self) -> str:
+        if isinstance(self.model, SubTokenTransformer):
+            return "discrete"
         return "mlp" if isinstance(self.model, MLPPolicy) else "denoiser"
 
     @property
@@ -110,11 +114,13 @@ def load_checkpoint(directory: str | Path, *, device: str = "cpu") -> Checkpoint
             raise ValueError(f"corrupt checkpoint {path}: {name} does not match its sha256")
     try:
         model_type = config["model_type"]
-        model: Denoiser | MLPPolicy
+        model: Denoiser | MLPPolicy | SubTokenTransformer
         if model_type == "denoiser":
             model = Denoiser(DenoiserConfig(**config["model"]))
         elif model_type == "mlp":
             model = MLPPolicy(MLPConfig(**config["model"]))
+        elif model_type == "discrete":
+            model = SubTokenTransformer(DiscreteConfig(**config["model"]))
         else:
             raise ValueError(f"unknown model_type {model_type!r}")
         planner = PlannerConfig.from_dict(config.get("planner", {}))

@@ -10,34 +10,38 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-KINDS = ("rolling", "chunked", "chunked-async", "pertick", "mlp")
+KINDS = ("rolling", "chunked", "chunked-async", "pertick", "mlp", "dllm", "ar")
 
 
 @dataclass(frozen=True)
 class PlannerConfig:
-    # rolling: ticks a token spends being cleaned, Hc in l(j) = min(1, j / Hc); <= H - 1
+    # rolling, dllm: ticks a token spends being cleaned, Hc in l(j) = min(1, j / Hc); <= H - 1
     clean_ticks: int = 7
-    # rolling: most refine steps in one tick; past it `refine` returns 0
+    # rolling, dllm: most refine steps in one tick; past it `refine` returns 0
     max_steps_per_tick: int = 8
-    # rolling: steps per tick the level gaps are split over; 0 = adapt to the steps the loop
-    # granted in the previous tick (at least 1)
+    # rolling, dllm: steps per tick the level gaps are split over; 0 = adapt to the steps the
+    # loop granted in the previous tick (at least 1)
     steps_per_tick: int = 0
-    # rolling: tokens that get the extra (corrector) steps once the ramp is reached
+    # rolling, dllm: tokens that get the extra (corrector) steps once the ramp is reached
     near_tokens: int = 2
-    # rolling: denoising steps `reset` spends bringing the buffer from noise to the ramp
+    # rolling, dllm: denoising steps `reset` spends bringing the buffer from noise to the ramp
     warmup_steps: int = 16
-    # rolling: surprise (RMS normalized state error) below which nothing is re-noised
+    # rolling, dllm: surprise below which nothing is re-noised (rolling: RMS normalized state
+    # error; dllm: share of state sub-tokens more than one bin off the plan)
     surprise_threshold: float = 0.1
-    # rolling: surprise at which the re-noise level reaches `renoise_max`
+    # rolling, dllm: surprise at which the re-noise level reaches `renoise_max`
     surprise_full: float = 1.0
-    # rolling: highest re-noise level from surprise (< 1 keeps something of the old plan)
+    # rolling, dllm: highest re-noise level from surprise (< 1 keeps something of the old plan)
     renoise_max: float = 0.9
-    # rolling: re-noise level on a goal change
+    # rolling, dllm: re-noise level on a goal change
     goal_renoise: float = 0.9
     # chunked / chunked-async / pertick: flow steps from pure noise to a clean chunk (K)
     chunk_steps: int = 8
     # chunked / chunked-async: ticks a chunk is executed open loop before the next (Ta <= H)
     exec_ticks: int = 4
+    # dllm: a masked sub-token whose top probability is at least this is unmasked in a step
+    # even beyond what the schedule asks (Fast-dLLM's threshold); above 1 = off
+    unmask_confidence: float = 1.01
 
     def __post_init__(self) -> None:
         for name in ("clean_ticks", "max_steps_per_tick", "chunk_steps", "exec_ticks"):
@@ -52,6 +56,10 @@ class PlannerConfig:
             raise ValueError(
                 f"need 0 <= surprise_threshold < surprise_full: "
                 f"{self.surprise_threshold=}, {self.surprise_full=}"
+            )
+        if not self.unmask_confidence > 0.0:
+            raise ValueError(
+                f"PlannerConfig.unmask_confidence={self.unmask_confidence!r} must be > 0"
             )
         for name in ("renoise_max", "goal_renoise"):
             value = getattr(self, name)

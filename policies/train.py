@@ -63,11 +63,14 @@ from torch.nn.parallel import DistributedDataParallel
 from policies.checkpoint import Checkpoint, save_checkpoint
 from policies.config import PlannerConfig
 from policies.data import EpisodeLike, Windows, fit_normalizer, make_windows
+from policies.discrete import DiscreteConfig
 from policies.model import Denoiser, DenoiserConfig, MLPConfig, MLPPolicy
 from policies.schedule import ramp_levels, sample_train_levels
 
-TRAIN_KINDS = ("rolling", "chunked", "pertick", "mlp")
-DEFAULT_STEPS = {"rolling": 6000, "chunked": 6000, "pertick": 6000, "mlp": 4000}
+TRAIN_KINDS = ("rolling", "chunked", "pertick", "mlp", "dllm", "ar")
+DEFAULT_STEPS = {"rolling": 6000, "chunked": 6000, "pertick": 6000, "mlp": 4000, "dllm": 6000,
+                 "ar": 6000}
+DISCRETE = ("dllm", "ar")  # trained by `policies.train_discrete`
 
 
 class TrainError(ValueError):
@@ -77,7 +80,7 @@ class TrainError(ValueError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    kind: str = "rolling"  # rolling | chunked | pertick | mlp
+    kind: str = "rolling"  # rolling | chunked | pertick | mlp | dllm | ar
     steps: int = 6000  # optimizer steps
     batch_size: int = 256  # windows per step
     lr: float = 1e-3  # peak AdamW learning rate
@@ -270,7 +273,7 @@ def train(
     cfg: TrainConfig,
     *,
     task: str,
-    model_cfg: DenoiserConfig | MLPConfig | None = None,
+    model_cfg: DenoiserConfig | MLPConfig | DiscreteConfig | None = None,
     planner_cfg: PlannerConfig | None = None,
     log: Callable[[str], None] | None = None,
     evaluate: Callable[[Checkpoint], str] | None = None,
@@ -281,6 +284,7 @@ def train(
     ranks: Ranks | None = None,
 ) -> TrainResult:
     """Train a policy of `cfg.kind` on `episodes`; the checkpoint holds the EMA weights.
+    Kinds `dllm` and `ar` are trained by `policies.train_discrete.train_discrete`.
 
     `rate_hz` is the control rate the episodes were recorded at (one plan token per tick at
     that rate); the checkpoint records it as `train["rate_hz"]` (and every evaluation snapshot
@@ -297,6 +301,18 @@ def train(
     up (`process_group`): DDP as the module docstring says; `log` and `evaluate` are used on
     rank 0 only, and the other ranks get a result without a checkpoint.
     """
+    if cfg.kind in DISCRETE:
+        from policies.train_discrete import train_discrete
+
+        if model_cfg is not None and not isinstance(model_cfg, DiscreteConfig):
+            raise ValueError(f"kind {cfg.kind!r} does not go with {type(model_cfg).__name__}")
+        return train_discrete(
+            episodes, cfg, task=task, model_cfg=model_cfg, planner_cfg=planner_cfg, log=log,
+            evaluate=evaluate, eval_every=eval_every, model_overrides=model_overrides,
+            planner_overrides=planner_overrides, rate_hz=rate_hz, ranks=ranks,
+        )
+    if isinstance(model_cfg, DiscreteConfig):
+        raise ValueError(f"kind {cfg.kind!r} does not go with DiscreteConfig")
     if rate_hz is not None and not (rate_hz > 0 and math.isfinite(rate_hz)):
         raise ValueError(f"{rate_hz=} must be a positive finite rate")
     world, rank = (1, 0) if ranks is None else (ranks.world_size, ranks.rank)
@@ -471,10 +487,13 @@ def calibrate_surprise(
 
 
 def lockstep_eval(planner: Any, plant: Any, *, episodes: int, seed: int) -> dict[str, float]:
-    """Run `episodes` lockstep episodes, one refine step per tick; success rate and return."""
+    """Run `episodes` lockstep episodes, one refine step per tick (an ar planner: the steps of
+    one complete action, `steps_per_decision`); success rate and return."""
     from runtime.lockstep import run_lockstep
 
-    done = run_lockstep(plant, planner, episodes=episodes, seed=seed).episodes
+    steps = int(getattr(planner, "steps_per_decision", 1))
+    done = run_lockstep(plant, planner, episodes=episodes, seed=seed,
+                        steps_per_tick=steps).episodes
     return {
         "success_rate": sum(e.success for e in done) / episodes,
         "mean_return": float(np.mean([e.episode_return for e in done])),
@@ -513,8 +532,13 @@ def parse_settings(
     A bare key goes to whichever of the model config (`MLPConfig` for `mlp`, else
     `DenoiserConfig`), `TrainConfig` or `PlannerConfig` has that field, in that order; a
     `model.`, `train.` or `planner.` prefix picks one. The dims and the kind are not settable.
-    Raises ValueError naming the bad setting.
+    Raises ValueError naming the bad setting. Kinds `dllm` and `ar`:
+    `policies.train_discrete.parse_discrete_settings`.
     """
+    if kind in DISCRETE:
+        from policies.train_discrete import parse_discrete_settings
+
+        return parse_discrete_settings(settings, kind)
     model_cls = MLPConfig if kind == "mlp" else DenoiserConfig
     model_fields = {f.name for f in fields(model_cls)}
     defaults: dict[str, dict[str, Any]] = {
@@ -621,6 +645,7 @@ def train_from_args(args: Any) -> int:
     if ckpt is None:  # a rank other than 0: rank 0 writes the checkpoint
         return 0
     ckpt.train = {
+        **ckpt.train,  # what training recorded (a discrete model: its tokenizer)
         "command": os.environ.get(COMMAND_ENV) or "rtdiff " + " ".join(sys.argv[1:]),
         # one plan token = one step of the data: `policies.tokenrate` runs faster plants
         "rate_hz": plant["rate_hz"],

@@ -134,7 +134,8 @@ def _add_train(sp: argparse._SubParsersAction[_Parser]) -> None:
         help="the task the dataset must hold (default: whatever plant the dataset holds)",
     )
     p.add_argument(
-        "--policy", required=True, choices=["rolling", "chunked", "pertick", "mlp"], help="kind"
+        "--policy", required=True, choices=["rolling", "chunked", "pertick", "mlp", "dllm", "ar"],
+        help="kind",
     )
     p.add_argument("--data", required=True, help="dataset directory from `rtdiff collect`")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
