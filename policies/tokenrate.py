@@ -149,8 +149,19 @@ class RateAdapter:
                 self._refresh(obs)
         if self._surprising is not None:
             self.surprise = self._surprising.surprise
+
     def refine(self, budget_ns: int) -> int:
         return self.inner.refine(budget_ns)
+
+    def malformed(self) -> dict[str, int]:
+        """The inner planner's counts of malformed outputs (the discrete planners'), if any."""
+        counts = getattr(self.inner, "malformed", None)
+        return dict(counts()) if callable(counts) else {}
+
+    @property
+    def steps_per_decision(self) -> int:
+        """Refine steps one decision of the inner planner takes (ar: one per action dim)."""
+        return int(getattr(self.inner, "steps_per_decision", 1))
 
     def action(self) -> npt.NDArray[Any]:
         return self.inner.action()
