@@ -25,6 +25,7 @@ _ENVS: dict[str, str] = {
     "pointmaze": "sims.tasks.pointmaze:PointMazeEnv",
     "pusher": "sims.tasks.pusher:PusherEnv",
     "bimodal": "sims.tasks.bimodal:BimodalEnv",
+    "push-t": "sims.tasks.push_t:PushTEnv",
 }
 
 

@@ -18,6 +18,7 @@ _EXPERTS: dict[str, str] = {
     "pointmaze": "sims.experts.maze:MazeExpert",
     "pusher": "sims.experts.pusher:PusherExpert",
     "bimodal": "sims.experts.bimodal:BimodalExpert",
+    "push-t": "sims.experts.push_t:PushTExpert",
 }
 
 
