@@ -212,6 +212,56 @@ def _mean_over_ranks(total: float, count: int, ranks: Ranks | None, dev: torch.d
     return float(t[0] / t[1])
 
 
+def optimizer_step(
+    loss: torch.Tensor, opt: torch.optim.Optimizer, model: torch.nn.Module,
+    ema: torch.nn.Module | None, step: int, cfg: TrainConfig,
+) -> float:
+    """One AdamW step of every trainer: the learning-rate schedule, gradient clipping at 1.0,
+    the EMA update. Returns the step's loss."""
+    for group in opt.param_groups:
+        group["lr"] = _lr_at(step, cfg)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()  # type: ignore[no-untyped-call]
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    if ema is not None:
+        with torch.no_grad():
+            decay = min(cfg.ema_decay, (1.0 + step) / (10.0 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                pe.lerp_(pm, 1.0 - decay)
+    return float(loss.detach())
+
+
+class LossLog:
+    """The losses a trainer reports: the first step's, the mean of each log interval (over
+    all ranks), the last interval's mean; one progress line per interval."""
+
+    def __init__(self, cfg: TrainConfig, ranks: Ranks | None, dev: torch.device,
+                 log: Callable[[str], None] | None, t_start: float) -> None:
+        self.cfg, self.ranks, self.dev, self.log = cfg, ranks, dev, log
+        self.losses: list[tuple[int, float]] = []
+        self.first_loss = self.final_loss = float("nan")
+        self._running, self._n = 0.0, 0
+        self.t_start = t_start  # when training started (the progress lines' clock)
+
+    def add(self, step: int, value: float) -> bool:
+        """Count step `step`'s loss; True on the last step."""
+        cfg = self.cfg
+        if step == 0:
+            self.first_loss = _mean_over_ranks(value, 1, self.ranks, self.dev)
+        self._running, self._n = self._running + value, self._n + 1
+        last = step == cfg.steps - 1
+        if (cfg.log_every and (step + 1) % cfg.log_every == 0) or last:
+            mean = _mean_over_ranks(self._running, self._n, self.ranks, self.dev)
+            self.losses.append((step + 1, mean))
+            self.final_loss = mean
+            self._running, self._n = 0.0, 0
+            if self.log is not None:
+                el = time.perf_counter() - self.t_start
+                self.log(f"step {step + 1}/{cfg.steps}  loss {mean:.4f}  {el:.0f} s")
+        return last
+
+
 def _ranks_in_sync(model: torch.nn.Module, dev: torch.device) -> bool:
     """Whether every rank holds rank 0's weights bit for bit (a collective)."""
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -371,9 +421,7 @@ def train(
     tok_w = token_weights(horizon, cfg.token_decay)
     if tok_w is not None:
         tok_w = tok_w.to(dev)
-    losses: list[tuple[int, float]] = []
-    first_loss = final_loss = float("nan")
-    running, n_running = 0.0, 0
+    losses = LossLog(cfg, ranks, dev, log, t_start)
     skip = min(5, cfg.steps - 1)  # steps left out of the throughput (allocation, DDP buckets)
     t_timed = time.perf_counter()
     eval_s = 0.0  # evaluation time inside the timed steps, not training
@@ -400,30 +448,7 @@ def train(
                 model, ctx, goal, z, tau, eps, action_weight=cfg.action_weight,
                 token_weights=tok_w, forward=None if ranks is None else net,
             )
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if ema is not None:
-            with torch.no_grad():
-                decay = min(cfg.ema_decay, (1.0 + step) / (10.0 + step))
-                for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                    pe.lerp_(pm, 1.0 - decay)
-        value = float(loss.detach())
-        if step == 0:
-            first_loss = _mean_over_ranks(value, 1, ranks, dev)
-        running, n_running = running + value, n_running + 1
-        last = step == cfg.steps - 1
-        if (cfg.log_every and (step + 1) % cfg.log_every == 0) or last:
-            mean = _mean_over_ranks(running, n_running, ranks, dev)
-            losses.append((step + 1, mean))
-            final_loss = mean
-            running, n_running = 0.0, 0
-            if log is not None:
-                el = time.perf_counter() - t_start
-                log(f"step {step + 1}/{cfg.steps}  loss {mean:.4f}  {el:.0f} s")
+        last = losses.add(step, optimizer_step(loss, opt, model, ema, step, cfg))
         if (
             ema is not None and evaluate is not None and eval_every > 0
             and (step + 1) % eval_every == 0 and not last
@@ -445,16 +470,16 @@ def train(
     samples_per_s = cfg.batch_size * (cfg.steps - skip) / timed_s if timed_s > 0 else float("nan")
     in_sync = None if ranks is None else _ranks_in_sync(model, dev)
     if ema is None:
-        return TrainResult(None, losses, first_loss, final_loss, time.perf_counter() - t_start,
-                           samples_per_s, in_sync)
+        return TrainResult(None, losses.losses, losses.first_loss, losses.final_loss,
+                           time.perf_counter() - t_start, samples_per_s, in_sync)
     if isinstance(ema, Denoiser):
         pcfg = calibrate_surprise(ema, win, pcfg, seed=cfg.seed)
     ema.cpu()
     ckpt = Checkpoint(
         kind=cfg.kind, task=task, model=ema, normalizer=norm, planner=pcfg, train=dict(record)
     )
-    return TrainResult(ckpt, losses, first_loss, final_loss, time.perf_counter() - t_start,
-                       samples_per_s, in_sync)
+    return TrainResult(ckpt, losses.losses, losses.first_loss, losses.final_loss,
+                       time.perf_counter() - t_start, samples_per_s, in_sync)
 
 
 def calibrate_surprise(

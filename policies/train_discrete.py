@@ -49,13 +49,13 @@ from policies.discrete import MASKS, DiscreteConfig, SubTokenTransformer
 from policies.schedule import ramp_levels, sample_train_levels
 from policies.tokenizer import BinTokenizer
 from policies.train import (
+    LossLog,
     Ranks,
     TrainConfig,
     TrainResult,
-    _lr_at,
-    _mean_over_ranks,
     _parse_value,
     _ranks_in_sync,
+    optimizer_step,
     rank_seed,
     token_weights,
 )
@@ -318,9 +318,7 @@ def train_discrete(
     ids_all = torch.from_numpy(tokenize(raw.plan, tok)).to(dev)  # (N, H*G)
     tok_w = token_weights(H, cfg.token_decay)
     weights = None if tok_w is None else tok_w.repeat_interleave(G).to(dev)  # (H*G,)
-    losses: list[tuple[int, float]] = []
-    first_loss = final_loss = float("nan")
-    running, n_running = 0.0, 0
+    losses = LossLog(cfg, ranks, dev, log, t_start)
     skip = min(5, cfg.steps - 1)
     t_timed = time.perf_counter()
     eval_s = 0.0
@@ -350,30 +348,7 @@ def train_discrete(
         else:
             loss = ar_loss(net, model_cfg, ctx, goal, ids, action_weight=cfg.action_weight,
                            weights=weights)
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if ema is not None:
-            with torch.no_grad():
-                decay = min(cfg.ema_decay, (1.0 + step) / (10.0 + step))
-                for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                    pe.lerp_(pm, 1.0 - decay)
-        value = float(loss.detach())
-        if step == 0:
-            first_loss = _mean_over_ranks(value, 1, ranks, dev)
-        running, n_running = running + value, n_running + 1
-        last = step == cfg.steps - 1
-        if (cfg.log_every and (step + 1) % cfg.log_every == 0) or last:
-            mean = _mean_over_ranks(running, n_running, ranks, dev)
-            losses.append((step + 1, mean))
-            final_loss = mean
-            running, n_running = 0.0, 0
-            if log is not None:
-                el = time.perf_counter() - t_start
-                log(f"step {step + 1}/{cfg.steps}  loss {mean:.4f}  {el:.0f} s")
+        last = losses.add(step, optimizer_step(loss, opt, model, ema, step, cfg))
         if (
             ema is not None and evaluate is not None and eval_every > 0
             and (step + 1) % eval_every == 0 and not last
@@ -389,5 +364,5 @@ def train_discrete(
     samples_per_s = cfg.batch_size * (cfg.steps - skip) / timed_s if timed_s > 0 else float("nan")
     in_sync = None if ranks is None else _ranks_in_sync(model, dev)
     ckpt = None if ema is None else snapshot(ema)
-    return TrainResult(ckpt, losses, first_loss, final_loss, time.perf_counter() - t_start,
-                       samples_per_s, in_sync)
+    return TrainResult(ckpt, losses.losses, losses.first_loss, losses.final_loss,
+                       time.perf_counter() - t_start, samples_per_s, in_sync)
