@@ -418,7 +418,8 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     d.add_argument(
         "--planners",
         default="rolling,chunked,chunked-k10,chunked-k50,chunked-async,pertick,mlp,expert",
-        help="comma list of: rolling, rolling-late (refines then sends), rolling-async, "
+        help="comma list of: rolling, rolling-late (refines then sends), rolling-first (sends "
+             "the plan's action before any step), rolling-async, "
              "chunked, chunked-k10, chunked-k50, chunked-async, pertick, mlp, expert, or any "
              "policy spec (py:..., KIND:TASK, a checkpoint directory)",
     )

@@ -50,6 +50,7 @@ PLANNERS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "rolling": ("rolling:{task}", {}, {}),
     "rolling-async": ("rolling:{task}", {}, {"refine": "async"}),
     "rolling-late": ("rolling:{task}", {}, {"emit_after": 0}),  # refine first, then emit
+    "rolling-first": ("rolling:{task}", {}, {"emit_first": True}),  # emit, then refine
     "chunked": ("chunked:{task}", {}, {}),
     "chunked-k10": ("chunked:{task}", {"chunk_steps": 10}, {}),
     "chunked-k50": ("chunked:{task}", {"chunk_steps": 50}, {}),
