@@ -180,8 +180,9 @@ class _Run:
         "fallback",
         "gc_policy",
         "high",
+        "hit_diff",
         "hit_have",
-        "hit_plan",
+        "hit_ok",
         "hit_prev",
         "hit_src",
         "hit_ticks",
@@ -295,8 +296,9 @@ class _Run:
         self.hit_src: PlanSource | None = (
             planner if isinstance(planner, PlanSource) and cfg.refine == "sync" else None
         )
-        self.hit_plan = np.zeros((MAX_PLAN_TICKS, self.out.size))
         self.hit_prev = np.zeros(self.out.size)  # what the plan held for this tick
+        self.hit_diff = np.zeros(self.out.size)  # scratch: |command - prediction|
+        self.hit_ok = np.zeros(self.out.size, dtype=bool)
         self.hit_have = False
         self.hit_tol = cfg.plan_hit_tolerance * (self.high - self.low)
         self.hits = self.hit_ticks = 0
@@ -760,15 +762,20 @@ class ControlLoop:
         out = r.out
         if r.hit_have:
             r.hit_ticks += 1
-            r.hits += bool(np.all(np.abs(out - r.hit_prev) <= r.hit_tol))
+            diff, ok = r.hit_diff, r.hit_ok  # preallocated: no array made per tick
+            np.subtract(out, r.hit_prev, out=diff)
+            np.abs(diff, out=diff)
+            np.less_equal(diff, r.hit_tol, out=ok)
+            r.hits += bool(ok.all())
         if n_plan:
             _copyto(r.hit_prev, r.plan_buf[0])
             r.hit_have = True
             return
         src = r.hit_src
-        n = src.plan_into(r.hit_plan) if src is not None else 0
+        # the command's plan buffer is free: plan-ahead did not fill it this tick
+        n = src.plan_into(r.plan_buf) if src is not None else 0
         if n:
-            _copyto(r.hit_prev, r.hit_plan[0])
+            _copyto(r.hit_prev, r.plan_buf[0])
         r.hit_have = n > 0
 
     def _refine_on(self, r: _Run, t: _Tick) -> None:
