@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import re
@@ -37,10 +38,12 @@ __all__ = [
     "POLICY_SCHEMES",
     "Spec",
     "SpecError",
+    "has_methods",
     "load_object",
     "one_line",
     "parse_kv",
     "parse_spec",
+    "takes_param",
 ]
 
 PLANT_SCHEMES = ("sim", "mjcf", "gym", "py", "tcp", "ipc")
@@ -179,6 +182,23 @@ def load_object(spec: Spec) -> Any:
         except AttributeError:
             raise SpecError(f"{spec.text!r}: {where} has no attribute {attr!r}") from None
     return obj
+
+
+def has_methods(obj: Any, names: Iterable[str]) -> bool:
+    """`obj` is an instance (not a class) with every method in `names`: how a `py:` object is
+    recognised as a ready Plant or Planner."""
+    return not isinstance(obj, type) and all(callable(getattr(obj, n, None)) for n in names)
+
+
+def takes_param(fn: Any, name: str, *, catch_all: bool = False) -> bool:
+    """`fn` (a class: its constructor) names a parameter `name`; with `catch_all`, a
+    `**kwargs` parameter counts too. False where the signature cannot be read."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or (catch_all and any(p.kind is p.VAR_KEYWORD
+                                                for p in params.values()))
 
 
 def one_line(exc: BaseException) -> str:

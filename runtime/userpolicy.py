@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from runtime.protocols import FloatArray, Observation, Planner, PlantSpec
-from runtime.specs import SpecError, one_line
+from runtime.specs import SpecError, has_methods, one_line, takes_param
 
 __all__ = ["CallablePolicy", "PolicyError", "planner_from_object"]
 
@@ -43,9 +43,7 @@ class PolicyError(RuntimeError):
 
 
 def is_planner(obj: Any) -> bool:
-    return not isinstance(obj, type) and all(
-        callable(getattr(obj, m, None)) for m in _PLANNER_METHODS
-    )
+    return has_methods(obj, _PLANNER_METHODS)
 
 
 def _positional_arity(fn: Callable[..., Any]) -> int | None:
@@ -61,14 +59,6 @@ def _positional_arity(fn: Callable[..., Any]) -> int | None:
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty:
             n += 1
     return n
-
-
-def _takes(fn: Callable[..., Any], name: str) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 class CallablePolicy:
@@ -200,10 +190,10 @@ def planner_from_object(
         return planner
     if not callable(obj):
         raise SpecError(f"{label} is neither a planner, a factory nor a callable")
-    factory = isinstance(obj, type) or _takes_named(obj, "spec")
+    factory = isinstance(obj, type) or takes_param(obj, "spec")
     if not factory:
         return CallablePolicy(obj, spec, kwargs=kw, strict=strict, name=label)
-    if _takes(obj, "spec"):
+    if takes_param(obj, "spec", catch_all=True):
         kw.setdefault("spec", spec)
     try:
         made = obj(**kw)
@@ -217,11 +207,3 @@ def planner_from_object(
     if callable(made):
         return CallablePolicy(made, spec, strict=strict, name=label)
     raise SpecError(f"{label} returned {type(made).__name__}: not a planner nor a callable")
-
-
-def _takes_named(fn: Callable[..., Any], name: str) -> bool:
-    """True when `fn` names a parameter `name` (a `**kwargs` catch-all does not count)."""
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False

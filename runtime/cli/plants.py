@@ -20,13 +20,20 @@ with one line.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Literal
 
 from runtime.cli import CliError
 from runtime.clock import MonotonicClock
 from runtime.protocols import Clock, Planner, Plant, PlantSpec
-from runtime.specs import Spec, SpecError, load_object, one_line, parse_spec
+from runtime.specs import (
+    Spec,
+    SpecError,
+    has_methods,
+    load_object,
+    one_line,
+    parse_spec,
+    takes_param,
+)
 
 __all__ = ["make_planner", "make_plant", "plant_spec_of"]
 
@@ -124,7 +131,7 @@ def _user_plant(
         raise CliError(f"--plant {spec}: neither a Plant, a Driver class nor a factory")
     context = {"mode": mode, "seed": seed, "rate_hz": rate_hz, "clock": clock}
     for key, value in context.items():
-        if value is not None and key not in kw and _accepts(obj, key):
+        if value is not None and key not in kw and takes_param(obj, key):
             kw[key] = value
     try:
         made = obj(**kw)
@@ -143,17 +150,7 @@ def _user_plant(
 
 
 def _is_plant(obj: Any) -> bool:
-    return not isinstance(obj, type) and all(
-        callable(getattr(obj, m, None)) for m in _PLANT_METHODS
-    )
-
-
-def _accepts(fn: Any, name: str) -> bool:
-    """True when `fn` (a class: its __init__) names a parameter `name`."""
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
+    return has_methods(obj, _PLANT_METHODS)
 
 
 def plant_spec_of(plant: Plant) -> PlantSpec:
