@@ -250,21 +250,9 @@ def collect(cfg: CollectConfig, *, progress: bool = True) -> dict[str, Any]:
     episodes, ends = collect_episodes(cfg, _Progress(cfg.task) if progress else None)
     env = MujocoPlant(cfg.task).env
     info = get_task(cfg.task)
-    meta = {
-        "task": cfg.task,
-        "episodes": len(episodes),
-        "ticks": int(sum(e.ticks for e in episodes)),
-        "seed": cfg.seed,
-        "seeds": [cfg.seed + i for i in range(len(episodes))],
-        "dart_prob": info.dart_prob if cfg.dart_prob is None else cfg.dart_prob,
-        "dart_noise": info.dart_noise,
-        "rate_hz": info.rate_hz,
-        "state_dim": info.state_dim,
-        "goal_dim": info.goal_dim,
-        "action_dim": info.action_dim,
-        "expert": info.expert,
-        "success_rate": float(np.mean([e.success for e in episodes])),
-    }
+    meta = _meta(info.spec(), episodes, seed=cfg.seed, expert=info.expert,
+                 dart_prob=info.dart_prob if cfg.dart_prob is None else cfg.dart_prob,
+                 dart_noise=info.dart_noise)
     try:
         _write_atomically(out, episodes, ends, env.observation_space, env.action_space, meta)
     finally:
@@ -302,14 +290,25 @@ def collect_plant(
     if spec.goal_dim:
         obs_spaces["goal"] = gymnasium.spaces.Box(-np.inf, np.inf, (spec.goal_dim,), np.float64)
     act_space = gymnasium.spaces.Box(spec.action_low, spec.action_high, dtype=np.float64)
-    meta = {
+    meta = _meta(spec, eps, seed=seed, expert=policy_text, dart_prob=dart_prob,
+                 dart_noise=dart_noise, plant=plant_text or spec.name, policy=policy_text)
+    _write_atomically(out, eps, ends, gymnasium.spaces.Dict(obs_spaces), act_space, meta)
+    return meta
+
+
+def _meta(
+    spec: PlantSpec, episodes: list[Episode], *, seed: int, expert: str, dart_prob: float,
+    dart_noise: float, **extra: str,
+) -> dict[str, Any]:
+    """A dataset's `rtdiff.json`: what was recorded (the plant's dimensions, limits and rate,
+    which `rtdiff train` reads), by what, with which seeds and perturbation, how well."""
+    return {
         "task": spec.name,
-        "plant": plant_text or spec.name,
-        "policy": policy_text,
-        "episodes": len(eps),
-        "ticks": int(sum(e.ticks for e in eps)),
+        **extra,
+        "episodes": len(episodes),
+        "ticks": int(sum(e.ticks for e in episodes)),
         "seed": seed,
-        "seeds": [seed + i for i in range(len(eps))],
+        "seeds": [seed + i for i in range(len(episodes))],
         "dart_prob": dart_prob,
         "dart_noise": dart_noise,
         "rate_hz": spec.rate_hz,
@@ -318,11 +317,9 @@ def collect_plant(
         "action_dim": spec.action_dim,
         "action_low": spec.action_low.tolist(),
         "action_high": spec.action_high.tolist(),
-        "expert": policy_text,
-        "success_rate": float(np.mean([e.success for e in eps])) if eps else 0.0,
+        "expert": expert,
+        "success_rate": float(np.mean([e.success for e in episodes])) if episodes else 0.0,
     }
-    _write_atomically(out, eps, ends, gymnasium.spaces.Dict(obs_spaces), act_space, meta)
-    return meta
 
 
 def _write_atomically(
