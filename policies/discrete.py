@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from policies.base import TorchPlannerBase, check_dims
-from policies.model import AngleFeatures, Block, DenoiserConfig, _check_angle_dims
+from policies.model import AngleFeatures, Block, DenoiserConfig, check_transformer_config
 from policies.normalize import Normalizer
 from policies.tokenizer import KINDS as TOKENIZER_KINDS
 from policies.tokenizer import BinTokenizer
@@ -78,21 +78,13 @@ class DiscreteConfig:
     tokenizer: str = "quantile"  # how the bins were fitted (policies.tokenizer.KINDS)
 
     def __post_init__(self) -> None:
-        for name in ("state_dim", "action_dim", "horizon", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value > 0):
-                raise ValueError(f"DiscreteConfig.{name}={value!r} must be a positive int")
-        if self.goal_dim < 0 or self.n_past < 0:
-            raise ValueError(f"{self.goal_dim=} and {self.n_past=} must be >= 0")
-        if self.n_embd % self.n_head != 0:
-            raise ValueError(f"{self.n_embd=} must be divisible by {self.n_head=}")
+        check_transformer_config(self)
         if not (isinstance(self.bins, int) and self.bins >= 2):
             raise ValueError(f"DiscreteConfig.bins={self.bins!r} must be an int >= 2")
         if self.mask not in MASKS:
             raise ValueError(f"DiscreteConfig.mask={self.mask!r} must be one of {MASKS}")
         if self.tokenizer not in TOKENIZER_KINDS:
             raise ValueError(f"tokenizer={self.tokenizer!r} must be one of {TOKENIZER_KINDS}")
-        object.__setattr__(self, "angle_dims", _check_angle_dims(self.angle_dims, self.state_dim))
 
     @property
     def group(self) -> int:

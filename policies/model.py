@@ -62,15 +62,7 @@ class DenoiserConfig:
     angle_dims: tuple[int, ...] = ()  # state dims that are angles (rad): add sin/cos features
 
     def __post_init__(self) -> None:
-        for name in ("state_dim", "action_dim", "horizon", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value > 0):
-                raise ValueError(f"DenoiserConfig.{name}={value!r} must be a positive int")
-        if self.goal_dim < 0 or self.n_past < 0:
-            raise ValueError(f"{self.goal_dim=} and {self.n_past=} must be >= 0")
-        if self.n_embd % self.n_head != 0:
-            raise ValueError(f"{self.n_embd=} must be divisible by {self.n_head=}")
-        object.__setattr__(self, "angle_dims", _check_angle_dims(self.angle_dims, self.state_dim))
+        check_transformer_config(self)
 
     @property
     def token_dim(self) -> int:
@@ -82,6 +74,22 @@ class DenoiserConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_transformer_config(cfg: Any) -> None:
+    """The checks every plan transformer's config shares (`DenoiserConfig`,
+    `policies.discrete.DiscreteConfig`): positive sizes, heads dividing the width, valid
+    angle dims (normalized to a tuple in place)."""
+    kind = type(cfg).__name__
+    for name in ("state_dim", "action_dim", "horizon", "n_layer", "n_head", "n_embd"):
+        value = getattr(cfg, name)
+        if not (isinstance(value, int) and value > 0):
+            raise ValueError(f"{kind}.{name}={value!r} must be a positive int")
+    if cfg.goal_dim < 0 or cfg.n_past < 0:
+        raise ValueError(f"{cfg.goal_dim=} and {cfg.n_past=} must be >= 0")
+    if cfg.n_embd % cfg.n_head != 0:
+        raise ValueError(f"{cfg.n_embd=} must be divisible by {cfg.n_head=}")
+    object.__setattr__(cfg, "angle_dims", _check_angle_dims(cfg.angle_dims, cfg.state_dim))
 
 
 def _check_angle_dims(dims: Any, state_dim: int) -> tuple[int, ...]:
