@@ -234,7 +234,9 @@ def optimizer_step(
 
 class LossLog:
     """The losses a trainer reports: the first step's, the mean of each log interval (over
-    all ranks), the last interval's mean; one progress line per interval."""
+    all ranks), the last interval's mean; one progress line per interval. And its throughput:
+    samples per second over the steps after the first few (allocation, DDP buckets), less the
+    time spent evaluating (`timing(step)` at the top of each step, `evaluated(seconds)`)."""
 
     def __init__(self, cfg: TrainConfig, ranks: Ranks | None, dev: torch.device,
                  log: Callable[[str], None] | None, t_start: float) -> None:
@@ -243,6 +245,22 @@ class LossLog:
         self.first_loss = self.final_loss = float("nan")
         self._running, self._n = 0.0, 0
         self.t_start = t_start  # when training started (the progress lines' clock)
+        self.skip = min(5, cfg.steps - 1)  # steps left out of the throughput
+        self._t_timed, self._eval_s = time.perf_counter(), 0.0
+
+    def timing(self, step: int) -> None:
+        if step == self.skip:
+            self._t_timed, self._eval_s = time.perf_counter(), 0.0
+
+    def evaluated(self, seconds: float) -> None:
+        self._eval_s += seconds
+
+    def samples_per_s(self) -> float:
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+        timed_s = time.perf_counter() - self._t_timed - self._eval_s
+        cfg = self.cfg
+        return cfg.batch_size * (cfg.steps - self.skip) / timed_s if timed_s > 0 else float("nan")
 
     def add(self, step: int, value: float) -> bool:
         """Count step `step`'s loss; True on the last step."""
@@ -422,12 +440,8 @@ def train(
     if tok_w is not None:
         tok_w = tok_w.to(dev)
     losses = LossLog(cfg, ranks, dev, log, t_start)
-    skip = min(5, cfg.steps - 1)  # steps left out of the throughput (allocation, DDP buckets)
-    t_timed = time.perf_counter()
-    eval_s = 0.0  # evaluation time inside the timed steps, not training
     for step in range(cfg.steps):
-        if step == skip:
-            t_timed, eval_s = time.perf_counter(), 0.0
+        losses.timing(step)
         idx = torch.randint(len(win), (batch,), generator=gen).to(dev)
         ctx, z = ctx_all[idx], plan_all[idx]
         goal = goal_all[idx] if Dg > 0 else None
@@ -463,11 +477,8 @@ def train(
             line = evaluate(Checkpoint(cfg.kind, task, snap, norm, snap_cfg, dict(record)))
             if log is not None:
                 log(f"step {step + 1}/{cfg.steps}  {line}")
-            eval_s += time.perf_counter() - t_eval
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    timed_s = time.perf_counter() - t_timed - eval_s
-    samples_per_s = cfg.batch_size * (cfg.steps - skip) / timed_s if timed_s > 0 else float("nan")
+            losses.evaluated(time.perf_counter() - t_eval)
+    samples_per_s = losses.samples_per_s()
     in_sync = None if ranks is None else _ranks_in_sync(model, dev)
     if ema is None:
         return TrainResult(None, losses.losses, losses.first_loss, losses.final_loss,

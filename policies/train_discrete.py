@@ -319,9 +319,6 @@ def train_discrete(
     tok_w = token_weights(H, cfg.token_decay)
     weights = None if tok_w is None else tok_w.repeat_interleave(G).to(dev)  # (H*G,)
     losses = LossLog(cfg, ranks, dev, log, t_start)
-    skip = min(5, cfg.steps - 1)
-    t_timed = time.perf_counter()
-    eval_s = 0.0
 
     def snapshot(m: SubTokenTransformer) -> Checkpoint:
         snap = copy.deepcopy(m).cpu().eval()
@@ -332,8 +329,7 @@ def train_discrete(
         return Checkpoint(cfg.kind, task, snap, norm, scfg, dict(record))
 
     for step in range(cfg.steps):
-        if step == skip:
-            t_timed, eval_s = time.perf_counter(), 0.0
+        losses.timing(step)
         idx = torch.randint(len(win), (batch,), generator=gen).to(dev)
         ctx, ids = ctx_all[idx], ids_all[idx]
         goal = goal_all[idx] if Dg > 0 else None
@@ -357,11 +353,8 @@ def train_discrete(
             line = evaluate(snapshot(ema))
             if log is not None:
                 log(f"step {step + 1}/{cfg.steps}  {line}")
-            eval_s += time.perf_counter() - t_eval
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    timed_s = time.perf_counter() - t_timed - eval_s
-    samples_per_s = cfg.batch_size * (cfg.steps - skip) / timed_s if timed_s > 0 else float("nan")
+            losses.evaluated(time.perf_counter() - t_eval)
+    samples_per_s = losses.samples_per_s()
     in_sync = None if ranks is None else _ranks_in_sync(model, dev)
     ckpt = None if ema is None else snapshot(ema)
     return TrainResult(ckpt, losses.losses, losses.first_loss, losses.final_loss,
