@@ -46,13 +46,22 @@ def cli_train(args: argparse.Namespace) -> int:
     if launches_torchrun(args):
         return launch(args)
     try:
-        return train_from_args(args)
+        code = train_from_args(args)
     except TrainError as exc:
         _note_rank_error(str(exc), user=True)
         raise CliError(str(exc)) from None
     except Exception as exc:
         _note_rank_error(f"{type(exc).__name__}: {_first_line(exc)}", user=False)
         raise
+    if Ranks.from_env() is not None:
+        # A rank whose work is done (its group torn down, rank 0's checkpoint written) leaves
+        # at once: at interpreter exit gloo's threads now and then still ran into torch's
+        # static teardown and aborted the process ("terminate called without an active
+        # exception"), which torchrun reports as a failed job.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def launches_torchrun(args: argparse.Namespace) -> bool:
