@@ -205,12 +205,7 @@ class ARPlanner(SubTokenPlanner):
             else:
                 out[i] = self._last_good[i]
                 fallback = True
-        if np.all(np.isfinite(out)):
-            np.clip(out, self.spec.action_low, self.spec.action_high, out=out)
-            self._last_good[...] = out
-        else:
-            self.nonfinite_actions += 1
-            out[...] = self._last_good
+        self._repair(out)
         if not self._counted:
             self.decisions += 1
             self.filled_from_plan += int(from_plan)

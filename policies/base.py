@@ -173,6 +173,16 @@ class TorchPlannerBase:
         return n
 
     # -- action ------------------------------------------------------------------------------
+    def _repair(self, out: npt.NDArray[np.float64]) -> None:
+        """Make `out` (Da,) a sendable action in place: clipped into the limits and kept as the
+        last good one when finite; else the last good one, counted in `nonfinite_actions`."""
+        if np.all(np.isfinite(out)):
+            np.clip(out, self.spec.action_low, self.spec.action_high, out=out)
+            self._last_good[...] = out
+        else:
+            self.nonfinite_actions += 1
+            out[...] = self._last_good
+
     def action(self) -> npt.NDArray[np.float64]:
         """(Da,) float64, finite, within the plant's limits; planner-owned (copy to keep)."""
         if self._action_dirty:
@@ -180,11 +190,6 @@ class TorchPlannerBase:
             out = self._out
             np.multiply(self._act_np32, self._a_std_np, out=out)
             np.add(out, self._a_mean_np, out=out)
-            if np.all(np.isfinite(out)):
-                np.clip(out, self.spec.action_low, self.spec.action_high, out=out)
-                self._last_good[...] = out
-            else:
-                self.nonfinite_actions += 1
-                out[...] = self._last_good
+            self._repair(out)
             self._action_dirty = False
         return self._out

@@ -322,12 +322,7 @@ class DLLMPlanner(SubTokenPlanner):
             out = self._out
             np.multiply(self._emit_np[:Da], self._a_std_np, out=out)
             np.add(out, self._a_mean_np, out=out)
-            if np.all(np.isfinite(out)):
-                np.clip(out, self.spec.action_low, self.spec.action_high, out=out)
-                self._last_good[...] = out
-            else:
-                self.nonfinite_actions += 1
-                out[...] = self._last_good
+            self._repair(out)
             if not self._counted:
                 self.decisions += 1
                 self.unmasked_at_emit += int(self._emit_np[Da] > 0)
