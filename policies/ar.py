@@ -8,8 +8,8 @@ step, with the key/value cache:
 
   step 1: `prefill` (the context and token 0's state at once) -> a_t's first sub-token;
   steps 2..Da: the rest of a_t, one sub-token each (`steps_per_decision` = Da);
-  then, while the loop grants steps: s_{t+1}, a_{t+1}, s_{t+2}, ... up to the horizon. That
-  is its plan (`plan_into`, the hit rate of `rtdiff bench paradigms`): the tokens whose
+  then, while the loop grants steps: s_{t+1}, a_{t+1}, s_{t+2}, ... up to the horizon
+  (`steps_per_plan` = P - Ds steps decode all of it). That is its plan (`plan_into`, the hit rate of `rtdiff bench paradigms`): the tokens whose
   action is decoded.
 
 action() emits what is decoded of a_t. Under a deadline (`action()` before all Da action
@@ -68,6 +68,7 @@ class ARPlanner(SubTokenPlanner):
         super().__init__(model, normalizer, spec, device=device, seed=seed)
         self.cfg = cfg
         self.steps_per_decision = self.Da  # refine steps one complete action takes
+        self.steps_per_plan = self.P - self.Ds  # refine steps the whole plan takes
         P, dev = self.P, self.device
         self.seq = torch.zeros(1, P, dtype=torch.long, device=dev)  # decoded plan ids
         self.pos = torch.zeros(1, dtype=torch.long, device=dev)  # the last decoded position

@@ -103,9 +103,11 @@ class PlantTap:
 
 
 def run_lockstep(
-    plant: Plant, planner: Planner, *, episodes: int, seed: int, steps_per_tick: int = 1
+    plant: Plant, planner: Planner, *, episodes: int | None, seed: int, steps_per_tick: int = 1,
+    ticks: int | None = None,
 ) -> RunResult:
-    """`episodes` lockstep episodes of `planner` on `plant`, seeded `seed`, `seed + 1`, ..."""
+    """`episodes` lockstep episodes of `planner` on `plant`, seeded `seed`, `seed + 1`, ...
+    (or `ticks` ticks, whatever episodes they make)."""
     config = LoopConfig(mode="lockstep", steps_per_tick=steps_per_tick, warmup_steps=0)
     loop = ControlLoop(plant, ResetOnce(planner), MonotonicClock(), config)
-    return loop.run(episodes=episodes, seed=seed)
+    return loop.run(episodes=episodes, ticks=ticks, seed=seed)

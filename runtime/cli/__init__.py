@@ -622,6 +622,14 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     pa.add_argument("--steps-per-tick", type=positive_int, default=1,
                     help="lockstep refine steps per tick (more for a planner that declares "
                          "steps_per_decision)")
+    pa.add_argument("--whole-plan", action="store_true",
+                    help="every decision delivers the whole plan, not just the next action "
+                         "(ar decodes every plan sub-token a tick)")
+    pa.add_argument("--scaling-horizons", default="", metavar="H,...",
+                    help="also time dllm against whole-plan ar at these horizons (fresh "
+                         "weights, the first task's sizes)")
+    pa.add_argument("--scaling-ticks", type=positive_int, default=100,
+                    help="with --scaling-horizons: lockstep ticks per model")
     pa.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     pa.add_argument("--realtime", action="store_true",
                     help="also run each planner in realtime over the bridge at the task's rate "

@@ -38,12 +38,24 @@ seeds `--seed`, `--seed` + 1, ..., the same for every planner):
 
 Refine steps per lockstep tick: `--steps-per-tick` (1, as `policies.evaluate` and `rtdiff eval`
 use), or more for a planner that declares `steps_per_decision`, the steps one complete action
-takes it (`NeedsSteps`).
+takes it (`NeedsSteps`). `--whole-plan` asks every decision for the whole plan, not just the
+next action (the plan-ahead setting, where a command carries the rows for the ticks after it,
+and the paper's: a structured output is complete only when all of it is): a planner that
+declares `steps_per_plan` (`DecodesPlan`: ar, one sub-token per step) gets that many steps a
+tick; a diffusion planner's every step already yields a complete plan (each position's current
+belief), so it keeps its steps. Rows say `whole_plan`.
 
 `--realtime` adds realtime runs over the bridge (`rtdiff serve` in its own process, driven by
 `runtime.cli.run.execute` as `bench deadline` does) at the task's rate and at each of `--rates`
 for `--seconds` each: success and misses at every rate, and the highest rate whose misses stay
 <= 0.1 % (`realtime.max_rate_hz`).
+
+`--scaling-horizons 8,16,32,64` adds the compute side of that question where it is largest:
+for the first task, dllm and ar models with the shipped dllm checkpoint's sizes and tokenizer
+but each of those horizons (the clean ticks scaled alike; fresh weights: the time of a forward does not depend on them, and
+nothing here is judged on success) run `--scaling-ticks` lockstep ticks with `--whole-plan`
+decoding; `scaling` rows give each one's decision p50/p99 and `ar_over_dllm`, the ratio of
+their p50s.
 
 Output: one JSON object (`--json`) whose `rows` hold the figures above, else a markdown table
 (`--markdown FILE` writes it too); `--plot FILE`: success against end-to-end time per planner,
@@ -102,6 +114,23 @@ class NeedsSteps(Protocol):
     autoregressive decoder: one sub-token per step); a lockstep tick gives it that many."""
 
     steps_per_decision: int
+
+
+@runtime_checkable
+class DecodesPlan(Protocol):
+    """A planner whose whole plan (every token of its horizon) takes `steps_per_plan` refine
+    steps; `--whole-plan` gives it that many a tick."""
+
+    steps_per_plan: int
+
+
+def lockstep_steps(planner: Planner, steps_per_tick: int, whole_plan: bool) -> int:
+    """Refine steps per lockstep tick for `planner` (module docstring)."""
+    steps = max(steps_per_tick,
+                planner.steps_per_decision if isinstance(planner, NeedsSteps) else 1)
+    if whole_plan and isinstance(planner, DecodesPlan):
+        steps = max(steps, planner.steps_per_plan)
+    return steps
 
 
 # -------------------------------------------------------------------------- per-tick probes
@@ -201,18 +230,19 @@ def measure_lockstep(
     seed: int,
     steps_per_tick: int,
     clock: Clock | None = None,
+    ticks: int | None = None,
 ) -> dict[str, Any]:
     """`episodes` seeded lockstep episodes of `planner` on `plant`, measured (module
     docstring): success, end-to-end time, decision times, ticks to success, hit rate, churn
-    and malformed actions."""
+    and malformed actions. `ticks` instead: that many ticks (the episodes they finish count)."""
     clock = clock or MonotonicClock()
     spec = plant.spec()
     probe = DecisionProbe(planner, spec.action_low, spec.action_high, clock)
     tap = (PlanTap(plant, planner, TOLERANCE_OF_RANGE * (spec.action_high - spec.action_low))
            if isinstance(planner, PlanSource) else None)
     t0 = clock.now_ns()
-    result = run_lockstep(tap or plant, probe, episodes=episodes, seed=seed,
-                          steps_per_tick=steps_per_tick)
+    result = run_lockstep(tap or plant, probe, episodes=None if ticks else episodes, seed=seed,
+                          steps_per_tick=steps_per_tick, ticks=ticks)
     wall_ns = clock.now_ns() - t0
     done = result.episodes
     won = [e.ticks for e in done if e.success]
@@ -290,8 +320,7 @@ def lockstep_cell(task: str, name: str, args: argparse.Namespace,
             policy = row["policy"] = policy_for(name, plant_spec_of(plant).name)[0]
             planner = make_planner(policy, plant, device=args.device, seed=args.seed,
                                    overrides=overrides or None, strict=True)
-            steps = max(args.steps_per_tick,
-                        planner.steps_per_decision if isinstance(planner, NeedsSteps) else 1)
+            steps = lockstep_steps(planner, args.steps_per_tick, args.whole_plan)
             try:
                 row.update(measure_lockstep(plant, planner, episodes=args.episodes,
                                             seed=args.seed, steps_per_tick=steps))
@@ -305,6 +334,7 @@ def lockstep_cell(task: str, name: str, args: argparse.Namespace,
     except (PolicyError, ValueError) as exc:  # a planner or plant failing mid-run
         return {**row, "error": one_line(exc)}
     row["aligned_mask"] = mask_setting(policy)
+    row["whole_plan"] = bool(args.whole_plan)
     return row
 
 
@@ -360,6 +390,59 @@ def realtime_run(name: str, policy: str, address: str, rate: float,
             "success_rate": out["success_rate"] if out["episodes"] else None}
 
 
+def plan_scaling(task: str, horizons: list[int], args: argparse.Namespace,
+                 plant_args: dict[str, Any]) -> list[dict[str, Any]]:
+    """Decision time of dllm against whole-plan ar at each horizon (module docstring)."""
+    import dataclasses
+
+    import torch
+
+    from policies import planner_from_checkpoint, resolve_policy
+    from policies.checkpoint import load_checkpoint
+    from policies.discrete import SubTokenTransformer
+    from runtime.cli.plants import make_plant, plant_spec_of
+
+    plant = make_plant(plant_text(task), plant_args, mode="lockstep", seed=args.seed)
+    rows: list[dict[str, Any]] = []
+    try:
+        spec = plant_spec_of(plant)
+        try:
+            base = load_checkpoint(resolve_policy(f"dllm:{spec.name}")[0])
+        except ValueError as exc:
+            raise CliError(f"--scaling-horizons: {one_line(exc)}") from None
+        if not isinstance(base.model, SubTokenTransformer):
+            raise CliError(f"--scaling-horizons: dllm:{spec.name} is not a discrete model")
+        dllm_mask = base.model.cfg.mask
+        for horizon in horizons:
+            row: dict[str, Any] = {"task": label(task), "horizon": horizon,
+                                   "plan_sub_tokens": horizon * base.model.cfg.group}
+            for kind, mask in (("dllm", dllm_mask), ("ar", "causal")):
+                torch.manual_seed(args.seed)
+                model = SubTokenTransformer(dataclasses.replace(base.model.cfg, horizon=horizon,
+                                                                mask=mask))
+                model.set_tokenizer(base.model.tokenizer())
+                model.eval()
+                clean = round(base.planner.clean_ticks * horizon / base.model.cfg.horizon)
+                ckpt = dataclasses.replace(base, kind=kind, model=model, planner=dataclasses.replace(
+                    base.planner, clean_ticks=min(max(1, clean), horizon - 1)))
+                planner = planner_from_checkpoint(ckpt, spec=spec, kind=kind,
+                                                  device=args.device, seed=args.seed)
+                steps = lockstep_steps(planner, args.steps_per_tick, True)
+                sys.stderr.write(f"bench paradigms: scaling H={horizon} {kind}, {steps} steps "
+                                 f"a tick ...\n")
+                m = measure_lockstep(plant, planner, episodes=1, seed=args.seed,
+                                     steps_per_tick=steps, ticks=args.scaling_ticks)
+                if isinstance(planner, Closes):
+                    planner.close()
+                row[kind] = {"steps_per_tick": steps, "decision_ms": m["decision_ms"]}
+            row["ar_over_dllm"] = (row["ar"]["decision_ms"]["p50"]
+                                   / row["dllm"]["decision_ms"]["p50"])
+            rows.append(row)
+    finally:
+        plant.close()
+    return rows
+
+
 # ------------------------------------------------------------------------------ the command
 
 
@@ -373,6 +456,13 @@ def cli_bench_paradigms(args: argparse.Namespace) -> int:
         raise CliError(f"--rates must be a comma list of numbers, got {args.rates!r}") from None
     if any(not r > 0 for r in rates):
         raise CliError(f"--rates must be positive, got {args.rates!r}")
+    try:
+        horizons = [int(h) for h in csv_list(args.scaling_horizons)]
+    except ValueError:
+        raise CliError("--scaling-horizons must be a comma list of integers, got "
+                       f"{args.scaling_horizons!r}") from None
+    if any(h < 2 for h in horizons):
+        raise CliError(f"--scaling-horizons must be >= 2, got {args.scaling_horizons!r}")
     try:
         plant_args = parse_kv(args.plant_arg or [], flag="--plant-arg")
     except SpecError as exc:
@@ -393,12 +483,14 @@ def cli_bench_paradigms(args: argparse.Namespace) -> int:
         if args.realtime:
             realtime_cells(task, cells, rates, args, plant_extra)
         rows += [row for _, row in cells]
+    scaling = plan_scaling(tasks[0], horizons, args, plant_args) if horizons else []
     steal1 = read_steal_s()
     summary: dict[str, Any] = {
         "tasks": [label(t) for t in tasks], "planners": [label(p) for p in planners],
         "episodes": args.episodes, "seed": args.seed, "steps_per_tick": args.steps_per_tick,
         "device": args.device, "tolerance_of_range": TOLERANCE_OF_RANGE,
-        "realtime": bool(args.realtime), "rows": rows,
+        "whole_plan": bool(args.whole_plan),
+        "realtime": bool(args.realtime), "rows": rows, "scaling": scaling,
         "steal_s": None if steal0 is None or steal1 is None else steal1 - steal0,
     }
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
@@ -457,7 +549,17 @@ def markdown_table(summary: dict[str, Any]) -> str:
             cells += [_num(None if at is None else 100 * at["miss_rate"], ".3f"),
                       _num(rt.get("max_rate_hz"), "g")]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines + (["", *failed] if failed else []))
+    out = lines + (["", *failed] if failed else [])
+    if summary.get("scaling"):
+        out += ["", "| task | horizon | plan sub-tokens | dllm steps / ms p50 | "
+                "ar steps / ms p50 | ar / dllm |", "|---|---|---|---|---|---|"]
+        for r in summary["scaling"]:
+            d, a = r["dllm"], r["ar"]
+            out.append(f"| {r['task']} | {r['horizon']} | {r['plan_sub_tokens']} | "
+                       f"{d['steps_per_tick']} / {d['decision_ms']['p50']:.2f} | "
+                       f"{a['steps_per_tick']} / {a['decision_ms']['p50']:.2f} | "
+                       f"{r['ar_over_dllm']:.1f}x |")
+    return "\n".join(out)
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:

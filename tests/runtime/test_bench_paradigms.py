@@ -284,3 +284,60 @@ def test_realtime_finds_the_highest_rate_that_kept_misses_at_or_below_0_1_percen
     assert [c["rate_hz"] for c in rt["by_rate"]] == [50.0, 100.0, 200.0, 400.0]
     assert rt["by_rate"][-1]["error"] == "the plant refuses 400 Hz"
     assert "realtime" not in failed
+
+
+# ------------------------------------------------------------------ the whole plan asked for
+
+
+class Decoder(Scripted):
+    """One action after 2 steps, the whole plan after 9 (an autoregressive decoder's shape)."""
+
+    steps_per_decision = 2
+    steps_per_plan = 9
+
+
+def test_whole_plan_gives_a_decoder_its_plan_steps_and_a_diffusion_planner_its_own() -> None:
+    dec, plain = Decoder(wave, None), Scripted(wave, None)
+    assert bp.lockstep_steps(dec, 1, whole_plan=False) == 2
+    assert bp.lockstep_steps(dec, 1, whole_plan=True) == 9
+    assert bp.lockstep_steps(dec, 12, whole_plan=True) == 12
+    assert bp.lockstep_steps(plain, 1, whole_plan=True) == 1
+    assert bp.lockstep_steps(plain, 3, whole_plan=True) == 3
+
+
+def test_the_ar_planner_declares_the_steps_its_whole_plan_takes() -> None:
+    from policies import load_planner
+    from sims import make_plant
+
+    plant = make_plant("bimodal", mode="lockstep", seed=0)
+    try:
+        ar = load_planner("ar:bimodal", spec=plant.spec())
+        assert isinstance(ar, bp.DecodesPlan) and not isinstance(
+            load_planner("dllm:bimodal", spec=plant.spec()), bp.DecodesPlan)
+        assert ar.steps_per_plan == ar.P - ar.Ds  # every plan position after token 0's state
+        m = bp.measure_lockstep(plant, ar, episodes=1, seed=0, ticks=6,
+                                steps_per_tick=bp.lockstep_steps(ar, 1, whole_plan=True))
+        assert m["ticks"] == 6 and ar.decoded == ar.P  # the whole plan, every tick
+        assert m["hit_rate"] is not None  # a decoded plan has rows to hit
+    finally:
+        plant.close()
+
+
+def test_scaling_times_dllm_against_whole_plan_ar_at_each_horizon(tmp_path: Path) -> None:
+    argv = ["bench", "paradigms", "--tasks", "bimodal", "--planners", "expert", "--episodes",
+            "1", "--scaling-horizons", "4,6", "--scaling-ticks", "5", "--out", str(tmp_path),
+            "--json"]
+    with contextlib.redirect_stdout(buf := io.StringIO()):
+        assert main(argv) == 0
+    rows = json.loads(buf.getvalue())["scaling"]
+    assert [r["horizon"] for r in rows] == [4, 6]
+    ds, da = 2, 2  # bimodal: 2 state dims, 2 action dims
+    for r in rows:
+        assert r["plan_sub_tokens"] == r["horizon"] * (ds + da)
+        assert r["dllm"]["steps_per_tick"] == 1
+        assert r["ar"]["steps_per_tick"] == r["plan_sub_tokens"] - ds  # all but token 0's state
+        assert r["ar_over_dllm"] == pytest.approx(
+            r["ar"]["decision_ms"]["p50"] / r["dllm"]["decision_ms"]["p50"])
+    with contextlib.redirect_stderr(err := io.StringIO()):
+        assert main(argv[:8] + ["--scaling-horizons", "x", "--out", str(tmp_path)]) == 2
+    assert "--scaling-horizons must be a comma list of integers" in err.getvalue()
