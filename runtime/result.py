@@ -72,7 +72,7 @@ class RunResult:
         # the share of ticks whose command was what the plan held for them one tick earlier
         # (within `plan_hit_tolerance` of the action range, every dimension)
         hits, compared = self.plan_hits or (0, 0)
-        out["plan_hit_rate"] = hits / compared if compared else None
+        out["hit_rate"] = hits / compared if compared else None
         out["plan_hit_ticks"] = compared
         out["plan_hit_tolerance"] = self.plan_hit_tolerance
         if self.mode == "realtime":

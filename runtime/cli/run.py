@@ -116,8 +116,8 @@ def summary_table(out: dict[str, Any]) -> str:
                f"   action age ms p50 {age['p50']:.1f}  p99 {age['p99']:.1f}")
             + ("   (plan-ahead on)" if out.get("plan_ahead") else "")
         )
-    if out.get("plan_hit_rate") is not None:
-        lines.append(f"  plan hit rate {100 * out['plan_hit_rate']:.1f} % of "
+    if out.get("hit_rate") is not None:
+        lines.append(f"  plan hit rate {100 * out['hit_rate']:.1f} % of "
                      f"{out['plan_hit_ticks']} ticks (the command within "
                      f"{100 * out['plan_hit_tolerance']:g} % of the action range of what the "
                      "plan held for it one tick earlier)"

@@ -35,13 +35,13 @@ class PlanningPlanner(CostPlanner):
 
 
 @pytest.mark.parametrize(("honest", "rate"), [(True, 1.0), (False, 0.0)])
-def test_the_plan_hit_rate_counts_what_the_plan_held_one_tick_earlier(
+def test_the_hit_rate_counts_what_the_plan_held_one_tick_earlier(
     honest: bool, rate: float
 ) -> None:
     clock = FakeClock()
     loop = realtime_loop(clock, PlanningPlanner(clock, honest=honest, step_ns=50_000))
     out = loop.run(ticks=100).to_json()
-    assert out["plan_hit_rate"] == rate
+    assert out["hit_rate"] == rate
     assert out["plan_hit_ticks"] == 99  # the first tick has no earlier plan
     assert out["plan_hit_tolerance"] == 0.05
 
@@ -49,7 +49,7 @@ def test_the_plan_hit_rate_counts_what_the_plan_held_one_tick_earlier(
 def test_a_planner_without_a_plan_has_no_hit_rate() -> None:
     clock = FakeClock()
     out = realtime_loop(clock, CostPlanner(clock, step_ns=50_000)).run(ticks=20).to_json()
-    assert out["plan_hit_rate"] is None and out["plan_hit_ticks"] == 0
+    assert out["hit_rate"] is None and out["plan_hit_ticks"] == 0
 
 
 def test_each_episode_starts_without_a_prediction() -> None:
