@@ -11,6 +11,11 @@ reproducible.
 `ValueError`, one line) for a request it cannot run; the CLI layer (`runtime.cli.collect`)
 prints it as its one-line error.
 
+`--workers N` (task collections) splits the episodes over N processes, each a contiguous
+run of seeds with its own expert and DART generator (seeded with its first episode's seed);
+the dataset keeps seed order. A collection is reproducible for a given N; another N draws
+other DART perturbations for the same seeds.
+
 Atomicity: episodes are written into a hidden temp directory beside `--out` and renamed into
 place only when complete (`rtdiff.json`, written last, marks completeness). An interrupted or
 failed collection removes its temp directory; a killed one leaves only the hidden `.NAME.tmp-*`
@@ -52,6 +57,7 @@ class CollectConfig:
     seed: int = 0  # episode i is reset with seed + i
     dart_prob: float | None = None  # None: the task's default
     refine_steps: int = 1  # `refine` steps per tick (sampling experts iterate this often)
+    workers: int = 1  # processes, each a contiguous run of seeds (module docstring)
 
     def __post_init__(self) -> None:
         get_task(self.task)  # KeyError naming the known tasks
@@ -63,6 +69,50 @@ class CollectConfig:
             raise ValueError(f"--dart-prob must be in [0, 1], got {self.dart_prob}")
         if self.refine_steps < 1:
             raise ValueError(f"{self.refine_steps=} must be >= 1")
+        if not 1 <= self.workers <= self.episodes:
+            raise ValueError(f"--workers must be in [1, --episodes], got {self.workers}")
+
+
+def worker_shares(episodes: int, seed: int, workers: int) -> list[tuple[int, int]]:
+    """(first seed, episodes) per worker: contiguous runs covering seeds seed..seed+episodes-1,
+    sizes differing by at most one."""
+    base, extra = divmod(episodes, workers)
+    shares, first = [], seed
+    for w in range(workers):
+        n = base + (w < extra)
+        shares.append((first, n))
+        first += n
+    return shares
+
+
+def _collect_share(cfg: CollectConfig) -> tuple[list[Episode], list[tuple[np.ndarray, bool]]]:
+    """One worker's episodes (runs in a child process; prints a line when done)."""
+    import torch
+
+    torch.set_num_threads(1)
+    out = collect_episodes(cfg)
+    ok = sum(e.success for e in out[0])
+    sys.stderr.write(f"collect {cfg.task}: seeds {cfg.seed}-{cfg.seed + cfg.episodes - 1} done, "
+                     f"{ok}/{cfg.episodes} succeeded\n")
+    return out
+
+
+def collect_parallel(cfg: CollectConfig) -> tuple[list[Episode], list[tuple[np.ndarray, bool]]]:
+    """`collect_episodes` over `cfg.workers` processes (spawned: a fresh MuJoCo per worker);
+    the episodes in seed order."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from dataclasses import replace
+
+    shares = [replace(cfg, seed=first, episodes=n, workers=1)
+              for first, n in worker_shares(cfg.episodes, cfg.seed, cfg.workers)]
+    sys.stderr.write(f"collect {cfg.task}: {cfg.episodes} episodes over {cfg.workers} "
+                     f"processes ...\n")
+    with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = list(pool.map(_collect_share, shares))
+    episodes = [e for eps, _ in parts for e in eps]
+    ends = [x for _, end in parts for x in end]
+    return episodes, ends
 
 
 class _Dart:
@@ -247,7 +297,10 @@ def collect(cfg: CollectConfig, *, progress: bool = True) -> dict[str, Any]:
     out = cfg.out.absolute()  # minari joins the dataset path onto itself when it is relative
     _check_out(out)
     require_hdf5()  # before the collection, not after it
-    episodes, ends = collect_episodes(cfg, _Progress(cfg.task) if progress else None)
+    if cfg.workers > 1:
+        episodes, ends = collect_parallel(cfg)
+    else:
+        episodes, ends = collect_episodes(cfg, _Progress(cfg.task) if progress else None)
     env = MujocoPlant(cfg.task).env
     info = get_task(cfg.task)
     meta = _meta(info.spec(), episodes, seed=cfg.seed, expert=info.expert,
@@ -361,6 +414,7 @@ def collect_from_args(args: argparse.Namespace) -> int:
             out=Path(args.out),
             seed=args.seed,
             dart_prob=args.dart_prob,
+            workers=getattr(args, "workers", 1),
         )
         _check_out(cfg.out)
     except KeyError as exc:

@@ -105,6 +105,8 @@ def _add_collect(sp: argparse._SubParsersAction[_Parser]) -> None:
         help="probability of executing a perturbed action (default: the task's setting with "
              "--task, 0 with --plant)",
     )
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="with --task: processes, each recording a contiguous run of seeds")
     _target(p, "runtime.cli.collect:cli_collect")
 
 

@@ -31,6 +31,8 @@ def cli_collect(args: argparse.Namespace) -> int:
             return collect_from_args(args)
         except CollectError as exc:
             raise CliError(str(exc)) from None
+    if getattr(args, "workers", 1) != 1:
+        raise CliError("--workers goes with --task (an expert collection)")
     if not args.policy:
         raise CliError("--plant needs --policy SPEC (what drives the plant while recording)")
     if args.dart_prob is not None and not 0.0 <= args.dart_prob <= 1.0:

@@ -43,6 +43,22 @@ def test_collect_is_reproducible_under_the_seed(tmp_path):
     np.testing.assert_array_equal(a.disturbances["push_n"], b.disturbances["push_n"])
 
 
+def test_worker_shares_cover_the_seeds_in_order():
+    assert collect_mod.worker_shares(7, 100, 3) == [(100, 3), (103, 2), (105, 2)]
+    assert collect_mod.worker_shares(2, 0, 2) == [(0, 1), (1, 1)]
+    with pytest.raises(ValueError, match="--workers"):
+        CollectConfig("bimodal", 2, collect_mod.Path("x"), workers=3)
+
+
+def test_parallel_workers_record_each_share_as_a_single_worker_would(tmp_path):
+    meta = collect(CollectConfig("bimodal", 3, tmp_path / "p", seed=4, workers=2),
+                   progress=False)
+    whole = load_episodes(tmp_path / "p")
+    assert meta["episodes"] == 3 and meta["seeds"] == [4, 5, 6]
+    collect(CollectConfig("bimodal", 1, tmp_path / "last", seed=6), progress=False)
+    np.testing.assert_array_equal(whole[2].states, load_episodes(tmp_path / "last")[0].states)
+
+
 def test_the_dataset_opens_with_minari(tmp_path):
     import minari
 
