@@ -19,9 +19,10 @@ Inputs:
 Output: `Linear(d, K)` logits over the K bins at every plan position.
 
 Attention masks (`DiscreteConfig.mask`), True where a query row may attend to a key column:
-- `aligned` (dllm's default): context rows see the context only; plan rows see the context and
-  the whole plan. No context representation depends on the (partly masked) plan, in any layer.
-- `full`: everything sees everything (the ablation).
+- `full` (dllm's default): everything sees everything. The ablation against `aligned` on
+  double-pendulum, bimodal and pointmaze decided it (docs/policies.md, "The aligned mask").
+- `aligned`: context rows see the context only; plan rows see the context and the whole plan.
+  No context representation depends on the (partly masked) plan, in any layer.
 - `causal` (ar): context rows see the context; plan position p sees the context and plan
   positions <= p. The logits at plan position p predict the id at position p + 1 (the usual
   one-position shift), so the last position's logits are unused.
@@ -73,7 +74,7 @@ class DiscreteConfig:
     n_head: int = 4  # attention heads per block
     n_embd: int = 64  # d
     bins: int = 64  # K bins per dimension (the tokenizer's); id K is MASK
-    mask: str = "aligned"  # aligned | full | causal (module docstring)
+    mask: str = "full"  # full | aligned | causal (module docstring)
     angle_dims: tuple[int, ...] = ()  # state dims that are angles (rad): sin/cos features
     tokenizer: str = "quantile"  # how the bins were fitted (policies.tokenizer.KINDS)
 

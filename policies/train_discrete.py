@@ -66,7 +66,7 @@ TOKENIZER_SETTINGS = {"bins": "bins", "kind": "tokenizer"}
 
 
 def default_mask(kind: str) -> str:
-    return "causal" if kind == "ar" else "aligned"
+    return "causal" if kind == "ar" else "full"
 
 
 def fit_tokenizer(
