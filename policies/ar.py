@@ -9,8 +9,8 @@ step, with the key/value cache:
   step 1: `prefill` (the context and token 0's state at once) -> a_t's first sub-token;
   steps 2..Da: the rest of a_t, one sub-token each (`steps_per_decision` = Da);
   then, while the loop grants steps: s_{t+1}, a_{t+1}, s_{t+2}, ... up to the horizon
-  (`steps_per_plan` = P - Ds steps decode all of it). That is its plan (`plan_into`, the hit rate of `rtdiff bench paradigms`): the tokens whose
-  action is decoded.
+  (`steps_per_plan` = P - Ds steps decode all of it). That is its plan (`plan_into`, the hit
+  rate of `rtdiff bench paradigms`): the tokens whose action is decoded.
 
 action() emits what is decoded of a_t. Under a deadline (`action()` before all Da action
 sub-tokens are decoded) each missing sub-token comes from the previous tick's plan (its

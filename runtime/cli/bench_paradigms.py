@@ -14,7 +14,7 @@ its own.
 Per task x planner, lockstep (`runtime.lockstep.run_lockstep`: `--episodes` episodes on plant
 seeds `--seed`, `--seed` + 1, ..., the same for every planner):
 - `success_rate`; `end_to_end_s`: the wall time of those episodes (loading is not in it);
-- `decision_ms` {p50, p99, max}: per tick, the planner's observe + refine + action (an
+- `decision_ms` {p50, p99, max, mean}: per tick, the planner's observe + refine + action (an
   episode's reset is not a decision);
 - `ticks_to_success`: on a goal task (`PlantSpec.goal_dim > 0`), the mean length of the
   successful episodes; null on a goal-less task (double-pendulum, bimodal). A task that ends
@@ -52,10 +52,10 @@ for `--seconds` each: success and misses at every rate, and the highest rate who
 
 `--scaling-horizons 8,16,32,64` adds the compute side of that question where it is largest:
 for the first task, dllm and ar models with the shipped dllm checkpoint's sizes and tokenizer
-but each of those horizons (the clean ticks scaled alike; fresh weights: the time of a forward does not depend on them, and
-nothing here is judged on success) run `--scaling-ticks` lockstep ticks with `--whole-plan`
-decoding; `scaling` rows give each one's decision p50/p99 and `ar_over_dllm`, the ratio of
-their p50s.
+but each of those horizons (the clean ticks scaled alike; fresh weights: the time of a
+forward does not depend on them, and nothing here is judged on success) run
+`--scaling-ticks` lockstep ticks with `--whole-plan` decoding; `scaling` rows give each one's
+decision p50/p99 and `ar_over_dllm`, the ratio of their p50s.
 
 Output: one JSON object (`--json`) whose `rows` hold the figures above, else a markdown table
 (`--markdown FILE` writes it too); `--plot FILE`: success against end-to-end time per planner,
@@ -251,14 +251,16 @@ def measure_lockstep(
     if isinstance(planner, ReportsMalformed):
         malformed.update({k: int(v) for k, v in planner.malformed().items()
                           if k not in NOT_MALFORMED})
-    q = percentiles(np.asarray(probe.decision_ns) / 1e6, (50.0, 99.0))
+    decision_ms = np.asarray(probe.decision_ns) / 1e6
+    q = percentiles(decision_ms, (50.0, 99.0))
     return {
         "episodes": len(done),
         "ticks": decisions,
         "rate_hz": spec.rate_hz,
         "success_rate": sum(e.success for e in done) / len(done) if done else None,
         "end_to_end_s": wall_ns / 1e9,
-        "decision_ms": {"p50": q["p50"], "p99": q["p99"], "max": q["max"]},
+        "decision_ms": {"p50": q["p50"], "p99": q["p99"], "max": q["max"],
+                        "mean": float(decision_ms.mean()) if decisions else 0.0},
         "ticks_to_success": (float(np.mean(won)) if won else None) if spec.goal_dim else None,
         "hit_rate": tap.hits / tap.compared if tap and tap.offered and tap.compared else None,
         "churn": tap.rows_changed / tap.rows_compared if tap and tap.rows_compared else None,
@@ -307,12 +309,15 @@ def mask_setting(policy: str) -> bool | None:
 
 
 def lockstep_cell(task: str, name: str, args: argparse.Namespace,
-                  plant_args: dict[str, Any]) -> dict[str, Any]:
+                  plant_args: dict[str, Any],
+                  overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """One row: `name` on `task` in lockstep, or the one-line reason it could not run. A bare
-    KIND names the checkpoint of the plant's own name (a task's, or a plant spec's)."""
+    KIND names the checkpoint of the plant's own name (a task's, or a plant spec's).
+    `overrides`: planner settings over the name's own (`bench amortize`: `chunk_steps`)."""
     from runtime.cli.plants import make_planner, make_plant, plant_spec_of
 
-    policy, overrides, _ = policy_for(name, task)
+    policy, own, _ = policy_for(name, task)
+    overrides = {**own, **(overrides or {})}
     row: dict[str, Any] = {"task": label(task), "planner": label(name), "policy": policy}
     try:
         plant = make_plant(plant_text(task), plant_args, mode="lockstep", seed=args.seed)
@@ -369,25 +374,34 @@ def realtime_cells(task: str, cells: list[tuple[str, dict[str, Any]]], rates: li
 
 
 def realtime_run(name: str, policy: str, address: str, rate: float,
-                 args: argparse.Namespace) -> dict[str, Any]:
+                 args: argparse.Namespace,
+                 options: dict[str, Any] | None = None) -> dict[str, Any]:
     """One realtime `rtdiff run` of planner `name` (as `policy`) on the plant served at
-    `address`."""
+    `address`; `options`: `rtdiff run` settings over the name's own (`steps_per_tick`, ...).
+    `compute_ms`: the run's tick start to command sent {p50, p99, p999, max}, with its mean
+    from the tick records."""
     from runtime.cli.run import execute
 
-    _, overrides, options = policy_for(name, "")
+    _, overrides, own = policy_for(name, "")
     run = run_args(policy, address, seed=args.seed, seconds=args.seconds,
                    rt_priority=args.rt_priority)
     run.rate, run.device, run.overrides = rate, args.device, overrides
-    for key, value in options.items():
+    for key, value in {**own, **(options or {})}.items():
         setattr(run, key, value)
     try:
-        _, out = execute(run)
+        result, out = execute(run)
     except CliError as exc:
         return {"rate_hz": rate, "error": str(exc)}
-    return {"rate_hz": rate, "miss_rate": out["miss_rate"], "misses": out["misses"],
+    cell = {"rate_hz": rate, "miss_rate": out["miss_rate"], "misses": out["misses"],
             "ticks": out["ticks"], "plant_misses": out.get("plant_misses", 0),
             "episodes": out["episodes"],
             "success_rate": out["success_rate"] if out["episodes"] else None}
+    if "compute_ms" in out:
+        r = result.records if result is not None else None
+        mean = (float(np.mean(r["emit_ns"] - r["start_ns"])) / 1e6
+                if r is not None and len(r) else None)
+        cell["compute_ms"] = {**out["compute_ms"], "mean": mean}
+    return cell
 
 
 def plan_scaling(task: str, horizons: list[int], args: argparse.Namespace,
@@ -423,8 +437,9 @@ def plan_scaling(task: str, horizons: list[int], args: argparse.Namespace,
                 model.set_tokenizer(base.model.tokenizer())
                 model.eval()
                 clean = round(base.planner.clean_ticks * horizon / base.model.cfg.horizon)
-                ckpt = dataclasses.replace(base, kind=kind, model=model, planner=dataclasses.replace(
-                    base.planner, clean_ticks=min(max(1, clean), horizon - 1)))
+                clean = min(max(1, clean), horizon - 1)
+                pcfg = dataclasses.replace(base.planner, clean_ticks=clean)
+                ckpt = dataclasses.replace(base, kind=kind, model=model, planner=pcfg)
                 planner = planner_from_checkpoint(ckpt, spec=spec, kind=kind,
                                                   device=args.device, seed=args.seed)
                 steps = lockstep_steps(planner, args.steps_per_tick, True)

@@ -339,5 +339,5 @@ def test_scaling_times_dllm_against_whole_plan_ar_at_each_horizon(tmp_path: Path
         assert r["ar_over_dllm"] == pytest.approx(
             r["ar"]["decision_ms"]["p50"] / r["dllm"]["decision_ms"]["p50"])
     with contextlib.redirect_stderr(err := io.StringIO()):
-        assert main(argv[:8] + ["--scaling-horizons", "x", "--out", str(tmp_path)]) == 2
+        assert main([*argv[:8], "--scaling-horizons", "x", "--out", str(tmp_path)]) == 2
     assert "--scaling-horizons must be a comma list of integers" in err.getvalue()
