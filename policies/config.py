@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 KINDS = ("rolling", "chunked", "chunked-async", "pertick", "mlp", "dllm", "ar")
+# rolling: what a surprise does to the plan (`policies.rolling`, "Pivot rules")
+PIVOTS = ("uniform", "decay", "shift")
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,17 @@ class PlannerConfig:
     # dllm: a masked sub-token whose top probability is at least this is unmasked in a step
     # even beyond what the schedule asks (Fast-dLLM's threshold); above 1 = off
     unmask_confidence: float = 1.01
+    # rolling: the pivot rule, what a surprise does to the plan (one of PIVOTS): `uniform`
+    # raises every token to sigma(surprise); `decay` to sigma * pivot_decay**j; `shift`
+    # translates the plan's states by the observed error, then re-noises lightly
+    pivot: str = "uniform"
+    # rolling, pivot decay and shift: per-token fall-off of the re-noise floor with lookahead
+    pivot_decay: float = 0.7
+    # rolling, pivot shift: per-token fall-off of the share of the observed error added to
+    # the plan's states (token j gets pivot_carry**j of it)
+    pivot_carry: float = 0.9
+    # rolling, pivot shift: its re-noise floor as a share of decay's (0: translate only)
+    pivot_light: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("clean_ticks", "max_steps_per_tick", "chunk_steps", "exec_ticks"):
@@ -65,6 +78,17 @@ class PlannerConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"PlannerConfig.{name}={value!r} must be in [0, 1]")
+        if self.pivot not in PIVOTS:
+            raise ValueError(
+                f"PlannerConfig.pivot={self.pivot!r} is not a pivot rule (known: "
+                f"{', '.join(PIVOTS)})"
+            )
+        for name in ("pivot_decay", "pivot_carry"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 < value <= 1.0):
+                raise ValueError(f"PlannerConfig.{name}={value!r} must be in (0, 1]")
+        if not (isinstance(self.pivot_light, (int, float)) and 0.0 <= self.pivot_light <= 1.0):
+            raise ValueError(f"PlannerConfig.pivot_light={self.pivot_light!r} must be in [0, 1]")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

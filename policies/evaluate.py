@@ -18,13 +18,16 @@ episodes spread over processes or a Ray cluster, keeps their records in a resuma
 and takes this study's settings as options (`--variants`, `--disturbances`, `--push-force`,
 `--set`, `--steps-per-tick`).
 
-Variants of the same checkpoint (only the planner's surprise-driven re-noising differs; the
-re-noising on a goal change, `goal_renoise`, is the same in all three):
-- `renoise`: surprise-driven re-noising as calibrated in the checkpoint (the default planner);
+Variants of the same checkpoint (only what the planner does on a surprise differs; the
+re-noising on a goal change, `goal_renoise`, is the same in all):
+- `renoise`: surprise-driven re-noising as calibrated in the checkpoint (the default planner:
+  its pivot rule, `uniform` unless `--set pivot=...`);
 - `none`: never re-noise on surprise (threshold at infinity): the plan only ever shifts and
   refines;
 - `blank`: any surprise above the threshold restarts the plan from pure noise (level 1 for every
-  token), the blank-slate alternative.
+  token, pivot rule `uniform`), the blank-slate alternative;
+- `decay`, `shift`: the calibrated surprise map under that pivot rule (`PlannerConfig.pivot`;
+  `policies.rolling`, "Pivot rules").
 
 Push recovery: the task reports a push in `info["push"]` on every tick it acts; the rules that
 time its recovery are in `policies.recovery` (one per task: `RECOVERY`).
@@ -70,7 +73,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from policies.config import PlannerConfig
+from policies.config import PIVOTS, PlannerConfig
 from policies.model import Denoiser
 from policies.recovery import RECOVERY, BimodalCourse, RecoveryPredicate, recovery_predicate
 from policies.rolling import RollingPlanner
@@ -78,7 +81,9 @@ from runtime.lockstep import PlantTap, run_lockstep
 from runtime.protocols import Command, Observation
 from runtime.stats import percentiles
 
-VARIANTS = ("renoise", "none", "blank")
+# the pivot rules beyond `uniform` (which `renoise` runs) are variants under their own names
+VARIANTS = ("renoise", "none", "blank", *(r for r in PIVOTS if r != "uniform"))
+
 
 def variant_config(cfg: PlannerConfig, variant: str) -> PlannerConfig:
     if variant == "renoise":
@@ -86,7 +91,10 @@ def variant_config(cfg: PlannerConfig, variant: str) -> PlannerConfig:
     if variant == "none":
         return replace(cfg, surprise_threshold=1e30, surprise_full=2e30)
     if variant == "blank":
-        return replace(cfg, renoise_max=1.0, surprise_full=cfg.surprise_threshold * (1 + 1e-6))
+        return replace(cfg, renoise_max=1.0, surprise_full=cfg.surprise_threshold * (1 + 1e-6),
+                       pivot="uniform")
+    if variant in VARIANTS:
+        return replace(cfg, pivot=variant)
     raise ValueError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
 
 
@@ -95,8 +103,8 @@ def planner_settings(settings: Sequence[str], cfg: PlannerConfig) -> PlannerConf
     prefixed `planner.`; the value parsed as the field's type). Raises ValueError with a
     one-line reason for a malformed item, an unknown field, a value of the wrong type or a
     combination `PlannerConfig` refuses."""
-    # every PlannerConfig field is an int or a float (by its default)
-    types = {f.name: int if isinstance(f.default, int) else float for f in fields(PlannerConfig)}
+    # every PlannerConfig field is an int, a float or a str (by its default)
+    types: dict[str, type] = {f.name: type(f.default) for f in fields(PlannerConfig)}
     changes: dict[str, Any] = {}
     for item in settings:
         key, sep, text = item.partition("=")
@@ -108,7 +116,7 @@ def planner_settings(settings: Sequence[str], cfg: PlannerConfig) -> PlannerConf
                 f"--set {item!r}: unknown planner setting (known: {', '.join(sorted(types))})"
             )
         try:
-            value: int | float = types[name](text.strip())
+            value: int | float | str = types[name](text.strip())
         except ValueError:
             raise ValueError(
                 f"--set {item!r}: {name} takes {types[name].__name__} values"
@@ -623,7 +631,8 @@ def main(argv: list[str] | None = None) -> int:
         # the surprise map every variant starts from (after --set); variant_config adapts it
         "planner": {
             k: getattr(base_cfg, k)
-            for k in ("surprise_threshold", "surprise_full", "renoise_max", "goal_renoise")
+            for k in ("surprise_threshold", "surprise_full", "renoise_max", "goal_renoise",
+                      "pivot")
         },
         "variants": {},
     }

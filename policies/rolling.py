@@ -8,9 +8,10 @@ observe(obs), once per tick:
      The estimate is the last denoiser output for token 1, which becomes token 0 below.
   2. shift: drop token 0, append a pure-noise token (level 1); levels shift with their tokens,
      so in steady state token j now sits at l(j + 1).
-  3. re-noise: every token is raised to at least `sigma(surprise)` (0 below a threshold, rising
-     with surprise, capped below 1 so what is still useful survives), or `goal_renoise` on a goal
-     change. Levels only ever go up here, and more surprise never means lower levels.
+  3. pivot: the plan is re-noised (and, under `shift`, corrected) by `sigma(surprise)` (0 below
+     a threshold, rising with surprise, capped below 1 so what is still useful survives) as the
+     pivot rule says (below), and every token to at least `goal_renoise` on a goal change.
+     Levels only ever go up here, and more surprise never means lower levels.
   4. inpaint: the observed state is written into token 0 (and the context ring).
   5. schedule: each token must come down to l(j) = min(1, j / Hc) this tick; its step size is
      its gap divided by the steps expected this tick (K).
@@ -21,6 +22,35 @@ steps the ramp is reached; extra steps are corrector steps on the `near_tokens` 
 taking them toward 0. Zero steps still leave a valid action (the previous plan's next action).
 
 action(): the denoiser's clean estimate of token 0's action, denormalized and clipped.
+
+Pivot rules (`PlannerConfig.pivot`). A surprise proves one thing: the plan's estimate of the
+state now (token 0) was wrong by `e = observed - predicted` (normalized units). What it says
+about token j further ahead depends on the task; re-noising the whole plan (`uniform`) spends
+the surprise on tokens it says little about, and was measured to recover from pushes no faster
+than keeping the plan or restarting it from noise. The rules, sigma = sigma(surprise):
+- `uniform` (the default): every token is raised to at least sigma. The plan as it was before
+  pivot rules existed, bit for bit.
+- `decay`: token j is raised to at least `sigma * pivot_decay**j`. The near tokens, whose
+  predicted states the surprise proves wrong and whose actions are executed next, get the
+  most; the far ones, often still right for a stabilizing or goal-reaching task (the upright
+  pendulum, the side of the obstacle chosen on bimodal), keep what they hold. Where the
+  ramp's own level `l(j + 1)` is already above the floor, nothing changes: with the default
+  0.7 and sigma 0.9 the double-pendulum's plan (H = 8, Hc = 7) is touched in its first three
+  tokens only.
+- `shift`: correct rather than destroy. The plan is translated to pass through what happened:
+  `pivot_carry**j * e` is added to token j's predicted state (in the clean estimate, and in the
+  noisy token as `(1 - tau_j)` of it, so the token stays on its flow path at its level), and
+  then the tokens are re-noised lightly, to at least `pivot_light * sigma * pivot_decay**j`,
+  for the denoiser to make the actions agree with the moved states. After a push the old
+  plan's course is kept, offset by the push and fading back to it with lookahead, which is
+  what a stabilizing controller's trajectory does; the translation carries no noise, so
+  nothing the plan knew is lost. It applies only to a fresh, finite surprise above the
+  threshold (never on a stale tick), and `pivot_light = 0` translates only.
+A third rule, "re-noise from the first token whose predicted state disagrees", needs more than
+`observe` has: it observes token 0's state alone, and token 0 always disagrees when there is a
+surprise, so without a model call it is `uniform`. On a goal change every rule raises every
+token to at least `goal_renoise` (the whole plan is for the old goal). `renoise_level` is the
+level sigma (or `goal_renoise`) the rule applied, 0 when it did nothing, whatever the rule.
 
 Every tensor is allocated in `__init__`; observe/refine/action only write into them (the tests
 check buffer identity). The eager CPU forward of the transformer still allocates its own
@@ -98,6 +128,16 @@ class RollingPlanner(TorchPlannerBase):
         self._scratch, self._noise, self._shift = z(1, H, Dz), z(1, H, Dz), z(1, H - 1, Dz)
         self._tau_shift = z(1, H - 1)
         self._diff = z(Ds)
+        # pivot rules: per-token factors decay**j and carry**j, the observed error, weights
+        self._pivot = cfg.pivot
+        j = torch.arange(H, dtype=torch.float32)
+        self._decay_pow = torch.pow(cfg.pivot_decay, j).to(dev).unsqueeze(0)  # (1, H)
+        self._carry_pow = torch.pow(cfg.pivot_carry, j).to(dev).unsqueeze(0)  # (1, H)
+        self._err = z(Ds)
+        self._w = z(1, H)
+        self._x_states, self._z_states = self.x[0, :, :Ds], self.z_hat[0, :, :Ds]  # (H, Ds)
+        self._w_col, self._carry_col = self._w[0].unsqueeze(-1), self._carry_pow[0].unsqueeze(-1)
+        self._err_row = self._err.unsqueeze(0)  # (1, Ds)
         self._sq = torch.zeros((), device=dev)
         ramp = ramp_levels(H, cfg.clean_ticks).to(dev)
         self._ramp = ramp.unsqueeze(0)  # (1, H) l(j)
@@ -234,6 +274,8 @@ class RollingPlanner(TorchPlannerBase):
         # 1. surprise against the plan's prediction of this state (token 1 before the shift).
         if fresh:
             torch.sub(self.obs_n, self._z1_state, out=self._diff)
+            if self._pivot == "shift":
+                self._err.copy_(self._diff)  # e, before it is squared in place
             torch.sum(self._diff.square_(), dim=0, out=self._sq)
             s = math.sqrt(float(self._sq) / self.Ds)
             self.surprise = s if math.isfinite(s) else float("inf")
@@ -250,19 +292,22 @@ class RollingPlanner(TorchPlannerBase):
         self._tau_shift.copy_(self._t_tail)
         self._t_head.copy_(self._tau_shift)
         self._t_last.fill_(1.0)
-        # 3. re-noise in proportion to the surprise (or on a goal change).
+        # 3. pivot: re-noise in proportion to the surprise as the rule says (or on a goal change).
         c = self.cfg
         level = surprise_to_level(
             self.surprise, c.surprise_threshold, c.surprise_full, c.renoise_max
         )
-        if fresh and self._goal_changed():
-            level = max(level, c.goal_renoise)
-        self.renoise_level = level
-        if level > 0.0:
-            self.renoise_count += 1
-            self._tau_new.fill_(level)
-            self._noise.normal_(generator=self.generator)
-            renoise_(self.x, self.tau, self._tau_new, self._noise, a=self._a, b=self._b, c=self._c)
+        if self._pivot == "uniform":
+            if fresh and self._goal_changed():
+                level = max(level, c.goal_renoise)
+            self.renoise_level = level
+            if level > 0.0:
+                self.renoise_count += 1
+                self._tau_new.fill_(level)
+                self._renoise()
+        else:
+            goal = c.goal_renoise if fresh and self._goal_changed() else 0.0
+            self._pivot_by_token(level, goal, fresh)
         # 4. inpaint the observed state into token 0; update the context.
         if fresh:
             self._push_context()
@@ -278,6 +323,33 @@ class RollingPlanner(TorchPlannerBase):
         self._set_schedule(self._ramp, self._steps_expected)
         self._action_dirty = True
         self.ticks += 1
+
+    def _renoise(self) -> None:
+        """Raise every token to at least `_tau_new` (overwritten with the level reached)."""
+        self._noise.normal_(generator=self.generator)
+        renoise_(self.x, self.tau, self._tau_new, self._noise, a=self._a, b=self._b, c=self._c)
+
+    def _pivot_by_token(self, level: float, goal: float, fresh: bool) -> None:
+        """The `decay` and `shift` rules (module docstring), after the shift: surprise level
+        `level`, goal-change floor `goal` (0: none)."""
+        scale = level
+        if self._pivot == "shift" and level > 0.0:
+            if fresh and math.isfinite(self.surprise):
+                # token j's state moves by carry**j e: the clean estimate all of it, the noisy
+                # token (1 - tau_j) of it (its clean part)
+                self._w.copy_(self.tau).neg_().add_(1.0).mul_(self._carry_pow)
+                self._x_states.addcmul_(self._w_col, self._err_row)
+                self._z_states.addcmul_(self._carry_col, self._err_row)
+            scale = level * self.cfg.pivot_light
+        self.renoise_level = max(level, goal)
+        if self.renoise_level > 0.0:
+            self.renoise_count += 1  # ticks the plan pivoted, as under `uniform`
+        if scale <= 0.0 and goal <= 0.0:
+            return
+        self._tau_new.copy_(self._decay_pow).mul_(scale)
+        if goal > 0.0:
+            self._tau_new.clamp_(min=goal)
+        self._renoise()
 
     def refresh(self, obs: Observation) -> bool:
         """A sub-token tick: the plan stays where it is, token 0's state becomes the fresh

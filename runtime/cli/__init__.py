@@ -281,7 +281,8 @@ def _add_eval(sp: argparse._SubParsersAction[_Parser]) -> None:
                    help="episode i runs on seed SEED + i")
     p.add_argument("--variants", default="renoise",
                    help="comma list of re-noising variants of learned planners: renoise (as "
-                        "calibrated), none, blank (restart from noise)")
+                        "calibrated), none, blank (restart from noise), decay, shift "
+                        "(pivot rules, policies.rolling)")
     p.add_argument("--disturbances", default="default",
                    help="comma list of: default (the task's), pushes (pushes only), none")
     p.add_argument("--push-force", default=None, metavar="LOW,HIGH",
@@ -362,10 +363,10 @@ def _add_run(sp: argparse._SubParsersAction[_Parser]) -> None:
 def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     p = sp.add_parser("bench", help="benchmarks: tick | bridge | deadline | stalls | soak | "
                                     "flood | kills | faults | fuzz | ddp | eval | "
-                                    "paradigms")
+                                    "paradigms | pivot")
     bp = p.add_subparsers(dest="bench",
                           metavar="{tick,bridge,deadline,stalls,soak,flood,kills,faults,fuzz,ddp,"
-                                  "eval,paradigms}",
+                                  "eval,paradigms,pivot}",
                           parser_class=_Parser)
     bp.required = True
 
@@ -647,6 +648,39 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     pa.add_argument("--json", action="store_true")
     _add_results(pa)
     _target(pa, "runtime.cli.bench_paradigms:cli_bench_paradigms")
+
+    pv = bp.add_parser("pivot", help="the rolling planner's pivot rules against keeping the "
+                                     "plan and a blank slate, push by push")
+    pv.add_argument("--tasks", default="double-pendulum,bimodal,reacher-moving",
+                    help="comma list")
+    pv.add_argument("--pivots", default="uniform,keep,blank,decay,shift",
+                    help="comma list of rules: uniform (re-noise every token, as calibrated), "
+                         "keep (never on surprise), blank (restart from noise), decay, shift")
+    pv.add_argument("--planner", default="rolling",
+                    help="KIND (= KIND:TASK per task), KIND:TASK or a rolling checkpoint dir")
+    pv.add_argument("--episodes", type=positive_int, default=20,
+                    help="lockstep episodes per task and rule (seeds SEED, SEED+1, ...)")
+    pv.add_argument("--seed", type=nonnegative_int, default=6000,
+                    help="first seed (default: a range no dataset or earlier study used)")
+    pv.add_argument("--disturbances", default="default",
+                    help="default (the task's), pushes (pushes only) or none")
+    pv.add_argument("--push-force", default=None, metavar="LOW,HIGH",
+                    help="push force range in N instead of the task's")
+    pv.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                    help="replace a planner setting of the checkpoint for every rule "
+                         "(repeatable; not pivot: that is --pivots)")
+    pv.add_argument("--steps-per-tick", type=positive_int, default=1,
+                    help="lockstep refine steps per tick")
+    pv.add_argument("--store", default=None, metavar="FILE",
+                    help="episode store (JSONL) to append to and resume from (default: a "
+                         "temporary one, every episode run now)")
+    _add_ray(pv, "a cell's episodes spread over workers")
+    pv.add_argument("--batch", type=positive_int, default=None,
+                    help="episodes per Ray task (default: 1-8, at least 4 tasks per CPU)")
+    pv.add_argument("--markdown", default=None, metavar="FILE", help="write the table here")
+    pv.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_results(pv)
+    _target(pv, "runtime.cli.bench_pivot:cli_bench_pivot")
 
 
 def _add_trace(sp: argparse._SubParsersAction[_Parser]) -> None:

@@ -97,6 +97,18 @@ later tick that moved by more than that between consecutive ticks (`-`: no plan)
 repair plus the planner's own counts (an action emitted still masked, filled in from the plan
 or a fallback). `max Hz`: with `--realtime`, the highest rate run whose misses stayed at or
 below 0.1 %.""",
+    "pivot": """\
+`rtdiff bench pivot`: what the rolling planner does to its plan when a push surprises it, rule
+against rule on the same seeded lockstep episodes (the same pushes at the same ticks):
+`uniform` re-noises every token to the calibrated sigma(surprise), `keep` never re-noises on
+surprise, `blank` restarts from pure noise, `decay` re-noises token j to sigma times
+`pivot_decay`^j, `shift` adds the observed error to the plan's states (fading with lookahead)
+and re-noises lightly (`policies.rolling`, "Pivot rules"). `recovery ticks`: from a push's
+first tick to back within the task's tolerance, over the pushes that recovered, with a
+bootstrap 95 % interval of the mean; `censored`: pushes cut by the next push or the episode's
+end. The pairs table gives each rule's recovery ticks minus the other's, push by push over the
+pushes both recovered from (negative: faster). A rule pays where it is faster than both `keep`
+and `blank` with the interval below 0.""",
     "eval": """\
 `rtdiff bench eval`: the same seeded lockstep episodes of one planner on one task, run three
 ways in one run: in this process (`plain`), on a local Ray instance one task at a time
@@ -107,7 +119,7 @@ equal.""",
 }
 
 ORDER = ("demo", "stalls", "deadline", "tick", "faults", "kills", "flood", "fuzz", "soak",
-         "ddp", "paradigms", "eval")
+         "ddp", "paradigms", "pivot", "eval")
 
 
 def _rng(values: Iterable[float | None], fmt: str = "{:.1f}") -> str:
@@ -384,6 +396,81 @@ def render_paradigms(records: list[dict[str, Any]]) -> list[str]:
     return lines + (["", *failed] if failed else [])
 
 
+def _pivot_setting(rec: dict[str, Any]) -> str:
+    """What a `bench pivot` run set beyond the task's defaults, in a few words."""
+    parts = []
+    if rec.get("disturbances", "default") != "default":
+        parts.append(f"disturbances {rec['disturbances']}")
+    if rec.get("push_force_n"):
+        lo, hi = rec["push_force_n"]
+        parts.append(f"push {lo:g}-{hi:g} N")
+    parts += list(rec.get("set", []))
+    if rec.get("steps_per_tick", 1) != 1:
+        parts.append(f"{rec['steps_per_tick']} steps/tick")
+    return ", ".join(parts) or "task defaults"
+
+
+def render_pivot(records: list[dict[str, Any]]) -> list[str]:
+    def ci(cis: list[list[float] | None]) -> str:
+        got = [c for c in cis if c is not None]
+        if not got:
+            return "-"
+        return f"[{_rng((c[0] for c in got), '{:g}')}, {_rng((c[1] for c in got), '{:g}')}]"
+
+    def side(rs: list[dict[str, Any]]) -> str:
+        got = [r["course"] for r in rs if r.get("course")]
+        if not got:
+            return "-"
+        return f"{sum(c['side_kept'] for c in got)} / {sum(c['side_switched'] for c in got)}"
+
+    cells = _group(((r["task"], _pivot_setting(rec), r["pivot"]), r)
+                   for rec in records for r in rec["rows"])
+    rows = []
+    for (task, setting, pivot), rs in cells.items():
+        rows.append([
+            task, setting, pivot, str(len(rs)), _rng((r["episodes"] for r in rs), "{:.0f}"),
+            _pct(r["success_rate"] for r in rs), side(rs),
+            _rng((r["recovery_ticks"]["mean"] for r in rs), "{:g}"),
+            ci([r["recovery_ticks"]["ci95"] for r in rs]),
+            f"{sum(r['pushes']['counted'] for r in rs)} / "
+            f"{sum(r['pushes']['censored'] for r in rs)}",
+            _rng((r.get("episode_s") for r in rs), "{:.2f}"),
+        ])
+    lines = _table(["task", "setting", "pivot", "runs", "episodes", "success %",
+                    "side kept / switched", "recovery ticks mean", "95 % CI",
+                    "pushes counted / censored", "s / episode"], rows)
+    # each pair once: the rule later in its run's --pivots against the earlier one
+    pairs = _group(((r["task"], _pivot_setting(rec), r["pivot"], other), d)
+                   for rec in records for r in rec["rows"] for other, d in r["vs"].items()
+                   if rec["pivots"].index(other) < rec["pivots"].index(r["pivot"]))
+    lines += ["", *_table(["task", "setting", "pivot", "vs", "runs", "pairs",
+                           "mean diff (ticks)", "95 % CI"],
+                          [[task, setting, pivot, other, str(len(ds)),
+                            str(sum(d["pairs"] for d in ds)),
+                            _rng((d["mean_diff"] for d in ds), "{:+g}"),
+                            ci([d["ci95"] for d in ds])]
+                           for (task, setting, pivot, other), ds in pairs.items()])]
+    verdicts = []
+    for i, rec in enumerate(records, 1):
+        for r in rec["rows"]:
+            if r["pivot"] in ("uniform", "keep", "blank"):
+                continue
+            said, faster = [], set()
+            for other in ("keep", "blank", "uniform"):
+                d = r["vs"].get(other)
+                if d is None or d["ci95"] is None:
+                    continue
+                lo, hi = d["ci95"]
+                word = "faster than" if hi < 0 else "slower than" if lo > 0 else "level with"
+                if hi < 0:
+                    faster.add(other)
+                said.append(f"{word} {other} ({d['mean_diff']:+g} ticks, 95 % [{lo:g}, {hi:g}])")
+            if said:
+                pays = " **pays**" if {"keep", "blank"} <= faster else ""
+                verdicts.append(f"- run {i}, {r['task']}, {r['pivot']}:{pays} " + "; ".join(said))
+    return lines + (["", *verdicts] if verdicts else [])
+
+
 def render_eval(records: list[dict[str, Any]]) -> list[str]:
     rows = []
     for i, r in enumerate(records, 1):
@@ -414,7 +501,7 @@ RENDERERS: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
     "tick": render_tick, "faults": render_faults, "kills": render_kills,
     "flood": render_flood, "fuzz": render_fuzz, "soak": render_soak,
     "ddp": render_ddp, "paradigms": render_paradigms,
-    "eval": render_eval,
+    "pivot": render_pivot, "eval": render_eval,
 }
 TITLES = {"demo": "The demo (`make demo`)", "stalls": "Stalls and plan-ahead",
           "deadline": "Deadlines over the bridge", "tick": "The tick loop",
@@ -422,6 +509,7 @@ TITLES = {"demo": "The demo (`make demo`)", "stalls": "Stalls and plan-ahead",
           "fuzz": "Coverage-guided fuzzing", "soak": "Soak",
           "ddp": "Training on several processes (DDP)",
           "paradigms": "Planner paradigms on the same tasks and clock",
+          "pivot": "Pivot rules after a push",
           "eval": "Evaluation on Ray workers"}
 
 

@@ -9,9 +9,9 @@ A cell is one seeded lockstep episode of a planner on a task under a setting
 (`runtime.cli.evalsweep`); episode i runs on seed `--seed` + i wherever it runs. `P` in
 `--planners` without `:TASK` means `P:TASK` for each task (`expert` stays the expert, a
 directory is a checkpoint). The settings are the push-recovery and dithering studies' of
-`policies.evaluate`: `--variants` (re-noising: renoise, none, blank; learned planners only),
-`--disturbances` (default, pushes, none), `--push-force LOW,HIGH`, `--set KEY=VALUE` and
-`--steps-per-tick`; the sweep runs every combination.
+`policies.evaluate`: `--variants` (re-noising: renoise, none, blank, and the pivot rules decay
+and shift; learned planners only), `--disturbances` (default, pushes, none), `--push-force
+LOW,HIGH`, `--set KEY=VALUE` and `--steps-per-tick`; the sweep runs every combination.
 
 Every finished episode is appended to the store (`--store`, JSONL, fsynced per batch;
 `runtime.evalstore`) as it comes back; a run with the same store skips the episodes already

@@ -10,8 +10,8 @@ it (task, planner, setting, seed); the store keeps one record per key.
 
 Settings. What the push-recovery and dithering studies of `policies.evaluate` vary:
 - `variant`: the learned planner's surprise-driven re-noising as calibrated (`renoise`), never
-  (`none`) or restarting from noise (`blank`); an expert has no re-noising and runs as it is
-  under `renoise` only;
+  (`none`), restarting from noise (`blank`) or under another pivot rule (`decay`, `shift`:
+  `policies.rolling`); an expert has no re-noising and runs as it is under `renoise` only;
 - `disturbances`: the task's own (`default`: pushes, goal switches, sensor noise, actuation
   delay as the task sets them), `pushes` (the task's pushes alone) or `none`;
 - `push_force_n`: a push force range replacing the task's (a stress test);
