@@ -226,3 +226,25 @@ def test_the_rules_allocate_nothing_on_the_per_tick_path(pivot: str) -> None:
     assert counter.seen == []
     p.refine(0)
     assert {k: (id(t), t.data_ptr()) for k, t in p.buffers.items()} == ids
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("pivot", ["decay", "shift"])
+def test_the_rules_leave_the_cuda_graph_path_matching_the_eager_step(pivot: str) -> None:
+    from .conftest import small_model, toy_spec
+
+    cfg = small_planner_cfg(pivot=pivot, surprise_threshold=0.05, surprise_full=1.0)
+    xs = states(20)
+    planners = [RollingPlanner(small_model(), toy_normalizer(), toy_spec(), cfg, device="cuda",
+                               seed=4, use_cuda_graph=graph) for graph in (True, False)]
+    assert planners[0]._graph is not None
+    for p in planners:
+        p.reset(obs(xs[0]))
+    for k in range(1, 20):
+        for p in planners:
+            p.observe(obs(xs[k] * (1 + (k % 3 == 0)), seq=k))
+            p.refine(0)
+        np.testing.assert_allclose(planners[0].action(), planners[1].action(), rtol=1e-4,
+                                   atol=1e-5)
+    assert all(p.renoise_count > 0 for p in planners)
