@@ -363,10 +363,10 @@ def _add_run(sp: argparse._SubParsersAction[_Parser]) -> None:
 def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     p = sp.add_parser("bench", help="benchmarks: tick | bridge | deadline | stalls | soak | "
                                     "flood | kills | faults | fuzz | ddp | eval | "
-                                    "paradigms | pivot")
+                                    "paradigms | amortize | pivot")
     bp = p.add_subparsers(dest="bench",
                           metavar="{tick,bridge,deadline,stalls,soak,flood,kills,faults,fuzz,ddp,"
-                                  "eval,paradigms,pivot}",
+                                  "eval,paradigms,amortize,pivot}",
                           parser_class=_Parser)
     bp.required = True
 
@@ -681,6 +681,35 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     pv.add_argument("--json", action="store_true", help="print one JSON object")
     _add_results(pv)
     _target(pv, "runtime.cli.bench_pivot:cli_bench_pivot")
+
+    am = bp.add_parser("amortize", help="the rolling planner's few steps a tick against the "
+                                        "chunked sampler's many steps a decision, lockstep and "
+                                        "realtime")
+    am.add_argument("--task", default="push-t", help="a built-in task with chunked and rolling "
+                                                     "checkpoints")
+    am.add_argument("--episodes", type=positive_int, default=10,
+                    help="lockstep episodes per row (seeds SEED, SEED+1, ...)")
+    am.add_argument("--seed", type=nonnegative_int, default=1000, help="first seed")
+    am.add_argument("--offline-steps", default="1,2,5,10,20,50", metavar="K,...",
+                    help="flow steps per chunk of the chunked checkpoint's offline rows "
+                         "(empty: none)")
+    am.add_argument("--rolling-steps", default="1,2,4", metavar="S,...",
+                    help="refine steps per tick of the rolling planner's lockstep rows "
+                         "(empty: none)")
+    am.add_argument("--big", default=None, metavar="POLICY",
+                    help="the big model run in realtime (a policy spec or checkpoint dir; "
+                         "default policies/checkpoints/chunked-big-TASK when it exists)")
+    am.add_argument("--seconds", type=positive_float, default=60.0,
+                    help="per realtime run")
+    am.add_argument("--no-realtime", action="store_true", help="lockstep rows only")
+    am.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    _add_rt_priority(am, "the realtime runs' controller and plant (the plant one level higher)")
+    am.add_argument("--markdown", default=None, metavar="FILE", help="write the table here")
+    am.add_argument("--plot", default=None, metavar="FILE",
+                    help="success against mean compute per tick, log x (PNG)")
+    am.add_argument("--json", action="store_true")
+    _add_results(am)
+    _target(am, "runtime.cli.bench_amortize:cli_bench_amortize")
 
 
 def _add_trace(sp: argparse._SubParsersAction[_Parser]) -> None:

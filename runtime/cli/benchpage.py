@@ -97,6 +97,17 @@ later tick that moved by more than that between consecutive ticks (`-`: no plan)
 repair plus the planner's own counts (an action emitted still masked, filled in from the plan
 or a fallback). `max Hz`: with `--realtime`, the highest rate run whose misses stayed at or
 below 0.1 %.""",
+    "amortize": """\
+`rtdiff bench amortize`: a small model refining each token over many ticks against a big
+sampler's many steps per decision, on one task. `offline`: the chunked checkpoint (and the big
+model, when there is one) in lockstep, K = `steps` flow steps per chunk sampled from noise at
+every chunk boundary, with no clock; `rolling`: the rolling planner in lockstep at `steps`
+refine steps per tick; `realtime`: the big model and the rolling planner at 1 step a tick
+driving the served plant at the task's rate, where a late command is a miss. `compute ms/tick`:
+lockstep, the planner's observe + refine + action on each tick; realtime, tick start to command
+sent. A chunked planner spends nothing on most ticks and a whole chunk's steps on a few: its
+mean is the compute it spends, its p99 the deadline it must meet. The claim holds where a
+rolling row reaches the offline rows' success at a fraction of their compute.""",
     "pivot": """\
 `rtdiff bench pivot`: what the rolling planner does to its plan when a push surprises it, rule
 against rule on the same seeded lockstep episodes (the same pushes at the same ticks):
@@ -119,7 +130,7 @@ equal.""",
 }
 
 ORDER = ("demo", "stalls", "deadline", "tick", "faults", "kills", "flood", "fuzz", "soak",
-         "ddp", "paradigms", "pivot", "eval")
+         "ddp", "paradigms", "amortize", "pivot", "eval")
 
 
 def _rng(values: Iterable[float | None], fmt: str = "{:.1f}") -> str:
@@ -396,6 +407,33 @@ def render_paradigms(records: list[dict[str, Any]]) -> list[str]:
     return lines + (["", *failed] if failed else [])
 
 
+def render_amortize(records: list[dict[str, Any]]) -> list[str]:
+    def steps(v: int | None) -> str:
+        return "-" if v is None else str(v)
+
+    def ms(rs: list[dict[str, Any]], key: str) -> str:
+        return _rng(((r.get("compute_ms_per_tick") or {}).get(key) for r in rs), "{:.3f}")
+
+    ran = [r for rec in records for r in rec["rows"] if "error" not in r and "skipped" not in r]
+    cells = _group(((r["task"], r["mode"], r["planner"], steps(r["steps"])), r) for r in ran)
+    rows = []
+    for (task, mode, planner, k), rs in cells.items():
+        rows.append([
+            task, mode, planner, k, str(len(rs)),
+            _rng((r.get("episodes") for r in rs), "{:.0f}"),
+            _pct(r["success_rate"] for r in rs),
+            ms(rs, "p50"), ms(rs, "p99"), ms(rs, "mean"),
+            _pct((r.get("miss_rate") for r in rs), 2),
+        ])
+    other = [f"- {r['task']} {r['mode']} {r['planner']}: "
+             + (f"did not run ({r['error']})" if "error" in r else f"skipped ({r['skipped']})")
+             for rec in records for r in rec["rows"] if "error" in r or "skipped" in r]
+    lines = _table(["task", "mode", "planner", "steps", "runs", "episodes", "success %",
+                    "compute ms/tick p50", "compute ms/tick p99", "compute ms/tick mean",
+                    "miss %"], rows)
+    return lines + (["", *other] if other else [])
+
+
 def _pivot_setting(rec: dict[str, Any]) -> str:
     """What a `bench pivot` run set beyond the task's defaults, in a few words."""
     parts = []
@@ -500,7 +538,7 @@ RENDERERS: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
     "demo": render_demo, "stalls": render_stalls, "deadline": render_deadline,
     "tick": render_tick, "faults": render_faults, "kills": render_kills,
     "flood": render_flood, "fuzz": render_fuzz, "soak": render_soak,
-    "ddp": render_ddp, "paradigms": render_paradigms,
+    "ddp": render_ddp, "paradigms": render_paradigms, "amortize": render_amortize,
     "pivot": render_pivot, "eval": render_eval,
 }
 TITLES = {"demo": "The demo (`make demo`)", "stalls": "Stalls and plan-ahead",
@@ -509,6 +547,7 @@ TITLES = {"demo": "The demo (`make demo`)", "stalls": "Stalls and plan-ahead",
           "fuzz": "Coverage-guided fuzzing", "soak": "Soak",
           "ddp": "Training on several processes (DDP)",
           "paradigms": "Planner paradigms on the same tasks and clock",
+          "amortize": "Amortization: a few steps a tick against many a decision",
           "pivot": "Pivot rules after a push",
           "eval": "Evaluation on Ray workers"}
 
