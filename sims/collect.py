@@ -86,15 +86,12 @@ def worker_shares(episodes: int, seed: int, workers: int) -> list[tuple[int, int
 
 
 def _collect_share(cfg: CollectConfig) -> tuple[list[Episode], list[tuple[np.ndarray, bool]]]:
-    """One worker's episodes (runs in a child process; prints a line when done)."""
+    """One worker's episodes (runs in a child process; a progress line per 10 %)."""
     import torch
 
     torch.set_num_threads(1)
-    out = collect_episodes(cfg)
-    ok = sum(e.success for e in out[0])
-    sys.stderr.write(f"collect {cfg.task}: seeds {cfg.seed}-{cfg.seed + cfg.episodes - 1} done, "
-                     f"{ok}/{cfg.episodes} succeeded\n")
-    return out
+    seeds = f"{cfg.task} seeds {cfg.seed}-{cfg.seed + cfg.episodes - 1}"
+    return collect_episodes(cfg, _Progress(seeds, redraw=False))
 
 
 def collect_parallel(cfg: CollectConfig) -> tuple[list[Episode], list[tuple[np.ndarray, bool]]]:
@@ -265,9 +262,9 @@ def record_episodes(
 class _Progress:
     """A progress bar on stderr: redrawn in place on a terminal, a line per 10% otherwise."""
 
-    def __init__(self, task: str) -> None:
+    def __init__(self, task: str, *, redraw: bool = True) -> None:
         self.task = task
-        self.tty = sys.stderr.isatty()
+        self.tty = redraw and sys.stderr.isatty()  # worker processes share stderr: lines only
         self._last_decile = -1
 
     def __call__(self, done: int, total: int, n_success: int) -> None:
