@@ -696,6 +696,11 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     am.add_argument("--rolling-steps", default="1,2,4", metavar="S,...",
                     help="refine steps per tick of the rolling planner's lockstep rows "
                          "(empty: none)")
+    am.add_argument("--rolling", default="rolling", metavar="POLICY,...",
+                    help="rolling planners of the rolling and realtime rows (KIND = KIND:TASK, "
+                         "a spec or a checkpoint dir)")
+    am.add_argument("--chunked", default="chunked", metavar="POLICY",
+                    help="the chunked model of the offline rows")
     am.add_argument("--big", default=None, metavar="POLICY",
                     help="the big model run in realtime (a policy spec or checkpoint dir; "
                          "default policies/checkpoints/chunked-big-TASK when it exists)")

@@ -15,7 +15,9 @@ p99, mean}:
   decision, then executed open loop for its `exec_ticks` (`exec_ticks` in the row), with no
   clock to beat: the reference for what many steps buy. The big model (below), when there is
   one, is an offline row too, at its own K.
-- `rolling`: `rolling:TASK` in lockstep at each of `--rolling-steps` refine steps per tick.
+- `rolling`: `rolling:TASK` (or each planner of `--rolling`, e.g. a long-horizon checkpoint
+  directory beside it) in lockstep at each of `--rolling-steps` refine steps per tick.
+  `--chunked` names another chunked model for the offline rows.
 - `realtime`: the big model (`--big`: a policy spec or a checkpoint directory; by default
   `policies/checkpoints/chunked-big-TASK` when that directory exists, else the row is skipped
   with a note) and the rolling planner capped at 1 step a tick, each driving the task's plant
@@ -148,8 +150,9 @@ def big_steps(name: str, task: str) -> int | None:
     return int(steps) if isinstance(steps, int) else None
 
 
-def realtime_rows(task: str, big: str | None, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The realtime rows: the big model and the rolling planner at 1 step a tick, one after
+def realtime_rows(task: str, big: str | None, args: argparse.Namespace,
+                  rolling: list[str]) -> list[dict[str, Any]]:
+    """The realtime rows: the big model and each rolling planner at 1 step a tick, one after
     the other on one served plant at the task's rate."""
     from sims.registry import get_task
 
@@ -157,7 +160,7 @@ def realtime_rows(task: str, big: str | None, args: argparse.Namespace) -> list[
     cells: list[tuple[str, int | None, dict[str, Any]]] = []
     if big is not None:
         cells.append((big, big_steps(big, task), {}))
-    cells.append(("rolling", 1, {"steps_per_tick": 1}))
+    cells += [(name, 1, {"steps_per_tick": 1}) for name in rolling]
     rows = []
     try:
         with plant_server(task, seed=args.seed, rt_priority=args.rt_priority) as address:
@@ -192,6 +195,9 @@ def cli_bench_amortize(args: argparse.Namespace) -> int:
         raise CliError(f"unknown task {task!r}; known: {', '.join(task_names())}")
     offline = step_list(args.offline_steps, "--offline-steps")
     rolling = step_list(args.rolling_steps, "--rolling-steps")
+    rolling_names = csv_list(args.rolling)
+    if not rolling_names or not args.chunked:
+        raise CliError("--rolling and --chunked must name at least one planner")
     big, why_not = big_policy(task, args.big)
     steal0 = read_steal_s()
     rows: list[dict[str, Any]] = []
@@ -204,17 +210,18 @@ def cli_bench_amortize(args: argparse.Namespace) -> int:
     missing = {"task": task, "planner": "big" if args.big is None else label(args.big),
                "steps": None, **({"skipped": why_not} if args.big is None else {"error": why_not})}
     for k in offline:
-        rows.append(lockstep_row(task, "offline", "chunked", k, args, {"chunk_steps": k}))
+        rows.append(lockstep_row(task, "offline", args.chunked, k, args, {"chunk_steps": k}))
     if big is not None:
         rows.append(lockstep_row(task, "offline", big, big_steps(big, task), args))
     elif args.big is not None:
         rows.append({**missing, "mode": "offline"})
-    for s in rolling:
-        rows.append(lockstep_row(task, "rolling", "rolling", s, args))
+    for name in rolling_names:
+        for s in rolling:
+            rows.append(lockstep_row(task, "rolling", name, s, args))
     if not args.no_realtime:
         if big is None:
             rows.append({**missing, "mode": "realtime"})
-        rows += realtime_rows(task, big, args)
+        rows += realtime_rows(task, big, args, rolling_names)
     steal1 = read_steal_s()
     summary: dict[str, Any] = {
         "task": task, "episodes": args.episodes, "seed": args.seed, "device": args.device,

@@ -219,3 +219,15 @@ def test_bad_input_is_one_line_and_exit_2(flag: str, value: str, says: str) -> N
     code, out, err = run_main(["bench", "amortize", flag, value, "--json"])
     assert code == 2 and out == ""
     assert says in err and err.count("\n") == 1
+
+
+def test_each_rolling_planner_named_gets_its_rows() -> None:
+    other = str(CHECKPOINT_ROOT / "rolling-bimodal")
+    code, out, _ = run_main(["bench", "amortize", "--task", "bimodal", "--episodes", "1",
+                             "--offline-steps", "", "--rolling-steps", "1,2", "--no-realtime",
+                             "--rolling", f"rolling,{other}", "--json"])
+    assert code == 0
+    rows = json.loads(out)["rows"]
+    assert [(r["planner"], r["steps"]) for r in rows] == [
+        ("rolling", 1), ("rolling", 2), ("rolling-bimodal", 1), ("rolling-bimodal", 2)]
+    assert rows[0]["success_rate"] == rows[2]["success_rate"]  # the same checkpoint, seeds
