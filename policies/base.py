@@ -89,6 +89,8 @@ class TorchPlannerBase:
         self._last_good = np.clip(np.zeros(Da), spec.action_low, spec.action_high)
         self._a_std_np = normalizer.action_std.astype(np.float64)
         self._a_mean_np = normalizer.action_mean.astype(np.float64)
+        self._s_std_np = normalizer.state_std.astype(np.float64)  # predicted states' units
+        self._s_mean_np = normalizer.state_mean.astype(np.float64)
         self._action_dirty = True
         self.surprise = 0.0
         self.nonfinite_actions = 0
@@ -171,6 +173,27 @@ class TorchPlannerBase:
             return 0
         np.clip(rows, self.spec.action_low, self.spec.action_high, out=rows)
         return n
+
+    def _init_predicted_states(self, rows: int) -> None:
+        """`runtime.PredictsStates` for a subclass whose plan predicts `rows` states: the host
+        staging buffer `_state_rows` copies them through, made once here."""
+        self.predicted_ticks = rows
+        self._pred_cpu = torch.zeros(rows, self.Ds)
+        self._pred_np32 = self._pred_cpu.numpy()
+
+    def _state_rows(self, states_n: torch.Tensor, out: npt.NDArray[np.floating[Any]]) -> int:
+        """Denormalize the normalized states `states_n` (N, Ds) into `out[:N]` (fewer if `out`
+        is shorter) through the staging buffer of `_init_predicted_states`; returns the rows
+        written, 0 when any is not finite (a prediction that cannot be trusted whole is not
+        offered). One device-to-host copy; nothing allocated but views."""
+        n: int = min(int(states_n.shape[0]), int(out.shape[0]), self.predicted_ticks)
+        if n <= 0:
+            return 0
+        self._pred_cpu[:n].copy_(states_n[:n])
+        rows = out[:n]
+        np.multiply(self._pred_np32[:n], self._s_std_np, out=rows)
+        np.add(rows, self._s_mean_np, out=rows)
+        return n if np.isfinite(rows.sum()) else 0
 
     # -- action ------------------------------------------------------------------------------
     def _repair(self, out: npt.NDArray[np.float64]) -> None:

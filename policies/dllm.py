@@ -45,6 +45,7 @@ buffers and replayed; nothing on the step's path reads a value back to the host.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -59,7 +60,8 @@ from runtime.protocols import Observation, PlantSpec
 
 class DLLMPlanner(SubTokenPlanner):
     """Implements `runtime.Planner` and declares `Anytime`, `BoundedReset`, `ReportsSurprise`,
-    `ReportsNoiseLevels` (the masked share per token), `Refreshes` and `PlanSource`.
+    `ReportsNoiseLevels` (the masked share per token), `Refreshes`, `PlanSource` and
+    `PredictsStates` (tokens 1..H-1's state beliefs, decoded).
 
     Example:
         planner = DLLMPlanner(model, normalizer, spec, PlannerConfig())
@@ -115,6 +117,11 @@ class DLLMPlanner(SubTokenPlanner):
         self._emit_np = self._emit_cpu.numpy()
         self._act_n = self._emit[: self.Da]
         self._levels = np.zeros(H, dtype=np.float32)
+        # predicted states (`runtime.PredictsStates`): tokens 1..H-1's state beliefs, decoded
+        self._ahead_ids = self.pred.view(H, G)[1:, :Ds]  # (H-1, Ds) a view of the beliefs
+        self._ahead_flat = torch.zeros(H - 1, Ds, dtype=torch.long, device=dev)
+        self._ahead_n = torch.zeros(H - 1, Ds, device=dev)
+        self._init_predicted_states(H - 1)
         self._steps_this_tick = 0
         self._steps_expected = max(1, cfg.steps_per_tick)
         self._in_extra = False
@@ -336,6 +343,14 @@ class DLLMPlanner(SubTokenPlanner):
         come from mostly masked tokens: the plant runs them only without a fresher command)."""
         plan = self.pred.view(self.H, self.G)[1:, self.Ds :]  # (H-1, Da)
         return self._plan_rows(self._decode_n(plan, self.Ds), out)
+
+    def predicted_states_into(self, out: npt.NDArray[np.floating[Any]]) -> int:
+        """`runtime.PredictsStates`: tokens 1..H-1's state beliefs decoded to their bins'
+        centres, in the plant's units (a masked sub-token's belief is its last argmax)."""
+        torch.add(self._ahead_ids, self._dim_base[: self.Ds], out=self._ahead_flat)
+        torch.index_select(self._centers_n, 0, self._ahead_flat.view(-1),
+                           out=self._ahead_n.view(-1))
+        return self._state_rows(self._ahead_n, out)
 
     def noise_levels(self) -> npt.NDArray[np.float32]:
         """(H,) float32: the masked share of each token (planner-owned, overwritten later)."""

@@ -22,6 +22,8 @@ steps the ramp is reached; extra steps are corrector steps on the `near_tokens` 
 taking them toward 0. Zero steps still leave a valid action (the previous plan's next action).
 
 action(): the denoiser's clean estimate of token 0's action, denormalized and clipped.
+predicted_states_into(): tokens 1..H-1's clean state estimates, denormalized: what the plan
+expects the plant to do (a sidecar records them for `rtdiff report`'s lookahead error).
 
 Pivot rules (`PlannerConfig.pivot`). A surprise proves one thing: the plan's estimate of the
 state now (token 0) was wrong by `e = observed - predicted` (normalized units). What it says
@@ -62,6 +64,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -77,8 +80,8 @@ from runtime.protocols import Observation, PlantSpec
 
 class RollingPlanner(TorchPlannerBase):
     """Implements `runtime.Planner` and declares the optional capabilities (`runtime.protocols`)
-    `Anytime`, `BoundedReset`, `ReportsSurprise`, `ReportsNoiseLevels`, `Refreshes` and
-    `PlanSource`.
+    `Anytime`, `BoundedReset`, `ReportsSurprise`, `ReportsNoiseLevels`, `Refreshes`,
+    `PlanSource` and `PredictsStates`.
 
     Example:
         planner = RollingPlanner(model, normalizer, spec, PlannerConfig())
@@ -160,6 +163,11 @@ class RollingPlanner(TorchPlannerBase):
         self._x0_state, self._z0_state = self.x[0, 0, :Ds], self.z_hat[0, 0, :Ds]
         self._z1_state = self.z_hat[0, 1, :Ds]
         self._act_n = self.z_hat[0, 0, Ds:]  # action() reads token 0's clean action estimate
+        # predicted states (`runtime.PredictsStates`): tokens 1..H-1's clean state estimates
+        self._z_ahead_states = self.z_hat[0, 1:, :Ds]  # (H-1, Ds)
+        self._z_ahead_near = self.z_hat[0, 1:-1, :Ds]  # (H-2, Ds): all but the far token
+        self._init_predicted_states(H - 1)
+        self._far_estimated = True  # the far token has a clean estimate (a step since the shift)
         self._tau_np = np.zeros(H, dtype=np.float32)
         self._steps_this_tick = 0
         self._steps_expected = max(1, cfg.steps_per_tick)
@@ -213,6 +221,7 @@ class RollingPlanner(TorchPlannerBase):
         else:
             self._step_eager()
         self._action_dirty = True
+        self._far_estimated = True
 
     # -- schedule ----------------------------------------------------------------------------
     def _set_schedule(self, target: torch.Tensor, steps: int) -> None:
@@ -289,6 +298,7 @@ class RollingPlanner(TorchPlannerBase):
         self._shift.copy_(self._z_tail)
         self._z_head.copy_(self._shift)
         self._z_last.zero_()
+        self._far_estimated = False  # until a step estimates the token that just entered
         self._tau_shift.copy_(self._t_tail)
         self._t_head.copy_(self._tau_shift)
         self._t_last.fill_(1.0)
@@ -385,6 +395,14 @@ class RollingPlanner(TorchPlannerBase):
         model tick after the current one (the far tokens' estimates come from noisier
         tokens: a plant executes them only when no fresher command arrives)."""
         return self._plan_rows(self.z_hat[0, 1:, self.Ds :], out)
+
+    def predicted_states_into(self, out: npt.NDArray[np.floating[Any]]) -> int:
+        """`runtime.PredictsStates`: the clean estimates of tokens 1..H-1's states, one row per
+        model tick after the current one, in the plant's units; the token that entered at this
+        tick's shift counts only once a refine step has estimated it (its estimate is zero
+        until then, a placeholder, not a prediction)."""
+        states = self._z_ahead_states if self._far_estimated else self._z_ahead_near
+        return self._state_rows(states, out)
 
     # -- tracing -----------------------------------------------------------------------------
     def noise_levels(self) -> npt.NDArray[np.float32]:

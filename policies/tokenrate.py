@@ -44,6 +44,7 @@ from runtime.protocols import (
     Observation,
     Planner,
     PlanSource,
+    PredictsStates,
     Refreshes,
     ReportsNoiseLevels,
     ReportsSurprise,
@@ -60,10 +61,17 @@ class RateAdapter:
     The wrapper declares exactly the optional capabilities (`runtime.protocols`) the inner
     planner declares, and forwards them: `anytime`, `bounded_reset` (its `reset` passes the
     budget on), `surprise` (the inner planner's, as of its last reset or observation),
-    `noise_levels`, `refresh` and `close`. It is a `runtime.PlanSource` whatever the inner
-    planner: its plan is the inner planner's held over each token's plant ticks, and empty
-    when the inner planner has none. `renoise_level` reads the inner planner's, for the
-    push-recovery evaluation.
+    `noise_levels`, `refresh`, `close` and `predicted_states_into` (`runtime.PredictsStates`,
+    below). It is a `runtime.PlanSource` whatever the inner planner: its plan is the inner
+    planner's held over each token's plant ticks, and empty when the inner planner has none.
+    `renoise_level` reads the inner planner's, for the push-recovery evaluation.
+
+    Predicted states are mapped to plant ticks as the plan is, with one difference: an action
+    holds over its token's ticks, a state is what the plant is in at one instant. Token t's
+    predicted state goes to the plant tick its boundary falls on (the tick whose observation
+    becomes that token's state, as `observe` counts them), and the ticks between boundaries
+    get NaN rows (no prediction), so a lookahead error is the model's own and never the drift
+    of a held state within a token.
     """
 
     # the inner planner's capabilities: set in __init__ when, and only when, it declares them
@@ -73,6 +81,8 @@ class RateAdapter:
     noise_levels: Callable[[], FloatArray]
     refresh: Callable[[Observation], bool]
     close: Callable[[], None]
+    predicted_states_into: Callable[[FloatArray], int]
+    predicted_ticks: int
 
     def __init__(self, inner: Planner, plant_rate_hz: float, model_rate_hz: float) -> None:
         if not (model_rate_hz > 0 and plant_rate_hz > 0):
@@ -105,7 +115,13 @@ class RateAdapter:
             self.refresh = self._refresh
         if isinstance(inner, Closes):
             self.close = inner.close
+        self._predicts = inner if isinstance(inner, PredictsStates) else None
+        if self._predicts is not None:
+            self.predicted_states_into = self._predicted_states_into
+            # the farthest token's boundary lies at most that many plant ticks ahead
+            self.predicted_ticks = math.ceil(self._predicts.predicted_ticks * ratio - 1e-6)
         self._tokens = np.zeros((0, 0))  # the inner planner's plan, one row per token
+        self._state_tokens = np.zeros((0, 0))  # its predicted states, one row per token
         self._phase = 0.0  # plant ticks since the last token boundary
         self._last_seq: int | None = None
         self.token_ticks = 0  # ticks that moved the plan a token
@@ -189,4 +205,30 @@ class RateAdapter:
                 break
             out[i] = now if t == 0 else tokens[t - 1]
             n += 1
+        return n
+
+    def _predicted_states_into(self, out: FloatArray) -> int:
+        """`runtime.PredictsStates` at the plant's rate (the class docstring): row `i`, for
+        plant tick `i + 1` after the current one, holds token t's predicted state when that
+        tick is token t's boundary, and NaN otherwise; the rows end at the last boundary."""
+        inner = self._predicts
+        if inner is None or out.shape[0] == 0:
+            return 0
+        if self._state_tokens.shape != (inner.predicted_ticks, out.shape[1]):
+            self._state_tokens = np.zeros((inner.predicted_ticks, out.shape[1]))
+        n_tok = inner.predicted_states_into(self._state_tokens)
+        if n_tok <= 0:
+            return 0
+        r, tokens = self.ticks_per_token, self._state_tokens
+        n = 0
+        before = 0  # token boundaries crossed by the tick before row i's
+        for i in range(out.shape[0]):
+            # the boundaries `observe` will have crossed by that tick (its tolerance too)
+            t = math.floor((self._phase + i + 1 + 1e-6) / r)
+            if t > before:
+                if t > n_tok:
+                    break
+                out[n:i] = np.nan  # the ticks since the last boundary: no prediction
+                out[i] = tokens[t - 1]
+                n, before = i + 1, t
         return n

@@ -70,6 +70,7 @@ from runtime.protocols import (
     Planner,
     PlanSource,
     Plant,
+    PredictsStates,
     ReportsNoiseLevels,
     ReportsSurprise,
 )
@@ -212,6 +213,7 @@ class _Run:
         "plant",
         "post_off",
         "pre_cap",
+        "predict_fn",
         "progress",
         "realtime",
         "refine_off",
@@ -312,6 +314,12 @@ class _Run:
         self.levels_fn: Callable[[], FloatArray] | None = (
             planner.noise_levels
             if isinstance(planner, ReportsNoiseLevels) and cfg.refine == "sync" else None
+        )
+        # the plan's predicted states, likewise, when the sidecar keeps them
+        self.predict_fn: Callable[[FloatArray], int] | None = (
+            planner.predicted_states_into
+            if isinstance(planner, PredictsStates) and cfg.refine == "sync"
+            and self.sidecar is not None and self.sidecar.predicted.shape[1] else None
         )
         # A plant behind a link may measure how long its commands take to arrive: the margin
         # follows it (never below the configured one, never over half a period), looked at
@@ -820,7 +828,7 @@ class ControlLoop:
         if r.sidecar is not None:
             levels_fn = r.levels_fn
             r.sidecar.record(r.obs, levels=levels_fn() if levels_fn is not None else None,
-                             reset=t.started)
+                             reset=t.started, predict=r.predict_fn)
         r.k_local += 1
         r.ep_ticks += 1
         if r.progress is not None and r.k_local % self.progress_every == 0:

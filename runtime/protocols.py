@@ -268,6 +268,23 @@ class ReportsNoiseLevels(Protocol):
 
 
 @runtime_checkable
+class PredictsStates(Protocol):
+    """A planner whose plan holds the states it expects, for the sidecar beside a trace.
+
+    `predicted_states_into(out)` writes the plan's predicted states into `out` (rows, Ds):
+    row `i` for tick `i + 1` after the current one, at the rate the loop runs, in the plant's
+    units, and returns how many rows it wrote (0: no plan now; never more than `out` has). A
+    row the plan predicts nothing for (its tokens lie further apart than the loop's ticks,
+    `policies.tokenrate`) is NaN. `predicted_ticks` is the most rows it ever writes. The loop
+    calls it once per tick after the tick's refine steps, only when it records a sidecar, so
+    it must be cheap and must not allocate on the per-tick path."""
+
+    predicted_ticks: int
+
+    def predicted_states_into(self, out: FloatArray) -> int: ...
+
+
+@runtime_checkable
 class Refreshes(Protocol):
     """A planner that takes in a fresh state without moving its plan: `refresh(obs)` for the
     ticks between plan tokens (`policies.tokenrate`). True when something changed."""

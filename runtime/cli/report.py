@@ -10,8 +10,13 @@ Figures (PNG, matplotlib's Agg backend, no display needed):
   the story);
 - `rate_sweep.png`: miss rate and success rate against control rate, per task and planner;
 - `plan_heatmap.png`: the rolling buffer's per-token noise levels over time, pushes marked;
+- `plan_lookahead_error.png`: beside it, the plan's predicted-state error against lookahead
+  (what the plan at tick t predicted for tick t+j against the state observed at t+j, in each
+  state dimension's std over the run), mean and p90 over ticks, one line per run whose
+  sidecar holds predicted states (`runtime.sidecar.lookahead_error`);
 - `trajectories.png`: states and actions over time, each planner against the expert.
-`report.md` carries the same figures as a table, one row per run.
+`report.md` carries the same figures, a table with one row per run, and the lookahead
+error's numbers per run and lookahead.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from runtime.cli import CliError
-from runtime.sidecar import EVENT_GOAL, EVENT_PUSH, load_sidecar
+from runtime.sidecar import EVENT_GOAL, EVENT_PUSH, LookaheadError, load_sidecar, lookahead_error
 from runtime.trace import read_trace
 
 
@@ -222,6 +227,70 @@ def plot_heatmap(runs: list[dict[str, Any]], out: Path, *, max_ticks: int = 600)
     return None
 
 
+def lookahead_errors(runs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], LookaheadError]]:
+    """Each run's predicted-state error against lookahead, for the runs whose sidecar holds
+    predicted states with at least one pair that counts. Only the ticks the trace still holds
+    count (their `skipped` column tells a skipped tick)."""
+    found = []
+    for run in runs:
+        rec, side = _trace_data(run)
+        pred = None if side is None else side.get("predicted")
+        if rec is None or side is None or pred is None or pred.ndim != 3 or not pred.shape[1]:
+            continue
+        n = min(len(rec), len(side["state"]))
+        err = lookahead_error(side["state"][:n], pred[:n], side["predicted_n"][:n],
+                              side["events"][:n], skipped=rec["skipped"][:n])
+        if err.pairs.any():
+            found.append((run, err))
+    return found
+
+
+def plot_lookahead_error(
+    errors: list[tuple[dict[str, Any], LookaheadError]], out: Path
+) -> Path | None:
+    """`plan_lookahead_error.png`: error against lookahead in seconds, mean (solid) and p90
+    (dashed) in one colour per run."""
+    import matplotlib.pyplot as plt
+
+    if not errors:
+        return None
+    fig, ax = plt.subplots(figsize=(12, 4.5))
+    for i, (run, err) in enumerate(errors):
+        rate = float(run.get("rate_hz", 1.0))
+        has = np.flatnonzero(err.pairs)
+        x = (has + 1) / rate
+        color = f"C{i % 10}"
+        ax.plot(x, err.mean[has], "-o", color=color, ms=3, lw=1.2, label=f"{run['name']} mean")
+        ax.plot(x, err.p90[has], "--", color=color, lw=1.0, label=f"{run['name']} p90")
+    ax.set(xlabel="lookahead: how far ahead the plan predicted (s)",
+           ylabel="|predicted - observed| / state std",
+           title="Predicted-state error against lookahead: the plan at tick t for tick t+j vs "
+                 "what happened (mean over state dims; mean and p90 over ticks)")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2 if len(errors) > 3 else 1)
+    fig.tight_layout()
+    path = out / "plan_lookahead_error.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _lookahead_table(errors: list[tuple[dict[str, Any], LookaheadError]]) -> list[str]:
+    """The lookahead error's numbers in markdown: one row per run and lookahead j."""
+    md = ["Predicted-state error against lookahead: the state the plan at tick t predicted for "
+          "tick t+j against the state observed at t+j, |predicted - observed| in each state "
+          "dimension's std over the run, averaged over the dimensions; mean and p90 over the "
+          "ticks whose prediction reached t+j within one episode (`pairs`).", "",
+          "| run | j | lookahead ms | mean | p90 | pairs |", "|---|---|---|---|---|---|"]
+    for run, err in errors:
+        for row in err.to_json(float(run.get("rate_hz", 1.0))):
+            md.append(f"| {run['name']} | {row['j']} | {1e3 * row['lookahead_s']:.1f} "
+                      f"| {row['mean']:.3f} | {row['p90']:.3f} | {row['pairs']} |")
+    return [*md, ""]
+
+
 def plot_trajectories(runs: list[dict[str, Any]], out: Path, *, max_ticks: int = 500,
                       dims: int = 3) -> Path | None:
     """States and first action over time, every planner against the expert, on one seed."""
@@ -279,14 +348,18 @@ def make_report(run_dir: Path, out: Path) -> list[Path]:
     if not runs:
         raise CliError(f"{run_dir} holds no run JSON (expected RUN_DIR/runs/*.json)")
     out.mkdir(parents=True, exist_ok=True)
+    errors = lookahead_errors(runs)
     made = [p for p in (plot_latency(runs, out), plot_rate_sweep(runs, out),
-                        plot_heatmap(runs, out), plot_trajectories(runs, out)) if p is not None]
+                        plot_heatmap(runs, out), plot_lookahead_error(errors, out),
+                        plot_trajectories(runs, out)) if p is not None]
     md = [f"# rtdiff report: {run_dir}", "", f"{len(runs)} runs.", "", _table(runs), ""]
     if failed:
         md += [f"{len(failed)} runs did not run:", ""]
         md += [f"- `{f['name']}`: {f['error']}" for f in failed] + [""]
     for p in made:
         md += [f"![{p.stem}]({p.name})", ""]
+        if p.name == "plan_lookahead_error.png":
+            md += _lookahead_table(errors)
     report = out / "report.md"
     report.write_text("\n".join(md))
     return [*made, report]

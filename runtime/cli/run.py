@@ -22,7 +22,7 @@ from runtime.cli.plants import make_planner, make_plant
 from runtime.clock import MonotonicClock
 from runtime.fallback import make_fallback
 from runtime.loop import ControlLoop, EpisodeResult, LoopConfig, RunResult
-from runtime.protocols import Anytime, KeepsAlive, ReportsNoiseLevels
+from runtime.protocols import Anytime, KeepsAlive, PredictsStates, ReportsNoiseLevels
 from runtime.rt import GcPolicy, cap_threads, try_realtime
 from runtime.sidecar import Sidecar, capacity_for
 from runtime.specs import SpecError, parse_kv
@@ -222,8 +222,11 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
             levels = planner.noise_levels if isinstance(planner, ReportsNoiseLevels) else None
             expected = (round(args.seconds * rate) if args.seconds is not None
                         else (episodes or 1) * max(spec.episode_ticks, 1))
+            # the plan's predicted states: sync refinement only (async: the worker owns it)
+            ahead = (planner.predicted_ticks
+                     if isinstance(planner, PredictsStates) and args.refine == "sync" else 0)
             sidecar = Sidecar(capacity_for(expected + 16, rate), spec.state_dim,
-                              len(levels()) if levels else 0)
+                              len(levels()) if levels else 0, predicted_ticks=ahead)
         progress = Progress(enabled=sys.stderr.isatty() and not args.json,
                             ready_file=getattr(args, "ready_file", None))
         loop = ControlLoop(

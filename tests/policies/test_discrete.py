@@ -207,6 +207,20 @@ def test_dllm_plan_and_noise_levels() -> None:
     assert levels[0] == 0.0 and levels[-1] == 1.0
 
 
+def test_dllm_predicted_states_are_token_1_on_state_beliefs_at_their_bin_centres() -> None:
+    p = dllm()
+    eps = toy_episodes()
+    p.reset(obs(eps[0].states[0]))
+    p.observe(obs(eps[0].states[1], seq=1))
+    p.refine(1_000_000)
+    assert p.predicted_ticks == p.H - 1
+    out = np.full((10, DS), -1.0)
+    assert p.predicted_states_into(out) == p.H - 1 and np.all(out[p.H - 1 :] == -1.0)
+    ids = p.pred.view(p.H, p.G)[1:, :DS].numpy()  # (H-1, Ds) beliefs
+    want = p.tokenizer.centers[np.arange(DS), ids]  # each dimension's bin centre
+    np.testing.assert_allclose(out[: p.H - 1], want, rtol=1e-5, atol=1e-5)
+
+
 # -- the ar planner -------------------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from policies import PlannerConfig, RollingPlanner
+from policies import Normalizer, PlannerConfig, RollingPlanner
 from runtime.protocols import Planner
 
 from .conftest import DS, obs, small_model, small_planner_cfg, toy_normalizer, toy_spec
@@ -281,6 +281,9 @@ def test_cuda_graph_replay_matches_the_eager_step() -> None:
             p.refine(0)
             p.refine(0)
         np.testing.assert_allclose(graph.action(), eager.action(), rtol=1e-4, atol=1e-5)
+        ahead = [np.zeros((graph.H - 1, DS), dtype=np.float32) for _ in range(2)]
+        assert graph.predicted_states_into(ahead[0]) == eager.predicted_states_into(ahead[1])
+        np.testing.assert_allclose(ahead[0], ahead[1], rtol=1e-4, atol=1e-5)
     assert {k: t.data_ptr() for k, t in graph.buffers.items()} == ptrs
 
 
@@ -331,3 +334,48 @@ def test_observe_and_action_allocate_no_tensor_storage() -> None:
             p.action()
     assert p.renoise_count > 0
     assert counter.seen == []
+
+
+def _denormalized_states(p: RollingPlanner, norm: Normalizer) -> np.ndarray:
+    z = p.z_hat[0, 1:, :DS].double().numpy()
+    return z * norm.state_std + norm.state_mean
+
+
+def test_predicted_states_are_the_clean_estimates_of_tokens_1_on_in_plant_units() -> None:
+    from runtime.protocols import PredictsStates
+
+    norm = toy_normalizer()
+    p = make(small_planner_cfg(**NO_RENOISE))
+    assert isinstance(p, PredictsStates) and p.predicted_ticks == p.H - 1
+    xs = states(3)
+    p.reset(obs(xs[0]))
+    out = np.full((10, DS), -1.0, dtype=np.float32)  # the sidecar's rows are float32
+    assert p.predicted_states_into(out) == p.H - 1
+    np.testing.assert_allclose(out[: p.H - 1], _denormalized_states(p, norm), rtol=1e-5,
+                               atol=1e-5)
+    assert np.all(out[p.H - 1 :] == -1.0)
+    # after the shift the far token holds no estimate until a step makes one
+    p.observe(obs(xs[1], seq=1))
+    out[:] = -1.0
+    assert p.predicted_states_into(out) == p.H - 2 and np.all(out[p.H - 2 :] == -1.0)
+    np.testing.assert_allclose(out[: p.H - 2], _denormalized_states(p, norm)[:-1], rtol=1e-5,
+                               atol=1e-5)
+    p.refine(0)
+    assert p.predicted_states_into(out) == p.H - 1
+    assert p.predicted_states_into(out[:2]) == 2  # a shorter buffer: what fits
+
+
+def test_predicted_states_allocate_no_tensor_storage() -> None:
+    p = make(small_planner_cfg(surprise_threshold=0.05, surprise_full=1.0))
+    xs = states(6)
+    p.reset(obs(xs[0]))
+    out = np.zeros((8, DS), dtype=np.float32)
+    staging = p._pred_cpu.data_ptr()
+    counter = _CountNewTensors()
+    with counter.mode:
+        for k in range(1, 6):
+            p.observe(obs(xs[k] * 3, seq=k))
+            p.predicted_states_into(out)
+            p.action()
+    assert counter.seen == []
+    assert p._pred_cpu.data_ptr() == staging

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -67,6 +68,42 @@ def test_skipped_ticks_count_and_cross_boundaries_once() -> None:
     assert _observed(500, 100, [1, 2, 3, 1, 2]) == [2]
 
 
+class Predicting(Recorder):
+    """`Recorder` whose plan predicts token j's state as j (every dimension)."""
+
+    predicted_ticks = 4
+
+    def predicted_states_into(self, out: np.ndarray) -> int:
+        n = min(len(out), self.predicted_ticks)
+        out[:n] = np.arange(1.0, n + 1.0)[:, None]
+        return n
+
+
+@pytest.mark.parametrize("plant_hz", [100, 250, 500])
+def test_predicted_states_fall_on_the_ticks_whose_observation_starts_their_token(
+    plant_hz: float,
+) -> None:
+    inner = Predicting()
+    tr = RateAdapter(inner, plant_hz, 100)
+    assert tr.predicted_ticks == math.ceil(4 * plant_hz / 100)
+    tr.reset(obs(np.zeros(DS), seq=0))
+    for now in range(0, 7):  # from several phases within a token
+        if now:
+            tr.observe(obs(np.zeros(DS), seq=now))
+        out = np.full((40, DS), -1.0)
+        n = tr.predicted_states_into(out)
+        rows = np.flatnonzero(np.isfinite(out[:n, 0]))
+        assert n == rows[-1] + 1 and np.all(out[n:] == -1.0)
+        np.testing.assert_array_equal(out[rows, 0], [1, 2, 3, 4])  # tokens 1..4, in order
+        # the ticks whose observation the inner planner will take as tokens 1..4's states
+        ahead = RateAdapter(Recorder(), plant_hz, 100)
+        ahead._phase, ahead._last_seq = tr._phase, now
+        for k in range(now + 1, now + n + 1):
+            ahead.observe(obs(np.zeros(DS), seq=k))
+        starts = [s for c, s in ahead.inner.calls if c == "observe"]  # type: ignore[attr-defined]
+        assert list(rows + now + 1) == starts
+
+
 def test_a_plant_slower_than_the_model_is_refused() -> None:
     with pytest.raises(ValueError, match="trained at 100 Hz and cannot run at 50 Hz"):
         RateAdapter(Recorder(), 50, 100)
@@ -76,6 +113,7 @@ def test_other_attributes_are_the_inner_planners() -> None:
     tr = RateAdapter(Recorder(), 500, 100)
     assert tr.surprise == 0.25
     assert hasattr(tr, "surprise") and not hasattr(tr, "noise_levels")
+    assert not hasattr(tr, "predicted_states_into") and not hasattr(tr, "predicted_ticks")
 
 
 def _rolling(**cfg: int) -> RollingPlanner:

@@ -16,6 +16,7 @@ from runtime.protocols import (
     MeasuresTransport,
     Observation,
     Planner,
+    PredictsStates,
     Refreshes,
     ReportsNoiseLevels,
     ReportsSurprise,
@@ -25,7 +26,7 @@ from runtime.sidecar import Sidecar
 from .toys import IntegratorPlant
 
 PLANNER_CAPABILITIES = (Anytime, BoundedReset, ReportsSurprise, ReportsNoiseLevels, Refreshes,
-                        Closes)
+                        Closes, PredictsStates)
 
 
 class Bare:
@@ -83,6 +84,13 @@ class Capable(Bare):
 
     def close(self) -> None:
         self.closed = True
+
+    predicted_ticks = 4
+
+    def predicted_states_into(self, out: np.ndarray) -> int:
+        n = min(len(out), self.predicted_ticks)
+        out[:n, 0] = np.arange(1.0, n + 1.0)  # token j's state: j
+        return n
 
 
 def _obs(seq: int) -> Observation:
@@ -142,6 +150,16 @@ def test_token_rate_declares_exactly_the_inner_planners_capabilities() -> None:
     assert cap_.refreshed == [1, 2, 4]
     tr.close()
     assert cap_.closed
+    assert tr.predicted_ticks == 12  # 4 tokens, 3 plant ticks each
+    # token 0 began at seq 3: tokens 1..4 begin at seq 6, 9, 12, 15 (rows 2, 5, 8, 11 after
+    # seq 3); the ticks between them get no prediction
+    for seq, rows in ((3, [2, 5, 8, 11]), (4, [1, 4, 7, 10])):
+        if seq == 4:
+            tr.observe(_obs(4))  # a sub-tick: the boundaries come a tick closer
+        out = np.full((20, 1), -1.0)
+        assert tr.predicted_states_into(out) == rows[-1] + 1
+        np.testing.assert_array_equal(np.flatnonzero(np.isfinite(out[: rows[-1] + 1, 0])), rows)
+        np.testing.assert_array_equal(out[rows, 0], [1, 2, 3, 4])
 
 
 def test_the_loop_runs_a_token_rate_planner_over_a_plain_inner_one() -> None:

@@ -265,6 +265,47 @@ def test_sidecar_records_state_levels_and_events_beside_the_trace(tmp_path: Path
     assert side["levels"][-1, 2] == planner.observed
 
 
+class _Predicting(CostPlanner):
+    """`CostPlanner` that predicts the integrator's next states under its own clipped P-law."""
+
+    predicted_ticks = 3
+
+    def predicted_states_into(self, out: np.ndarray) -> int:
+        n = min(len(out), self.predicted_ticks)
+        x = self.x
+        for i in range(n):
+            x += float(np.clip(-self.gain * x, -1.0, 1.0)) * 0.01  # dt at 100 Hz
+            out[i, 0] = x
+        return n
+
+
+@pytest.mark.parametrize("refine", ["sync", "async"])
+def test_sidecar_records_the_plans_predicted_states_in_sync_mode(
+    tmp_path: Path, refine: str
+) -> None:
+    from runtime.sidecar import lookahead_error
+
+    clock = FakeClock()
+    plant = IntegratorPlant(rate_hz=100, episode_ticks=6, clock=clock)
+    planner = _Predicting(clock, step_ns=1_000)
+    car = Sidecar(capacity=100, state_dim=1, levels_dim=0, predicted_ticks=3)
+    ring = TraceRing(1, chunk_ticks=4, path=tmp_path / "trace")
+    cfg = LoopConfig(warmup_steps=0, refine=refine)  # type: ignore[arg-type]
+    ControlLoop(plant, planner, clock, cfg, trace=ring, sidecar=car).run(episodes=2)
+    side = load_sidecar(tmp_path / "trace")
+    assert side is not None and side["predicted"].shape == (12, 3, 1)
+    if refine == "async":  # the worker owns the planner: nothing is read from it per tick
+        assert np.all(side["predicted_n"] == 0) and np.all(np.isnan(side["predicted"]))
+        return
+    assert np.all(side["predicted_n"] == 3)
+    # what tick t predicted for t+1 is what tick t+1 observed, within an episode
+    np.testing.assert_allclose(side["predicted"][:5, 0, 0], side["state"][1:6, 0], atol=1e-6)
+    err = lookahead_error(side["state"], side["predicted"], side["predicted_n"], side["events"])
+    # two episodes of 6 ticks: 6 - j pairs each; none across the episode start at tick 6
+    assert list(err.pairs) == [10, 8, 6]
+    assert np.all(err.mean < 1e-5)
+
+
 def test_ticks_align_just_after_the_plant_tick_and_deadlines_fall_on_the_next_one() -> None:
     clock = FakeClock(start_ns=10_000_000)
     plant = IntegratorPlant(rate_hz=1000, episode_ticks=50, clock=clock)

@@ -21,15 +21,32 @@ class LeveledPlanner(CostPlanner):
         return np.linspace(0.0, 1.0, 6, dtype=np.float32) * (0.5 + 0.5 * (self.observed % 7 == 0))
 
 
+class PredictingPlanner(LeveledPlanner):
+    """Predicts the integrator's next three states under its own clipped P-law, as a rolling
+    planner's plan would (exactly: the plant is the model)."""
+
+    predicted_ticks = 3
+    dt = 0.01
+
+    def predicted_states_into(self, out: np.ndarray) -> int:
+        x = self.x
+        for i in range(self.predicted_ticks):
+            x += float(np.clip(-self.gain * x, -1.0, 1.0)) * self.dt
+            out[i, 0] = x
+        return self.predicted_ticks
+
+
 def _record_run(run_dir: Path, name: str, policy: str, rate_hz: float, step_ns: int) -> dict:
     clock = FakeClock()
     plant = IntegratorPlant(rate_hz=rate_hz, episode_ticks=40, clock=clock)
-    planner = LeveledPlanner(clock, step_ns=step_ns)
+    predicts = policy.startswith("rolling")
+    planner = (PredictingPlanner if predicts else LeveledPlanner)(clock, step_ns=step_ns)
+    planner.dt = 1.0 / rate_hz
     trace_dir = run_dir / "traces" / name
     loop = ControlLoop(
         plant, planner, clock, LoopConfig(mode="realtime", rate_hz=rate_hz, warmup_steps=2),
         trace=TraceRing(1, chunk_ticks=16, path=trace_dir),
-        sidecar=Sidecar(200, 1, 6),
+        sidecar=Sidecar(200, 1, 6, predicted_ticks=3 if predicts else 0),
     )
     out = loop.run(episodes=2).to_json()
     out.update(policy=policy, task="integrator", seed=0, trace=f"traces/{name}")
@@ -51,10 +68,22 @@ def test_report_makes_every_figure_and_a_correct_table(tmp_path: Path) -> None:
     files = make_report(run_dir, tmp_path / "out")
     names = {p.name for p in files}
     assert names == {"latency_hist.png", "rate_sweep.png", "plan_heatmap.png",
-                     "trajectories.png", "report.md"}
+                     "plan_lookahead_error.png", "trajectories.png", "report.md"}
     for p in files:
         assert p.stat().st_size > 1000
     md = (tmp_path / "out" / "report.md").read_text()
+    # the lookahead error beside the heat map, with its numbers: one row per rolling run and j
+    assert md.index("![plan_heatmap]") < md.index("![plan_lookahead_error]") < md.index(
+        "![trajectories]")
+    ahead = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
+             if line.startswith("| rolling-")]
+    assert sorted((c[0], int(c[1])) for c in ahead) == [
+        (f"rolling-{rate}", j) for rate in (100, 200) for j in (1, 2, 3)]
+    for c in ahead:
+        rate, j = float(c[0].split("-")[1]), int(c[1])
+        assert float(c[2]) == pytest.approx(1e3 * j / rate, abs=0.05)  # lookahead ms
+        assert int(c[5]) == 2 * (40 - j)  # two episodes of 40 ticks: none across the reset
+        assert float(c[3]) < 1e-3 and float(c[4]) < 1e-3  # the plant is the planner's model
     rows = [line for line in md.splitlines() if line.startswith("| integrator")]
     assert len(rows) == 4
     assert "1 runs did not run:" in md and "`rolling-50`: this model was trained at 100" in md
