@@ -7,8 +7,9 @@ The claim under test is amortization: the rolling planner spends a few refine st
 model per tick, and because its buffer rolls, every token has been refined over many ticks by
 the time it is executed; it should reach the success of a sampler that spends many flow steps
 of a bigger model per decision, a sampler that would blow the deadline if it ran on the clock.
-Rows, each with `planner`, `mode`, `steps`, `success_rate` and `compute_ms_per_tick` {p50,
-p99, mean}:
+Rows, each with `planner`, `mode`, `steps`, `success_rate`, `mean_return` (the task's reward
+summed over an episode, averaged: graded where success is all or nothing) and
+`compute_ms_per_tick` {p50, p99, mean}:
 
 - `offline`: the task's chunked checkpoint (`chunked:TASK`) with `chunk_steps` = K, for each K
   of `--offline-steps`, in lockstep: a whole chunk sampled from noise with K flow steps per
@@ -260,8 +261,8 @@ def _num(v: float | None, fmt: str = ".3f") -> str:
 
 def markdown_table(summary: dict[str, Any]) -> str:
     """The rows as a markdown table; rows that did not run below it, one line each."""
-    head = ["mode", "planner", "steps", "success %", "compute ms/tick p50", "p99", "mean",
-            "miss %", "episodes"]
+    head = ["mode", "planner", "steps", "success %", "mean return", "compute ms/tick p50", "p99",
+            "mean", "miss %", "episodes"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     other = []
     for r in summary["rows"]:
@@ -272,7 +273,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
         c = r.get("compute_ms_per_tick") or {}
         lines.append("| " + " | ".join([
             r["mode"], r["planner"], "-" if r["steps"] is None else str(r["steps"]),
-            _pct(r["success_rate"]), _num(c.get("p50")), _num(c.get("p99")),
+            _pct(r["success_rate"]), _num(r.get("mean_return"), ".1f"),
+            _num(c.get("p50")), _num(c.get("p99")),
             _num(c.get("mean")),
             _num(100 * r["miss_rate"], ".2f") if "miss_rate" in r else "-",
             str(r.get("episodes", "-")),

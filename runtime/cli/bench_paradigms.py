@@ -13,7 +13,9 @@ its own.
 
 Per task x planner, lockstep (`runtime.lockstep.run_lockstep`: `--episodes` episodes on plant
 seeds `--seed`, `--seed` + 1, ..., the same for every planner):
-- `success_rate`; `end_to_end_s`: the wall time of those episodes (loading is not in it);
+- `success_rate`; `mean_return`: the task's reward summed over an episode, averaged (a graded
+  measure where success is all or nothing); `end_to_end_s`: the wall time of those episodes
+  (loading is not in it);
 - `decision_ms` {p50, p99, max, mean}: per tick, the planner's observe + refine + action (an
   episode's reset is not a decision);
 - `ticks_to_success`: on a goal task (`PlantSpec.goal_dim > 0`), the mean length of the
@@ -258,6 +260,7 @@ def measure_lockstep(
         "ticks": decisions,
         "rate_hz": spec.rate_hz,
         "success_rate": sum(e.success for e in done) / len(done) if done else None,
+        "mean_return": float(np.mean([e.episode_return for e in done])) if done else None,
         "end_to_end_s": wall_ns / 1e9,
         "decision_ms": {"p50": q["p50"], "p99": q["p99"], "max": q["max"],
                         "mean": float(decision_ms.mean()) if decisions else 0.0},
@@ -395,7 +398,8 @@ def realtime_run(name: str, policy: str, address: str, rate: float,
     cell = {"rate_hz": rate, "miss_rate": out["miss_rate"], "misses": out["misses"],
             "ticks": out["ticks"], "plant_misses": out.get("plant_misses", 0),
             "episodes": out["episodes"],
-            "success_rate": out["success_rate"] if out["episodes"] else None}
+            "success_rate": out["success_rate"] if out["episodes"] else None,
+            "mean_return": out.get("mean_return") if out["episodes"] else None}
     if "compute_ms" in out:
         r = result.records if result is not None else None
         mean = (float(np.mean(r["emit_ns"] - r["start_ns"])) / 1e6

@@ -422,6 +422,7 @@ def render_amortize(records: list[dict[str, Any]]) -> list[str]:
             task, mode, planner, k, str(len(rs)),
             _rng((r.get("episodes") for r in rs), "{:.0f}"),
             _pct(r["success_rate"] for r in rs),
+            _rng((r.get("mean_return") for r in rs), "{:.1f}"),
             ms(rs, "p50"), ms(rs, "p99"), ms(rs, "mean"),
             _pct((r.get("miss_rate") for r in rs), 2),
         ])
@@ -429,7 +430,7 @@ def render_amortize(records: list[dict[str, Any]]) -> list[str]:
              + (f"did not run ({r['error']})" if "error" in r else f"skipped ({r['skipped']})")
              for rec in records for r in rec["rows"] if "error" in r or "skipped" in r]
     lines = _table(["task", "mode", "planner", "steps", "runs", "episodes", "success %",
-                    "compute ms/tick p50", "compute ms/tick p99", "compute ms/tick mean",
+                    "mean return", "compute ms/tick p50", "compute ms/tick p99", "compute ms/tick mean",
                     "miss %"], rows)
     return lines + (["", *other] if other else [])
 

@@ -179,7 +179,7 @@ def test_progress_table_plot_and_page_section(
     r = out["rows"][4]
     assert f"| 1 | 1 | {100 * r['success_rate']:.1f} |" in line
     assert f"| {r['compute_ms_per_tick']['mean']:.3f} | - |" in line
-    assert "| bimodal | realtime | rolling | 1 | 1 | 1 | 100.0 | 1.000 | 3.000 | 2.000 | 25.00 |" \
+    assert "| bimodal | realtime | rolling | 1 | 1 | 1 | 100.0 | - | 1.000 | 3.000 | 2.000 | 25.00 |" \
         in page
 
 

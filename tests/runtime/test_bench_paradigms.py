@@ -209,7 +209,7 @@ def bimodal(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], P
     return json.loads(buf.getvalue()), d
 
 
-FIELDS = ("task", "planner", "success_rate", "decision_ms", "end_to_end_s", "ticks_to_success",
+FIELDS = ("task", "planner", "success_rate", "mean_return", "decision_ms", "end_to_end_s", "ticks_to_success",
           "hit_rate", "churn", "malformed_per_1000", "aligned_mask")
 
 
