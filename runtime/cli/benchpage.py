@@ -430,8 +430,8 @@ def render_amortize(records: list[dict[str, Any]]) -> list[str]:
              + (f"did not run ({r['error']})" if "error" in r else f"skipped ({r['skipped']})")
              for rec in records for r in rec["rows"] if "error" in r or "skipped" in r]
     lines = _table(["task", "mode", "planner", "steps", "runs", "episodes", "success %",
-                    "mean return", "compute ms/tick p50", "compute ms/tick p99", "compute ms/tick mean",
-                    "miss %"], rows)
+                    "mean return", "compute ms/tick p50", "compute ms/tick p99",
+                    "compute ms/tick mean", "miss %"], rows)
     return lines + (["", *other] if other else [])
 
 

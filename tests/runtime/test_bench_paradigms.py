@@ -209,8 +209,8 @@ def bimodal(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], P
     return json.loads(buf.getvalue()), d
 
 
-FIELDS = ("task", "planner", "success_rate", "mean_return", "decision_ms", "end_to_end_s", "ticks_to_success",
-          "hit_rate", "churn", "malformed_per_1000", "aligned_mask")
+FIELDS = ("task", "planner", "success_rate", "mean_return", "decision_ms", "end_to_end_s",
+          "ticks_to_success", "hit_rate", "churn", "malformed_per_1000", "aligned_mask")
 
 
 def test_the_json_has_every_field_for_every_planner_that_ran(
