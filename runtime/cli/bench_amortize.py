@@ -63,9 +63,8 @@ from typing import Any
 
 from runtime.cli import CliError
 from runtime.cli.bench_deadline import csv_list, label
-from runtime.cli.bench_paradigms import lockstep_cell, policy_for, realtime_run
+from runtime.cli.bench_paradigms import lockstep_cell, policy_for, realtime_run, write_outputs
 from runtime.cli.plantproc import plant_server
-from runtime.files import atomic_write_text, record_result
 from runtime.rt import read_steal_s
 
 MODES = ("offline", "rolling", "realtime")
@@ -230,15 +229,7 @@ def cli_bench_amortize(args: argparse.Namespace) -> int:
         "seconds": None if args.no_realtime else args.seconds, "rows": rows, "notes": notes,
         "steal_s": None if steal0 is None or steal1 is None else steal1 - steal0,
     }
-    table = markdown_table(summary)
-    if args.markdown:
-        atomic_write_text(Path(args.markdown), table + "\n")
-    if args.plot:
-        plot(summary, Path(args.plot))
-    if args.results:
-        record_result(args.results, "amortize", summary)
-    print(json.dumps(summary) if args.json else table)
-    return 0
+    return write_outputs(args, "amortize", summary, markdown_table(summary), plot)
 
 
 def cell_line(row: dict[str, Any]) -> str:

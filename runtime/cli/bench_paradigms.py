@@ -71,6 +71,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -513,13 +514,19 @@ def cli_bench_paradigms(args: argparse.Namespace) -> int:
         "steal_s": None if steal0 is None or steal1 is None else steal1 - steal0,
     }
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
-    table = markdown_table(summary)
+    return write_outputs(args, "paradigms", summary, markdown_table(summary), plot)
+
+
+def write_outputs(args: argparse.Namespace, kind: str, summary: dict[str, Any], table: str,
+                  draw: Callable[[dict[str, Any], Path], None]) -> int:
+    """A bench's outputs: `--markdown` (the table), `--plot` (`draw`), `--results` (recorded
+    as `kind` for the benchmarks page), and on stdout the JSON (`--json`) or the table."""
     if args.markdown:
         atomic_write_text(Path(args.markdown), table + "\n")
     if args.plot:
-        plot(summary, Path(args.plot))
+        draw(summary, Path(args.plot))
     if args.results:
-        record_result(args.results, "paradigms", summary)
+        record_result(args.results, kind, summary)
     print(json.dumps(summary) if args.json else table)
     return 0
 
