@@ -35,7 +35,8 @@ from runtime.trace import read_trace
 
 
 def load_runs(run_dir: Path, failed: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Every run JSON under `run_dir/runs/` (or `run_dir` itself), sorted by name.
+    """Every run JSON under `run_dir/runs/` (or `run_dir` itself), sorted by name. A run's
+    relative `trace` is looked for under `run_dir` first, then where it was written from.
 
     Runs that could not run (`bench deadline` keeps them with an `error`) go to `failed`.
     """
@@ -53,8 +54,9 @@ def load_runs(run_dir: Path, failed: list[dict[str, Any]] | None = None) -> list
             continue  # summaries and other files
         data.setdefault("name", path.stem)
         trace = data.get("trace")
-        if trace and not Path(trace).is_absolute():
-            data["trace"] = str(run_dir / trace)
+        if trace and not Path(trace).is_absolute() and (run_dir / trace).exists():
+            data["trace"] = str(run_dir / trace)  # a run directory's own layout
+        # else as written: relative to where `rtdiff run --trace` ran, or absolute
         runs.append(data)
     return runs
 

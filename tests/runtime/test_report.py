@@ -140,3 +140,20 @@ def test_runs_beside_a_cpu_hog_are_their_own_series() -> None:
     assert _label({"planner": "rolling", "hog": False}) == "rolling"
     assert _label({"planner": "rolling", "hog": True}) == "rolling + hog"
     assert _label({"policy": "chunked:double-pendulum"}) == "chunked"
+
+
+def test_a_trace_path_relative_to_where_the_run_was_started_is_found(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime.cli.report import load_runs
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rec" / "runs").mkdir(parents=True)
+    (tmp_path / "rec" / "inside").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    stats = {"ticks": 1, "lateness_ms": {"p50": 0.0}}
+    (tmp_path / "rec" / "runs" / "a.json").write_text(json.dumps({**stats, "trace": "inside"}))
+    (tmp_path / "rec" / "runs" / "b.json").write_text(json.dumps({**stats,
+                                                                  "trace": "elsewhere"}))
+    a, b = load_runs(Path("rec"))
+    assert a["trace"] == str(Path("rec") / "inside")  # the run directory's own layout
+    assert b["trace"] == "elsewhere"  # `rtdiff run --trace elsewhere` from here
