@@ -166,20 +166,6 @@ def test_shift_moves_nothing_below_the_threshold_or_on_a_stale_tick() -> None:
         assert p.renoise_level == 0.0 and p.renoise_count == 0
 
 
-@pytest.mark.parametrize("pivot", ["decay", "shift"])
-def test_a_goal_change_renoises_every_token_under_every_rule(pivot: str) -> None:
-    cfg = small_planner_cfg(pivot=pivot, goal_renoise=0.7, surprise_threshold=1e9,
-                            surprise_full=2e9)
-    p = make(cfg, goal_dim=2)
-    x0 = states(1)[0]
-    p.reset(obs(x0, goal=np.array([1.0, 0.0])))
-    p.observe(obs(x0, seq=1, goal=np.array([1.0, 0.0])))
-    assert p.renoise_level == 0.0
-    p.observe(obs(x0, seq=2, goal=np.array([-1.0, 2.0])))
-    assert p.renoise_level == 0.7
-    assert np.all(p.noise_levels() >= 0.7 - 1e-6)
-
-
 def test_a_bad_rule_is_a_one_line_error_naming_the_rules() -> None:
     for make_cfg in (lambda: PlannerConfig(pivot="first"),
                      lambda: planner_settings(["pivot=first"], PlannerConfig())):

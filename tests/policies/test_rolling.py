@@ -168,8 +168,9 @@ def test_renoising_raises_levels_monotonically_with_surprise() -> None:
     assert lv[-1].max() <= 1.0
 
 
-def test_goal_change_renoises_the_plan() -> None:
-    cfg = small_planner_cfg(goal_renoise=0.7, **NO_RENOISE)
+@pytest.mark.parametrize("pivot", ["uniform", "decay", "shift"])
+def test_goal_change_renoises_the_plan(pivot: str) -> None:
+    cfg = small_planner_cfg(goal_renoise=0.7, pivot=pivot, **NO_RENOISE)
     p = make(cfg, goal_dim=2)
     x0 = states(1)[0]
     p.reset(obs(x0, goal=np.array([1.0, 0.0])))
@@ -177,7 +178,7 @@ def test_goal_change_renoises_the_plan() -> None:
     assert p.renoise_level == 0.0
     p.observe(obs(x0, seq=2, goal=np.array([-1.0, 2.0])))
     assert p.renoise_level == 0.7
-    assert np.all(p.noise_levels()[:5] >= 0.7 - 1e-6)
+    assert np.all(p.noise_levels() >= 0.7 - 1e-6)  # every token, under every pivot rule
 
 
 def test_seeded_planners_are_deterministic() -> None:
