@@ -52,7 +52,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from policies.base import TorchPlannerBase, check_dims
-from policies.model import AngleFeatures, Block, DenoiserConfig, check_transformer_config
+from policies.model import (
+    AngleFeatures,
+    Block,
+    DenoiserConfig,
+    check_transformer_config,
+    init_weights,
+)
 from policies.normalize import Normalizer
 from policies.tokenizer import KINDS as TOKENIZER_KINDS
 from policies.tokenizer import BinTokenizer
@@ -177,19 +183,10 @@ class SubTokenTransformer(nn.Module):
         )
         # traced, frozen CPU versions of forward / prefill / step (`freeze_for_cpu`)
         self._frozen: dict[str, Any] = {}
-        self.apply(self._init_weights)
+        self.apply(init_weights)
         for prm in (self.ctx_pos, self.goal_pos):
             if prm is not None:
                 nn.init.normal_(prm, std=0.02)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     # -- the tokenizer it was trained with ---------------------------------------------------
     def set_tokenizer(self, tok: BinTokenizer) -> None:

@@ -54,7 +54,7 @@ import torch
 from policies.config import PlannerConfig
 from policies.discrete import SubTokenPlanner, SubTokenTransformer
 from policies.normalize import Normalizer
-from policies.schedule import ramp_levels, surprise_to_level
+from policies.schedule import check_rolling_buffer, ramp_levels, surprise_to_level
 from runtime.protocols import Observation, PlantSpec
 
 
@@ -86,10 +86,7 @@ class DLLMPlanner(SubTokenPlanner):
         mc = model.cfg
         if mc.mask == "causal":
             raise ValueError("a dllm planner needs an aligned or full mask; this model is causal")
-        if mc.horizon < 2:
-            raise ValueError(f"the rolling buffer needs H >= 2 tokens, got {mc.horizon=}")
-        if cfg.clean_ticks > max(1, mc.horizon - 1):
-            raise ValueError(f"{cfg.clean_ticks=} must be <= H - 1 = {mc.horizon - 1}")
+        check_rolling_buffer(mc.horizon, cfg.clean_ticks)
         super().__init__(model, normalizer, spec, device=device, seed=seed)
         self.cfg = cfg
         H, G, K, P, Ds, dev = self.H, self.G, self.K, self.P, self.Ds, self.device

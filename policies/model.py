@@ -206,6 +206,17 @@ class Block(nn.Module):
         return out
 
 
+def init_weights(module: nn.Module) -> None:
+    """GPT-style initialization (`nn.Module.apply`): linear and embedding weights N(0, 0.02),
+    biases 0."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+
 class Denoiser(nn.Module):
     """Predicts clean plan tokens from noisy ones, per-token levels and clean context.
 
@@ -236,17 +247,10 @@ class Denoiser(nn.Module):
         self.register_buffer(
             "mask", role_mask(cfg.n_context, cfg.horizon), persistent=False
         )  # (N, N)
-        self.apply(self._init_weights)
+        self.apply(init_weights)
         for p in (self.ctx_pos, self.plan_pos, self.goal_pos):
             if p is not None:
                 nn.init.normal_(p, std=0.02)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
 
     def encode(
         self,

@@ -74,7 +74,13 @@ from policies.base import TorchPlannerBase, check_dims
 from policies.config import PlannerConfig
 from policies.model import Denoiser
 from policies.normalize import Normalizer
-from policies.schedule import ramp_levels, refine_step_, renoise_, surprise_to_level
+from policies.schedule import (
+    check_rolling_buffer,
+    ramp_levels,
+    refine_step_,
+    renoise_,
+    surprise_to_level,
+)
 from runtime.protocols import Observation, PlantSpec
 
 
@@ -109,10 +115,7 @@ class RollingPlanner(TorchPlannerBase):
         mc = model.cfg
         check_dims(spec, (mc.state_dim, mc.action_dim, mc.goal_dim), "this model")
         super().__init__(normalizer, spec, n_past=mc.n_past, device=device, seed=seed)
-        if mc.horizon < 2:
-            raise ValueError(f"the rolling buffer needs H >= 2 tokens, got {mc.horizon=}")
-        if cfg.clean_ticks > max(1, mc.horizon - 1):
-            raise ValueError(f"{cfg.clean_ticks=} must be <= H - 1 = {mc.horizon - 1}")
+        check_rolling_buffer(mc.horizon, cfg.clean_ticks)
         self.cfg = cfg
         self.model = model.to(self.device).eval()
         H, Dz, Ds, dev = mc.horizon, mc.token_dim, mc.state_dim, self.device

@@ -24,6 +24,15 @@ import torch
 _EPS = 1e-6
 
 
+def check_rolling_buffer(horizon: int, clean_ticks: int) -> None:
+    """A rolling buffer (the rolling and dllm planners) needs H >= 2 tokens and a ramp that
+    fits in it, Hc <= H - 1; ValueError naming the bad value otherwise."""
+    if horizon < 2:
+        raise ValueError(f"the rolling buffer needs H >= 2 tokens, got {horizon=}")
+    if clean_ticks > max(1, horizon - 1):
+        raise ValueError(f"{clean_ticks=} must be <= H - 1 = {horizon - 1}")
+
+
 def ramp_levels(horizon: int, clean_ticks: int) -> torch.Tensor:
     """(H,) float32 `l(j) = min(1, j / Hc)` for j = 0..H-1."""
     if not 1 <= clean_ticks <= max(1, horizon - 1):

@@ -63,8 +63,9 @@ from torch.nn.parallel import DistributedDataParallel
 from policies.checkpoint import Checkpoint, save_checkpoint
 from policies.config import PlannerConfig
 from policies.data import EpisodeLike, Windows, fit_normalizer, make_windows
-from policies.discrete import DiscreteConfig
+from policies.discrete import DiscreteConfig, SubTokenTransformer
 from policies.model import Denoiser, DenoiserConfig, MLPConfig, MLPPolicy
+from policies.normalize import Normalizer
 from policies.schedule import ramp_levels, sample_train_levels
 
 TRAIN_KINDS = ("rolling", "chunked", "pertick", "mlp", "dllm", "ar")
@@ -328,6 +329,70 @@ def denoiser_loss(
     return loss
 
 
+@dataclass
+class RankShare:
+    """This process's part of a (possibly distributed) training run."""
+
+    batch: int  # windows per step on this rank
+    rank: int
+    leader: bool  # rank 0: keeps the EMA, logs, evaluates and returns the checkpoint
+    device: torch.device
+
+
+def rank_share(cfg: TrainConfig, ranks: Ranks | None, rate_hz: float | None) -> RankShare:
+    """Check `rate_hz` and the batch split, and pick this rank's device (its local GPU)."""
+    if rate_hz is not None and not (rate_hz > 0 and math.isfinite(rate_hz)):
+        raise ValueError(f"{rate_hz=} must be a positive finite rate")
+    world, rank = (1, 0) if ranks is None else (ranks.world_size, ranks.rank)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} does not split over {world} processes")
+    dev = torch.device(cfg.device)
+    if ranks is not None and dev.type == "cuda":
+        dev = torch.device("cuda", ranks.local_rank)
+    return RankShare(cfg.batch_size // world, rank, rank == 0, dev)
+
+
+def training_parts(
+    model: Denoiser | MLPPolicy | SubTokenTransformer, norm: Normalizer, cfg: TrainConfig,
+    share: RankShare, ranks: Ranks | None,
+) -> tuple[Callable[..., torch.Tensor], Any, torch.optim.Optimizer, torch.Generator]:
+    """(the forward to train through (DDP on several ranks), the EMA copy (leader only, else
+    None), AdamW, the rank's seeded generator) for a freshly built `model`, moved to the
+    rank's device in training mode."""
+    dev = share.device
+    model.angles.set_stats(norm.state_mean, norm.state_std)  # no-op without angle dims
+    model.to(dev).train()
+    net: Callable[..., torch.Tensor] = model
+    if ranks is not None:  # same initial weights everywhere: DDP also broadcasts rank 0's
+        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    ema = None
+    if share.leader:
+        ema = copy.deepcopy(model).eval()
+        for p in ema.parameters():
+            p.requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(rank_seed(cfg.seed, share.rank))
+    return net, ema, opt, gen
+
+
+def evaluate_if_due(
+    step: int, last: bool, cfg: TrainConfig, eval_every: int, ema: Any,
+    evaluate: Callable[[Checkpoint], str] | None, snapshot: Callable[[Any], Checkpoint],
+    log: Callable[[str], None] | None, losses: LossLog,
+) -> None:
+    """Every `eval_every` steps (not at the last, which the final checkpoint covers) hand a
+    snapshot of the EMA weights to `evaluate` and log its line; the time is kept out of the
+    throughput."""
+    if (ema is None or evaluate is None or eval_every <= 0 or (step + 1) % eval_every
+            or last):
+        return
+    t_eval = time.perf_counter()
+    line = evaluate(snapshot(ema))
+    if log is not None:
+        log(f"step {step + 1}/{cfg.steps}  {line}")
+    losses.evaluated(time.perf_counter() - t_eval)
+
+
 def token_weights(horizon: int, decay: float) -> torch.Tensor | None:
     """(H,) weights proportional to exp(-decay * j), mean 1; None for decay 0 (all equal)."""
     if decay == 0.0:
@@ -381,20 +446,12 @@ def train(
         )
     if isinstance(model_cfg, DiscreteConfig):
         raise ValueError(f"kind {cfg.kind!r} does not go with DiscreteConfig")
-    if rate_hz is not None and not (rate_hz > 0 and math.isfinite(rate_hz)):
-        raise ValueError(f"{rate_hz=} must be a positive finite rate")
-    world, rank = (1, 0) if ranks is None else (ranks.world_size, ranks.rank)
-    if cfg.batch_size % world:
-        raise ValueError(f"batch_size {cfg.batch_size} does not split over {world} processes")
-    batch = cfg.batch_size // world  # this rank's windows per step
-    leader = rank == 0
-    if not leader:
+    share = rank_share(cfg, ranks, rate_hz)
+    batch, dev = share.batch, share.device
+    if not share.leader:
         log = evaluate = None
     record: dict[str, Any] = {} if rate_hz is None else {"rate_hz": float(rate_hz)}
     t_start = time.perf_counter()
-    dev = torch.device(cfg.device)
-    if ranks is not None and dev.type == "cuda":
-        dev = torch.device("cuda", ranks.local_rank)
     norm = fit_normalizer(episodes)
     Ds, Da, Dg = norm.dims
     is_mlp = cfg.kind == "mlp"
@@ -420,18 +477,7 @@ def train(
     model: Denoiser | MLPPolicy = (
         MLPPolicy(model_cfg) if isinstance(model_cfg, MLPConfig) else Denoiser(model_cfg)
     )
-    model.angles.set_stats(norm.state_mean, norm.state_std)  # no-op without angle dims
-    model.to(dev).train()
-    net: Callable[..., torch.Tensor] = model
-    if ranks is not None:  # same initial weights everywhere: DDP also broadcasts rank 0's
-        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    ema: Denoiser | MLPPolicy | None = None
-    if leader:
-        ema = copy.deepcopy(model).eval()
-        for p in ema.parameters():
-            p.requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(rank_seed(cfg.seed, rank))
+    net, ema, opt, gen = training_parts(model, norm, cfg, share, ranks)
     ctx_all = torch.from_numpy(win.ctx).to(dev)  # (N, P+1, Ds)
     goal_all = torch.from_numpy(win.goal).to(dev)  # (N, Dg)
     plan_all = torch.from_numpy(win.plan).to(dev)  # (N, H, Dz)
@@ -440,6 +486,13 @@ def train(
     if tok_w is not None:
         tok_w = tok_w.to(dev)
     losses = LossLog(cfg, ranks, dev, log, t_start)
+
+    def snapshot(m: Denoiser | MLPPolicy) -> Checkpoint:
+        snap = copy.deepcopy(m).cpu()
+        snap_cfg = (calibrate_surprise(snap, win, pcfg, seed=cfg.seed)
+                    if isinstance(snap, Denoiser) else pcfg)
+        return Checkpoint(cfg.kind, task, snap, norm, snap_cfg, dict(record))
+
     for step in range(cfg.steps):
         losses.timing(step)
         idx = torch.randint(len(win), (batch,), generator=gen).to(dev)
@@ -463,21 +516,7 @@ def train(
                 token_weights=tok_w, forward=None if ranks is None else net,
             )
         last = losses.add(step, optimizer_step(loss, opt, model, ema, step, cfg))
-        if (
-            ema is not None and evaluate is not None and eval_every > 0
-            and (step + 1) % eval_every == 0 and not last
-        ):
-            t_eval = time.perf_counter()
-            snap = copy.deepcopy(ema).cpu()
-            snap_cfg = (
-                calibrate_surprise(snap, win, pcfg, seed=cfg.seed)
-                if isinstance(snap, Denoiser)
-                else pcfg
-            )
-            line = evaluate(Checkpoint(cfg.kind, task, snap, norm, snap_cfg, dict(record)))
-            if log is not None:
-                log(f"step {step + 1}/{cfg.steps}  {line}")
-            losses.evaluated(time.perf_counter() - t_eval)
+        evaluate_if_due(step, last, cfg, eval_every, ema, evaluate, snapshot, log, losses)
     samples_per_s = losses.samples_per_s()
     in_sync = None if ranks is None else _ranks_in_sync(model, dev)
     if ema is None:

@@ -30,7 +30,6 @@ percentile as the re-mask threshold.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
@@ -40,7 +39,6 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 
 from policies.checkpoint import Checkpoint
 from policies.config import PlannerConfig
@@ -55,9 +53,11 @@ from policies.train import (
     TrainResult,
     _parse_value,
     _ranks_in_sync,
+    evaluate_if_due,
     optimizer_step,
-    rank_seed,
+    rank_share,
     token_weights,
+    training_parts,
 )
 
 DISCRETE_KINDS = ("dllm", "ar")
@@ -262,19 +262,11 @@ def train_discrete(
     """`policies.train.train` for kinds `dllm` and `ar` (same arguments, same result)."""
     if cfg.kind not in DISCRETE_KINDS:
         raise ValueError(f"{cfg.kind=} is not a discrete kind {DISCRETE_KINDS}")
-    if rate_hz is not None and not (rate_hz > 0 and math.isfinite(rate_hz)):
-        raise ValueError(f"{rate_hz=} must be a positive finite rate")
-    world, rank = (1, 0) if ranks is None else (ranks.world_size, ranks.rank)
-    if cfg.batch_size % world:
-        raise ValueError(f"batch_size {cfg.batch_size} does not split over {world} processes")
-    batch = cfg.batch_size // world
-    leader = rank == 0
-    if not leader:
+    share = rank_share(cfg, ranks, rate_hz)
+    batch, dev = share.batch, share.device
+    if not share.leader:
         log = evaluate = None
     t_start = time.perf_counter()
-    dev = torch.device(cfg.device)
-    if ranks is not None and dev.type == "cuda":
-        dev = torch.device("cuda", ranks.local_rank)
     norm = fit_normalizer(episodes)
     Ds, Da, Dg = norm.dims
     if model_cfg is None:
@@ -301,18 +293,7 @@ def train_discrete(
     torch.manual_seed(cfg.seed)
     model = SubTokenTransformer(model_cfg)
     model.set_tokenizer(tok)
-    model.angles.set_stats(norm.state_mean, norm.state_std)  # no-op without angle dims
-    model.to(dev).train()
-    net: Callable[..., torch.Tensor] = model
-    if ranks is not None:
-        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    ema: SubTokenTransformer | None = None
-    if leader:
-        ema = copy.deepcopy(model).eval()
-        for p in ema.parameters():
-            p.requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(rank_seed(cfg.seed, rank))
+    net, ema, opt, gen = training_parts(model, norm, cfg, share, ranks)
     ctx_all = torch.from_numpy(win.ctx).to(dev)  # (N, P+1, Ds)
     goal_all = torch.from_numpy(win.goal).to(dev)  # (N, Dg)
     ids_all = torch.from_numpy(tokenize(raw.plan, tok)).to(dev)  # (N, H*G)
@@ -345,15 +326,7 @@ def train_discrete(
             loss = ar_loss(net, model_cfg, ctx, goal, ids, action_weight=cfg.action_weight,
                            weights=weights)
         last = losses.add(step, optimizer_step(loss, opt, model, ema, step, cfg))
-        if (
-            ema is not None and evaluate is not None and eval_every > 0
-            and (step + 1) % eval_every == 0 and not last
-        ):
-            t_eval = time.perf_counter()
-            line = evaluate(snapshot(ema))
-            if log is not None:
-                log(f"step {step + 1}/{cfg.steps}  {line}")
-            losses.evaluated(time.perf_counter() - t_eval)
+        evaluate_if_due(step, last, cfg, eval_every, ema, evaluate, snapshot, log, losses)
     samples_per_s = losses.samples_per_s()
     in_sync = None if ranks is None else _ranks_in_sync(model, dev)
     ckpt = None if ema is None else snapshot(ema)

@@ -63,7 +63,13 @@ from typing import Any
 
 from runtime.cli import CliError
 from runtime.cli.bench_deadline import csv_list, label
-from runtime.cli.bench_paradigms import lockstep_cell, policy_for, realtime_run, write_outputs
+from runtime.cli.bench_paradigms import (
+    lockstep_cell,
+    policy_for,
+    realtime_run,
+    save_figure,
+    write_outputs,
+)
 from runtime.cli.plantproc import plant_server
 from runtime.rt import read_steal_s
 
@@ -311,9 +317,4 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3, which="both")
     if series:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path, dpi=110)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)

@@ -607,6 +607,13 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         ax.set(title=task, xlabel=f"end-to-end s ({summary['episodes']} lockstep episodes)",
                ylabel="success %", ylim=(-5, 105))
         ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Lay `fig` out, write it as a PNG at `path` (folders made) and close it, written or not."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
