@@ -26,6 +26,7 @@ _ENVS: dict[str, str] = {
     "pusher": "sims.tasks.pusher:PusherEnv",
     "bimodal": "sims.tasks.bimodal:BimodalEnv",
     "push-t": "sims.tasks.push_t:PushTEnv",
+    "swerve": "sims.tasks.swerve:SwerveEnv",
 }
 
 

@@ -19,6 +19,7 @@ _EXPERTS: dict[str, str] = {
     "pusher": "sims.experts.pusher:PusherExpert",
     "bimodal": "sims.experts.bimodal:BimodalExpert",
     "push-t": "sims.experts.push_t:PushTExpert",
+    "swerve": "sims.experts.swerve:SwerveExpert",
 }
 
 

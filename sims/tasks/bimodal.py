@@ -86,10 +86,12 @@ INFO = TaskInfo(
 
 
 class BimodalEnv(TaskEnv):
-    def __init__(self, **config: Any) -> None:
+    """`info`: the task stated (`swerve` reuses this model and episode end with its own)."""
+
+    def __init__(self, info: TaskInfo = INFO, **config: Any) -> None:
         model = mujoco.MjModel.from_xml_string(MJCF)
         super().__init__(
-            INFO, model, mujoco.MjData(model), n_substeps=2, push_body="agent", xml=MJCF, **config
+            info, model, mujoco.MjData(model), n_substeps=2, push_body="agent", xml=MJCF, **config
         )
         self._agent = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, "agent")
         self._block = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, "block")

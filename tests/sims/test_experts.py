@@ -32,7 +32,7 @@ def _episode(task, seed, expert=None, refine=1, **plant_kw):
 
 
 @pytest.mark.parametrize(
-    "task", ["double-pendulum", "reacher-moving", "pointmaze", "bimodal"]
+    "task", ["double-pendulum", "reacher-moving", "pointmaze", "bimodal", "swerve"]
 )
 @pytest.mark.parametrize("seed", [11, 12])
 def test_the_expert_succeeds_with_disturbances_on(task, seed):

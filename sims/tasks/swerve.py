@@ -1,0 +1,99 @@
+"""`swerve`: a late left-or-right decision that the sensor reveals only a few ticks after.
+
+Design (the reasoning is in docs/tasks.md, "swerve"): the disc, block and finish line of
+`bimodal`, but the disc starts near the block's axis (x0 ~ U[-0.02, 0.02] m) and the expert
+drives straight ahead to y = 0.5 m, then swerves at 1 m/s for a point beside the block on a
+side it picks at random. The lateral sensor has a dead band: it reads
+sign(x) * max(0, |x| - 0.06), so every start and the first ticks of either swerve read 0,
+and the side becomes visible once the disc is 0.06 m beyond the axis, 4-6 ticks into the
+swerve.
+
+What this makes measurable is sampling compute. Inside the dead band the demonstrations hold
+both swerves at the same observation, so the conditional mean of the action (what one flow
+step from noise returns, and what an MSE regressor learns) has no lateral part: it drives
+straight into the block. A sample from the distribution commits to one side; if the sample
+is a chunk that stays on that side for the 4-6 ticks the dead band hides it, the sensor then
+shows the side and every later decision agrees. So a chunked planner that samples well (many
+flow steps) passes, one that samples the mean (one step) collides, and a rolling planner
+passes if its buffer carries the side it chose. Unlike `bimodal`, whose side is never
+observed, a chunk's commitment is enough: the task tests the sampler, not a memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mujoco
+import numpy as np
+
+from sims.disturbances import DisturbanceConfig
+from sims.tasks.base import TaskInfo
+from sims.tasks.bimodal import BLOCK_HALF_M, BLOCK_Y_M, FINISH_Y_M, BimodalEnv
+
+DEAD_BAND_M = 0.06  # the lateral sensor reads 0 within this distance of the block's axis
+X0_RANGE_M = 0.02  # starts inside the dead band: the start's x is not observed
+SWERVE_Y_M = 0.5  # the expert goes straight until here
+
+INFO = TaskInfo(
+    name="swerve",
+    description="velocity-controlled disc swerving late round a block on a side the expert "
+    "picks at random; the lateral sensor has a dead band, so the side shows only 4-6 ticks "
+    "into the swerve",
+    rate_hz=50.0,
+    episode_ticks=250,
+    action_low=(-1.0, -1.0),
+    action_high=(1.0, 1.0),
+    state_dim=2,
+    goal_dim=0,
+    success_metric=f"cross the finish line y = {FINISH_Y_M} m within 5 s without touching the "
+    "block",
+    expert=f"straight ahead at 0.8 m/s to y = {SWERVE_Y_M} m, then left or right at random "
+    "(p = 1/2), waypoint following at 1 m/s",
+    disturbances=DisturbanceConfig(
+        push_rate_hz=0.2,
+        push_force_n=(0.2, 0.5),
+        push_duration_s=0.1,
+        push_axes=(0,),
+        sensor_noise_std=0.002,
+    ),
+    state_names=("x_beyond_band", "y"),
+    action_names=("vx", "vy"),
+)
+
+
+def dead_band(x: np.ndarray | float) -> np.ndarray:
+    """The lateral sensor's reading of the signed offset `x`: sign(x) * max(0, |x| - band)."""
+    x = np.asarray(x, dtype=np.float64)
+    out: np.ndarray = np.sign(x) * np.maximum(0.0, np.abs(x) - DEAD_BAND_M)
+    return out
+
+
+class SwerveEnv(BimodalEnv):
+    """`bimodal`'s model and episode end; its own info, start and sensor."""
+
+    def __init__(self, **config: Any) -> None:
+        super().__init__(INFO, **config)
+
+    def _init_episode(self, rng: np.random.Generator, options: dict[str, Any]) -> None:
+        x0 = rng.uniform(-X0_RANGE_M, X0_RANGE_M)  # drawn always: same stream with or without
+        if "x0" in options:
+            x0 = float(options["x0"])
+        self.data.qpos[:] = [x0, 0.0]
+        self.side = 0
+        self._touched = False
+
+    def _state(self) -> np.ndarray:
+        return np.array([float(dead_band(self.data.qpos[0])), self.data.qpos[1]])
+
+    def write_state(
+        self, model: mujoco.MjModel, data: mujoco.MjData, state: np.ndarray, goal: np.ndarray
+    ) -> None:
+        # A reading of 0 is any x in the dead band; this writes the axis (x = 0) for it.
+        x = float(state[0])
+        data.qpos[:2] = [x + np.sign(x) * DEAD_BAND_M, state[1]]
+        data.qvel[:] = 0.0
+        mujoco.mj_forward(model, data)
+
+
+__all__ = ["BLOCK_HALF_M", "BLOCK_Y_M", "DEAD_BAND_M", "FINISH_Y_M", "INFO", "SwerveEnv",
+           "dead_band"]
