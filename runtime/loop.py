@@ -5,8 +5,8 @@ Per tick `k` (period `T`, scheduled start `t0 + k*T`, deadline `t0 + k*T + T - m
 
 1. `_wait`: wait for the tick's start (`Ticker`; realtime mode) or start at once (lockstep
    mode), and follow the transport margin a plant behind a link measures;
-2. `_observe`: observe the plant and hand the observation to the planner (which shifts its
-   plan); when an episode ended, `_restart_episode` starts the next one;
+2. `_receive`: observe the plant; when an episode ended, `_restart_episode` starts the next
+   one; `_hand_over`: hand the observation to the planner (which shifts its plan);
 3. `_refine`: sync mode calls `planner.refine` while the step-latency estimate says one more
    step fits before `refine_end = min(deadline - emit_reserve, start + budget_fraction * T)`,
    capped by `steps_per_tick`; async mode instead waits until `refine_end` while a worker
@@ -28,6 +28,16 @@ lets the planner refine on, for the ticks to come, until `budget_fraction` of th
 the reserve before the next tick). The command leaves early, so a stall after it costs no
 deadline; the steps after it make the next ticks' plan. The trace's `steps` counts both,
 `refine_ns` the ones before.
+
+Emit first (`emit_first`, sync mode, a planner with a plan): the command leaves before the
+planner sees the tick's observation. `_emit_ahead` sends row 0 of the plan as the last tick
+left it (`PlanSource.plan_into`: the action predicted for this tick, sharpened by every step
+since), then `_hand_over` and `_refine_on` do all of the tick's planning for the ticks to
+come. Between the tick's start and its command there is the plant's observation and one plan
+read, whatever the planner's `observe` and steps cost, so the loop keeps its deadlines at a
+rate whose period is shorter than one `observe` plus one step. The tick's observation reaches
+the commands from the next tick on. An episode's first tick (the plan was just reset) and a
+planner without a plan observe first and send `action()`.
 
 Modes:
 - `realtime`: the plant runs on its own clock; a command later than its deadline is discarded
@@ -132,8 +142,8 @@ class _Tick:
         self.deadline = 0  # the plant's deadline for its command (ns)
         self.emit_by = 0  # the command must leave by then: the deadline less the margin
         self.refine_end = 0  # refinement before the command ends by then
-        # _observe
-        self.t_obs = 0  # the planner has the observation
+        # _receive, _hand_over
+        self.t_obs = 0  # the observation arrived
         self.started = False  # the tick starts an episode
         # _refine, _refine_on
         self.steps = 0  # refine steps: before the command, then also after it
@@ -160,6 +170,8 @@ class _Run:
     """
 
     __slots__ = (
+        "ahead",
+        "ahead_buf",
         "bounded",
         "budget",
         "budget_off",
@@ -231,7 +243,7 @@ class _Run:
         "worker",
     )
 
-    obs: Observation  # the newest observation: the episode's first from `_start`, then `_observe`'s
+    obs: Observation  # the newest observation: the episode's first from `_start`, then `_receive`'s
 
     def __init__(
         self, loop: ControlLoop, trace: TraceRing, *, episodes: int | None, seed: int
@@ -304,6 +316,12 @@ class _Run:
         self.hit_have = False
         self.hit_tol = cfg.plan_hit_tolerance * (self.high - self.low)
         self.hits = self.hit_ticks = 0
+        # emit-first with a plan: the command is what the plan holds for this tick as the
+        # last tick left it, sent before the observation reaches the planner (`_emit_ahead`);
+        # the plan-ahead rows come from the same read
+        self.ahead = cfg.emit_first and self.hit_src is not None
+        self.ahead_buf = self.plan_buf if self.plan_src is not None else np.zeros(
+            (1, self.out.size))
         self.surprising: ReportsSurprise | None = (
             planner if isinstance(planner, ReportsSurprise) else None
         )
@@ -476,9 +494,11 @@ class ControlLoop:
         r = _Run(self, self._trace_for(ticks, episodes), episodes=episodes, seed=seed)
         self._start(r)
         t = _Tick()
-        wait, observe, refine, emit, refine_on, record = (
-            self._wait, self._observe, self._refine, self._emit, self._refine_on, self._record
+        wait, receive, hand_over, refine, emit, refine_on, record = (
+            self._wait, self._receive, self._hand_over, self._refine, self._emit,
+            self._refine_on, self._record,
         )
+        emit_ahead, plan_hit, ahead = self._emit_ahead, self._plan_hit, r.ahead
         ticker = r.ticker
         try:
             # `ticks` counts scheduled ticks: a run of S seconds at R Hz ends at tick S*R even
@@ -487,10 +507,20 @@ class ControlLoop:
                 ticks is None or (ticker.next_k if ticker is not None else r.k_local) < ticks
             ):
                 wait(r, t)
-                if not observe(r, t):
+                if not receive(r, t):
                     break  # the run's last episode ended
-                refine(r, t)
-                emit(r, t)
+                if ahead and not t.started:
+                    refine(r, t)  # no step (emit-first's cap before the command is 0)
+                    if emit_ahead(r, t):  # the command left; now the planner observes
+                        hand_over(r, t)
+                        plan_hit(r, 0)
+                    else:  # no plan to read: observe, then send the planner's action
+                        hand_over(r, t)
+                        emit(r, t)
+                else:
+                    hand_over(r, t)
+                    refine(r, t)
+                    emit(r, t)
                 refine_on(r, t)
                 record(r, t)
         finally:
@@ -590,10 +620,10 @@ class ControlLoop:
         t.emit_by = sched + r.emit_by_off
         t.refine_end = sched + r.refine_off
 
-    def _observe(self, r: _Run, t: _Tick) -> bool:
+    def _receive(self, r: _Run, t: _Tick) -> bool:
         """Observe the plant (an episode's first observation is the reset's), count stale
-        states and reward, start the next episode when this one ended, and hand the
-        observation to the planner. False when the run's last episode ended."""
+        states and reward, and start the next episode when this one ended. False when the
+        run's last episode ended."""
         if not r.episode_start:
             obs = r.obs = r.observe()
             r.stale += obs.stale  # flagged by the plant, never invented; counted
@@ -606,6 +636,12 @@ class ControlLoop:
         t.started = starting = r.episode_start
         if starting:
             r.hit_have = False  # the last episode's plan says nothing about this one
+        return True
+
+    def _hand_over(self, r: _Run, t: _Tick) -> None:
+        """Hand the observation to the planner: reset it on an episode's first tick (unless
+        that is done), post it to the worker (async), or `observe`."""
+        starting = t.started
         if starting and r.planner_ready:
             pass  # reset already, by `_start` or `_restart_episode`
         elif r.worker is not None:
@@ -615,7 +651,6 @@ class ControlLoop:
         else:
             r.planner.observe(r.obs)
         r.episode_start = r.planner_ready = False
-        return True
 
     def _restart_episode(self, r: _Run, t: _Tick) -> bool:
         """Close the episode `r.obs` ended and reset the plant for the next, unless it was the
@@ -634,7 +669,7 @@ class ControlLoop:
         r.ep_ticks, r.ep_return = 0, 0.0
         r.episode_start = True
         if not r.realtime:
-            return True  # lockstep resets the planner in `_observe`, where time does not count
+            return True  # lockstep resets the planner in `_hand_over`, where time does not count
         # The plant restarted its schedule at the reset: this tick's command is for the
         # plant's first tick of the new episode, so its deadline is that tick's. Reset the
         # planner first (its warm-up counts against that deadline), then move the ticks.
@@ -717,7 +752,7 @@ class ControlLoop:
         newest in async mode), the fallback's if it is not finite or the deadline passed,
         clipped into the limits; the plan for the following plant ticks when plan-ahead is
         on. Counts a miss when it left after `emit_by`."""
-        out, obs = r.out, r.obs
+        out = r.out
         worker = r.worker
         if worker is not None:  # async: the worker's newest published action
             _, total = worker.latest.read(out)
@@ -731,35 +766,67 @@ class ControlLoop:
             action_ok = _isfinite(a @ a)
             if action_ok:
                 _copyto(out, a)
+        code = self._settle(r, t, action_ok)
+        plan_src, plan = r.plan_src, r.plan_buf
+        n_plan = plan_src.plan_into(plan) if plan_src is not None and code == CODE_NONE else 0
+        self._send(r, t, code, plan[:n_plan] if n_plan else None)
+        if r.hit_src is not None:
+            self._plan_hit(r, n_plan)
+
+    def _emit_ahead(self, r: _Run, t: _Tick) -> bool:
+        """Emit-first with a plan, before the planner sees this tick's observation: the
+        command is row 0 of the plan as the last tick left it (the action predicted for this
+        tick, refined by every step since), and the plan-ahead rows the rows after it. False,
+        sending nothing, when the planner has no plan to read."""
+        buf = r.ahead_buf
+        src = r.hit_src
+        n = src.plan_into(buf) if src is not None else 0
+        if n <= 0:
+            return False
+        a = buf[0]
+        action_ok = _isfinite(a @ a)
+        if action_ok:
+            _copyto(r.out, a)
+        code = self._settle(r, t, action_ok)
+        self._send(r, t, code, buf[1:n] if r.plan_src is not None and code == CODE_NONE
+                   and n > 1 else None)
+        return True
+
+    def _settle(self, r: _Run, t: _Tick, action_ok: bool) -> int:
+        """Make `r.out` the command to send: the fallback's action in its place when the
+        deadline passed (realtime) or the action is not finite, then clipped into the limits.
+        Returns the fallback code (`CODE_NONE`: the planner's own action)."""
+        out = r.out
         code = CODE_NONE
         # Past the plant's deadline the command is late whatever the link does: the plant
         # will hold, the trace records what stands in. Inside the transport margin (after
-        # emit_by, before the deadline) it is counted a miss below, but this tick's action
-        # still goes out with the true deadline: the plant applies it if it arrives in time
-        # (most do: the margin is a p99) and holds if not.
+        # emit_by, before the deadline) it is counted a miss in `_send`, but this tick's
+        # action still goes out with the true deadline: the plant applies it if it arrives in
+        # time (most do: the margin is a p99) and holds if not.
         if r.realtime and t.t_ref > t.deadline:
             code = r.fallback.code
-            r.fallback.fill(out, r.last, obs.state)
+            r.fallback.fill(out, r.last, r.obs.state)
         elif not action_ok:
             code = CODE_NONFINITE
-            r.fallback.fill(out, r.last, obs.state)
+            r.fallback.fill(out, r.last, r.obs.state)
         _maximum(out, r.low, out=out)  # np.clip costs 2 us here, this pair 0.8 us
         _minimum(out, r.high, out=out)
         _copyto(r.last, out)
-        plan_src, plan = r.plan_src, r.plan_buf
-        n_plan = plan_src.plan_into(plan) if plan_src is not None and code == CODE_NONE else 0
+        return code
+
+    def _send(self, r: _Run, t: _Tick, code: int, plan: FloatArray | None) -> None:
+        """Hand the settled command (with `plan`, the rows for the ticks after its own) to the
+        plant; count a miss when it left after `emit_by`."""
         t_emit0 = r.now_ns()
         try:
             r.plant.apply(Command(
-                t.k, t_emit0, out.copy(), t.deadline, FALLBACK_NAMES[code],
-                plan[:n_plan] if n_plan else None, t.sched + r.plan_t0_off, r.period, obs.t_ns,
+                t.k, t_emit0, r.out.copy(), t.deadline, FALLBACK_NAMES[code],
+                plan, t.sched + r.plan_t0_off, r.period, r.obs.t_ns,
             ))
         except LateCommand:  # the plant counted it late; this tick's miss is counted below
             pass
         t_emit = t.t_emit = r.now_ns()
         t.code = code
-        if r.hit_src is not None:
-            self._plan_hit(r, n_plan)
         missed = t.missed = t_emit > t.emit_by
         r.misses += missed
 
@@ -781,7 +848,7 @@ class ControlLoop:
             return
         src = r.hit_src
         # the command's plan buffer is free: plan-ahead did not fill it this tick
-        n = src.plan_into(r.plan_buf) if src is not None else 0
+        n = src.plan_into(r.plan_buf[:1]) if src is not None else 0
         if n:
             _copyto(r.hit_prev, r.plan_buf[0])
         r.hit_have = n > 0

@@ -80,3 +80,60 @@ def test_emit_first_is_its_own_mode() -> None:
             LoopConfig(**bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="plan_hit_tolerance"):
         LoopConfig(plan_hit_tolerance=0.0)
+
+
+class SlowObserver(PlanningPlanner):
+    """An honest `PlanningPlanner` whose `observe` costs `observe_ns` of fake time; it logs
+    when each observation reached it."""
+
+    def __init__(self, clock: FakeClock, *, observe_ns: int, **kw: object) -> None:
+        super().__init__(clock, honest=True, **kw)
+        self.observe_ns = observe_ns
+        self.observed_at: list[int] = []
+
+    def observe(self, obs: Observation) -> None:
+        self.observed_at.append(self.clock.now_ns())
+        self.clock.advance_ns(self.observe_ns)
+        super().observe(obs)
+
+
+def test_emit_first_sends_the_predicted_action_before_the_planner_observes() -> None:
+    """An `observe` of 0.7 ms and steps of 0.4 ms at 1 kHz: observe-then-send would leave
+    0.3 ms before the deadline; the command leaves at the tick's start instead, and it is
+    what the plan held for this tick (row 0 as the last tick left it)."""
+    clock = FakeClock()
+    planner = SlowObserver(clock, observe_ns=700_000, step_ns=400_000)
+    loop = realtime_loop(clock, planner, emit_first=True, warmup_steps=0)
+    result = loop.run(ticks=100)
+    r, out = result.records, result.to_json()
+    assert r["missed"].sum() == 0
+    assert np.all(r["emit_ns"][1:] == r["observe_ns"][1:])  # nothing between arrival and send
+    plant = loop.plant
+    sent = [c.t_ns for c in plant.applied[1:]]  # type: ignore[attr-defined]
+    seen = planner.observed_at
+    assert all(s <= o for s, o in zip(sent, seen, strict=True))
+    # observation j (1-based) made k = j, and the plan then predicted 0.1*((j+1) % 5) - 0.2:
+    # the command of tick j+1
+    actions = r["action"][1:, 0]
+    k = np.arange(1, len(actions) + 1)
+    np.testing.assert_allclose(actions, 0.1 * (k % 5) - 0.2, atol=1e-6)
+    assert out["hit_rate"] == 1.0
+
+
+def test_emit_first_observes_first_on_an_episodes_first_tick_and_without_a_plan() -> None:
+    clock = FakeClock()
+    planner = SlowObserver(clock, observe_ns=300_000, step_ns=100_000)
+    plant = IntegratorPlant(rate_hz=100, episode_ticks=10, clock=clock)
+    loop = ControlLoop(plant, planner, clock,
+                       LoopConfig(mode="lockstep", warmup_steps=0, emit_first=True))
+    r = loop.run(episodes=2).records
+    assert len(r) == 20 and len(plant.applied) == 20
+    firsts = np.flatnonzero(np.diff(r["episode"], prepend=-1))
+    assert list(firsts) == [0, 10]
+    # the reset is the first tick's observation: nothing stands between it and the command
+    # but the plan read elsewhere; in lockstep the later ticks send before observing too
+    assert np.all(r["emit_ns"] == r["observe_ns"])
+    no_plan = CostPlanner(clock, step_ns=100_000)
+    loop = realtime_loop(clock, no_plan, emit_first=True)
+    r = loop.run(ticks=20).records
+    assert np.all(r["emit_ns"] == r["observe_ns"]) and no_plan.observed == 19
