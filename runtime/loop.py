@@ -31,11 +31,11 @@ deadline; the steps after it make the next ticks' plan. The trace's `steps` coun
 
 Emit first (`emit_first`, sync mode, a planner with a plan): the command leaves before the
 planner sees the tick's observation. `_emit_ahead` sends row 0 of the plan as the last tick
-left it (`PlanSource.plan_into`: the action predicted for this tick, sharpened by every step
-since), then `_hand_over` and `_refine_on` do all of the tick's planning for the ticks to
-come. Between the tick's start and its command there is the plant's observation and one plan
-read, whatever the planner's `observe` and steps cost, so the loop keeps its deadlines at a
-rate whose period is shorter than one `observe` plus one step. The tick's observation reaches
+left it (`PlanSource.plan_into`, read at that tick's end by `_read_ahead`: the action
+predicted for this tick, sharpened by every step since), then `_hand_over` and `_refine_on`
+do all of the tick's planning for the ticks to come. Between the tick's start and its command
+there is only the plant's observation, whatever the planner's `observe` and steps cost, so the
+loop keeps its deadlines at a rate whose period is shorter than one `observe` plus one step. The tick's observation reaches
 the commands from the next tick on. An episode's first tick (the plan was just reset) and a
 planner without a plan observe first and send `action()`.
 
@@ -172,6 +172,7 @@ class _Run:
     __slots__ = (
         "ahead",
         "ahead_buf",
+        "ahead_n",
         "bounded",
         "budget",
         "budget_off",
@@ -317,11 +318,13 @@ class _Run:
         self.hit_tol = cfg.plan_hit_tolerance * (self.high - self.low)
         self.hits = self.hit_ticks = 0
         # emit-first with a plan: the command is what the plan holds for this tick as the
-        # last tick left it, sent before the observation reaches the planner (`_emit_ahead`);
-        # the plan-ahead rows come from the same read
+        # last tick left it, read at that tick's end (`_read_ahead`) and sent at this one's
+        # start, before the observation reaches the planner (`_emit_ahead`); the plan-ahead
+        # rows come from the same read
         self.ahead = cfg.emit_first and self.hit_src is not None
-        self.ahead_buf = self.plan_buf if self.plan_src is not None else np.zeros(
-            (1, self.out.size))
+        self.ahead_buf = np.zeros((self.plan_buf.shape[0] if self.plan_src is not None else 1,
+                                   self.out.size))
+        self.ahead_n = 0
         self.surprising: ReportsSurprise | None = (
             planner if isinstance(planner, ReportsSurprise) else None
         )
@@ -498,7 +501,8 @@ class ControlLoop:
             self._wait, self._receive, self._hand_over, self._refine, self._emit,
             self._refine_on, self._record,
         )
-        emit_ahead, plan_hit, ahead = self._emit_ahead, self._plan_hit, r.ahead
+        emit_ahead, read_ahead, plan_hit = self._emit_ahead, self._read_ahead, self._plan_hit
+        ahead = r.ahead
         ticker = r.ticker
         try:
             # `ticks` counts scheduled ticks: a run of S seconds at R Hz ends at tick S*R even
@@ -522,6 +526,8 @@ class ControlLoop:
                     refine(r, t)
                     emit(r, t)
                 refine_on(r, t)
+                if ahead:
+                    read_ahead(r)
                 record(r, t)
         finally:
             self._finish(r)
@@ -773,14 +779,18 @@ class ControlLoop:
         if r.hit_src is not None:
             self._plan_hit(r, n_plan)
 
+    def _read_ahead(self, r: _Run) -> None:
+        """Emit-first, at the tick's end: read the plan as this tick's steps left it; its row
+        0 is the next tick's command (`_emit_ahead`). Nothing touches the planner between."""
+        src = r.hit_src
+        r.ahead_n = src.plan_into(r.ahead_buf) if src is not None else 0
+
     def _emit_ahead(self, r: _Run, t: _Tick) -> bool:
         """Emit-first with a plan, before the planner sees this tick's observation: the
         command is row 0 of the plan as the last tick left it (the action predicted for this
-        tick, refined by every step since), and the plan-ahead rows the rows after it. False,
-        sending nothing, when the planner has no plan to read."""
-        buf = r.ahead_buf
-        src = r.hit_src
-        n = src.plan_into(buf) if src is not None else 0
+        tick, refined by every step since: `_read_ahead`), and the plan-ahead rows the rows
+        after it. False, sending nothing, when the planner had no plan to read."""
+        buf, n = r.ahead_buf, r.ahead_n
         if n <= 0:
             return False
         a = buf[0]

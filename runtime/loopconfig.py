@@ -49,10 +49,14 @@ class LoopConfig:
         The action after one step is the one lockstep evaluation sends (one step per tick);
         the steps after the emit still sharpen every later token, including next tick's token 0.
         What it buys: a stall (the OS, a slow step) after the emit costs no deadline.
-    emit_first: sync only: send token 0's action as the plan already holds it, at the tick's
-        start before any refine step ("action already predicted"), then refine for the ticks
-        to come as with `emit_after_steps`. The command costs one `action()` read after the
-        observation; every step of the tick sharpens later tokens only. Excludes
+    emit_first: sync only: send the action the plan already holds for this tick, at the
+        tick's start, before the planner sees the observation or takes a step ("action
+        already predicted"): row 0 of the planner's plan (`runtime.PlanSource`) as the last
+        tick's steps left it. Then the planner observes, and every step of the tick refines
+        the tokens to come (as after `emit_after_steps`). The plan is read at the end of
+        the tick before, so the command leaves as soon as the observation arrives; the
+        observation reaches the commands from the next tick on. An episode's first tick,
+        and a planner without a plan, observe first and send `action()`. Excludes
         `emit_after_steps`.
     plan_hit_tolerance: the plan hit rate of the run's JSON counts a tick as a hit when its
         emitted action is within this fraction of the action range, in every dimension, of

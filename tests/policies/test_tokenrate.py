@@ -203,3 +203,42 @@ def test_chunked_async_refresh_leaves_the_context_the_worker_reads_alone() -> No
         assert torch.equal(p.ctx, before)
     finally:
         p.close()
+
+
+class Planning(Recorder):
+    """`Recorder` with a plan of `n` tokens: token j's action is j (the current one is 0)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def plan_into(self, out: np.ndarray) -> int:
+        k = min(self.n, out.shape[0])
+        out[:k] = np.arange(1, k + 1)[:, None]
+        return k
+
+
+@pytest.mark.parametrize(("plant_hz", "model_hz"), [(1000, 100), (250, 100), (100, 100)])
+@pytest.mark.parametrize("rows", [1, 7, 512])
+def test_the_plan_holds_each_token_over_its_plant_ticks(plant_hz, model_hz, rows) -> None:
+    """Row i (plant tick i + 1 from now) holds the token whose ticks it falls in, at every
+    phase of the current token, and the rows end with the plan."""
+    tr = RateAdapter(Planning(n=5), plant_hz, model_hz)
+    r = plant_hz / model_hz
+    tr.reset(obs(np.zeros(DS), seq=0))
+    out = np.full((rows, 2), -1.0)
+    for seq in range(1, 25):
+        tr.observe(obs(np.zeros(DS), seq=seq))
+        phase = tr._phase
+        want = []
+        for i in range(rows):  # the reference: one row at a time
+            t = math.floor((phase + i + 1) / r + 1e-6)
+            if t > 5:
+                break
+            want.append(float(t))
+        out[:] = -1.0
+        n = tr.plan_into(out)
+        assert n == len(want)
+        np.testing.assert_array_equal(out[:n, 0], want)
+        np.testing.assert_array_equal(out[:n, 1], want)
+        assert np.all(out[n:] == -1.0)  # nothing written past the plan
