@@ -35,9 +35,9 @@ left it (`PlanSource.plan_into`, read at that tick's end by `_read_ahead`: the a
 predicted for this tick, sharpened by every step since), then `_hand_over` and `_refine_on`
 do all of the tick's planning for the ticks to come. Between the tick's start and its command
 there is only the plant's observation, whatever the planner's `observe` and steps cost, so the
-loop keeps its deadlines at a rate whose period is shorter than one `observe` plus one step. The tick's observation reaches
-the commands from the next tick on. An episode's first tick (the plan was just reset) and a
-planner without a plan observe first and send `action()`.
+loop keeps its deadlines at a rate whose period is shorter than one `observe` plus one step.
+The tick's observation reaches the commands from the next tick on. An episode's first tick
+(the plan was just reset) and a planner without a plan observe first and send `action()`.
 
 Modes:
 - `realtime`: the plant runs on its own clock; a command later than its deadline is discarded

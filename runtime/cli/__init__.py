@@ -685,7 +685,7 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     am = bp.add_parser("amortize", help="the rolling planner's few steps a tick against the "
                                         "chunked sampler's many steps a decision, lockstep and "
                                         "realtime")
-    am.add_argument("--task", default="push-t", help="a built-in task with chunked and rolling "
+    am.add_argument("--task", default="swerve", help="a built-in task with chunked and rolling "
                                                      "checkpoints")
     am.add_argument("--episodes", type=positive_int, default=10,
                     help="lockstep episodes per row (seeds SEED, SEED+1, ...)")
@@ -704,6 +704,9 @@ def _add_bench(sp: argparse._SubParsersAction[_Parser]) -> None:
     am.add_argument("--big", default=None, metavar="POLICY",
                     help="the big model run in realtime (a policy spec or checkpoint dir; "
                          "default policies/checkpoints/chunked-big-TASK when it exists)")
+    am.add_argument("--big-steps", default=None, metavar="K,...",
+                    help="the big model's flow steps per chunk, one offline and one realtime "
+                         "row each (default: its checkpoint's)")
     am.add_argument("--seconds", type=positive_float, default=60.0,
                     help="per realtime run")
     am.add_argument("--no-realtime", action="store_true", help="lockstep rows only")

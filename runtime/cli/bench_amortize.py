@@ -1,7 +1,7 @@
 """`rtdiff bench amortize`: does refining each token over many ticks buy a big sampler's quality?
 
-    rtdiff bench amortize --task push-t --episodes 10 --offline-steps 1,2,5,10,20,50 \\
-        --rolling-steps 1,2,4 [--big POLICY] [--seconds 60]
+    rtdiff bench amortize [--task swerve] --episodes 20 --offline-steps 1,2,5,10,20,50 \\
+        --rolling-steps 1,2,4 [--big POLICY] [--big-steps 8,20] [--seconds 60]
 
 The claim under test is amortization: the rolling planner spends a few refine steps of a small
 model per tick, and because its buffer rolls, every token has been refined over many ticks by
@@ -15,13 +15,14 @@ summed over an episode, averaged: graded where success is all or nothing) and
   of `--offline-steps`, in lockstep: a whole chunk sampled from noise with K flow steps per
   decision, then executed open loop for its `exec_ticks` (`exec_ticks` in the row), with no
   clock to beat: the reference for what many steps buy. The big model (below), when there is
-  one, is an offline row too, at its own K.
+  one, is an offline row too, at its own K or at each K of `--big-steps`.
 - `rolling`: `rolling:TASK` (or each planner of `--rolling`, e.g. a long-horizon checkpoint
   directory beside it) in lockstep at each of `--rolling-steps` refine steps per tick.
   `--chunked` names another chunked model for the offline rows.
 - `realtime`: the big model (`--big`: a policy spec or a checkpoint directory; by default
   `policies/checkpoints/chunked-big-TASK` when that directory exists, else the row is skipped
-  with a note) and the rolling planner capped at 1 step a tick, each driving the task's plant
+  with a note), at each K of `--big-steps` (default: its checkpoint's `chunk_steps`), and
+  the rolling planner capped at 1 step a tick, each driving the task's plant
   served in its own process (`rtdiff serve`, over the bridge) at the task's rate for
   `--seconds`: there a decision that takes longer than the period is a miss and the plant
   holds its previous command, so the big model's latency costs it. These rows add
@@ -157,24 +158,26 @@ def big_steps(name: str, task: str) -> int | None:
 
 
 def realtime_rows(task: str, big: str | None, args: argparse.Namespace,
-                  rolling: list[str]) -> list[dict[str, Any]]:
-    """The realtime rows: the big model and each rolling planner at 1 step a tick, one after
-    the other on one served plant at the task's rate."""
+                  rolling: list[str], big_ks: list[int | None]) -> list[dict[str, Any]]:
+    """The realtime rows: the big model at each of `big_ks` flow steps per chunk (None: its
+    checkpoint's) and each rolling planner at 1 step a tick, one after the other on one
+    served plant at the task's rate."""
     from sims.registry import get_task
 
     rate = float(get_task(task).rate_hz)
-    cells: list[tuple[str, int | None, dict[str, Any]]] = []
+    cells: list[tuple[str, int | None, dict[str, Any], dict[str, Any]]] = []
     if big is not None:
-        cells.append((big, big_steps(big, task), {}))
-    cells += [(name, 1, {"steps_per_tick": 1}) for name in rolling]
+        cells += [(big, big_steps(big, task) if k is None else k, {},
+                   {} if k is None else {"chunk_steps": k}) for k in big_ks]
+    cells += [(name, 1, {"steps_per_tick": 1}, {}) for name in rolling]
     rows = []
     try:
         with plant_server(task, seed=args.seed, rt_priority=args.rt_priority) as address:
-            for name, steps, options in cells:
+            for name, steps, options, overrides in cells:
                 sys.stderr.write(f"bench amortize: {task} realtime {label(name)}, {rate:g} Hz, "
                                  f"{args.seconds:g} s ...\n")
                 policy = policy_for(name, task)[0]
-                run = realtime_run(name, policy, address, rate, args, options)
+                run = realtime_run(name, policy, address, rate, args, options, overrides)
                 row = {"task": task, "planner": label(name), "mode": "realtime",
                        "steps": steps, "policy": policy, **run}
                 if "error" not in row:
@@ -186,7 +189,7 @@ def realtime_rows(task: str, big: str | None, args: argparse.Namespace,
     except CliError as exc:  # the plant would not serve: every realtime row says so
         sys.stderr.write(f"bench amortize: {task} realtime: {exc}\n")
         rows = [{"task": task, "planner": label(name), "mode": "realtime", "steps": steps,
-                 "error": str(exc)} for name, steps, _ in cells]
+                 "error": str(exc)} for name, steps, _, _ in cells]
     return rows
 
 
@@ -205,6 +208,8 @@ def cli_bench_amortize(args: argparse.Namespace) -> int:
     if not rolling_names or not args.chunked:
         raise CliError("--rolling and --chunked must name at least one planner")
     big, why_not = big_policy(task, args.big)
+    big_ks: list[int | None] = (
+        list(step_list(args.big_steps, "--big-steps")) if args.big_steps else [None])
     steal0 = read_steal_s()
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -218,7 +223,9 @@ def cli_bench_amortize(args: argparse.Namespace) -> int:
     for k in offline:
         rows.append(lockstep_row(task, "offline", args.chunked, k, args, {"chunk_steps": k}))
     if big is not None:
-        rows.append(lockstep_row(task, "offline", big, big_steps(big, task), args))
+        for k in big_ks:
+            rows.append(lockstep_row(task, "offline", big, big_steps(big, task) if k is None
+                                     else k, args, None if k is None else {"chunk_steps": k}))
     elif args.big is not None:
         rows.append({**missing, "mode": "offline"})
     for name in rolling_names:
@@ -227,11 +234,12 @@ def cli_bench_amortize(args: argparse.Namespace) -> int:
     if not args.no_realtime:
         if big is None:
             rows.append({**missing, "mode": "realtime"})
-        rows += realtime_rows(task, big, args, rolling_names)
+        rows += realtime_rows(task, big, args, rolling_names, big_ks)
     steal1 = read_steal_s()
     summary: dict[str, Any] = {
         "task": task, "episodes": args.episodes, "seed": args.seed, "device": args.device,
         "offline_steps": offline, "rolling_steps": rolling, "big": big,
+        "big_steps": [k for k in big_ks if k is not None] or None,
         "seconds": None if args.no_realtime else args.seconds, "rows": rows, "notes": notes,
         "steal_s": None if steal0 is None or steal1 is None else steal1 - steal0,
     }

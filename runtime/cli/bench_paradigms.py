@@ -379,17 +379,20 @@ def realtime_cells(task: str, cells: list[tuple[str, dict[str, Any]]], rates: li
 
 def realtime_run(name: str, policy: str, address: str, rate: float,
                  args: argparse.Namespace,
-                 options: dict[str, Any] | None = None) -> dict[str, Any]:
+                 options: dict[str, Any] | None = None,
+                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """One realtime `rtdiff run` of planner `name` (as `policy`) on the plant served at
-    `address`; `options`: `rtdiff run` settings over the name's own (`steps_per_tick`, ...).
+    `address`; `options`: `rtdiff run` settings over the name's own (`steps_per_tick`, ...);
+    `overrides`: planner settings over the name's own (`chunk_steps`, ...).
     `compute_ms`: the run's tick start to command sent {p50, p99, p999, max}, with its mean
     from the tick records."""
     from runtime.cli.run import execute
 
-    _, overrides, own = policy_for(name, "")
+    _, own_settings, own = policy_for(name, "")
     run = run_args(policy, address, seed=args.seed, seconds=args.seconds,
                    rt_priority=args.rt_priority)
-    run.rate, run.device, run.overrides = rate, args.device, overrides
+    run.rate, run.device, run.overrides = rate, args.device, {**own_settings,
+                                                              **(overrides or {})}
     for key, value in {**own, **(options or {})}.items():
         setattr(run, key, value)
     try:

@@ -214,6 +214,7 @@ def test_a_missing_big_model_is_a_note_or_an_error_row_and_the_sweep_goes_on(
     ("--offline-steps", "1,x", "--offline-steps must be a comma list of integers"),
     ("--rolling-steps", "0", "--rolling-steps must be >= 1"),
     ("--task", "nosuch", "unknown task 'nosuch'"),
+    ("--big-steps", "2,0", "--big-steps must be >= 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(flag: str, value: str, says: str) -> None:
     code, out, err = run_main(["bench", "amortize", flag, value, "--json"])
@@ -231,3 +232,22 @@ def test_each_rolling_planner_named_gets_its_rows() -> None:
     assert [(r["planner"], r["steps"]) for r in rows] == [
         ("rolling", 1), ("rolling", 2), ("rolling-bimodal", 1), ("rolling-bimodal", 2)]
     assert rows[0]["success_rate"] == rows[2]["success_rate"]  # the same checkpoint, seeds
+
+
+def test_big_steps_give_the_big_model_an_offline_and_a_realtime_row_each() -> None:
+    runs: list[argparse.Namespace] = []
+    argv = ["bench", "amortize", "--task", "bimodal", "--episodes", "1", "--offline-steps", "",
+            "--rolling-steps", "1", "--big", BIG, "--big-steps", "2,3", "--seconds", "1",
+            "--json"]
+    with pytest.MonkeyPatch.context() as mp, fake_realtime(mp, runs):
+        code, out, err = run_main(argv)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert [(r["mode"], r["planner"], r["steps"]) for r in summary["rows"]] == [
+        ("offline", "chunked-bimodal", 2), ("offline", "chunked-bimodal", 3),
+        ("rolling", "rolling", 1), ("realtime", "chunked-bimodal", 2),
+        ("realtime", "chunked-bimodal", 3), ("realtime", "rolling", 1)]
+    assert summary["big_steps"] == [2, 3]
+    # the realtime runs sample the big model with those steps; the rolling one as it is
+    assert [(r.policy, r.overrides) for r in runs] == [
+        (BIG, {"chunk_steps": 2}), (BIG, {"chunk_steps": 3}), ("rolling:bimodal", {})]
