@@ -105,6 +105,19 @@ def cell_name(task: str, planner: str, rate_hz: float, seed: int, tag: str = "")
     return f"{task}_{planner}_{rate_hz:g}hz_s{seed}{tag}"
 
 
+def held_traces(out_dir: Path, tasks: list[str], rates: list[float], planners: list[str],
+                args: argparse.Namespace) -> list[str]:
+    """The trace directories under `out_dir` that this sweep would write and that already hold
+    files: a run refuses to write over a trace, so the sweep checks before its first cell."""
+    tags = [""] + (["_hog"] if args.hog and "rolling" in planners else [])
+    names = [cell_name(label(task), label(planner), rate, seed, tag)
+             for task in tasks for rate in rates for planner in planners
+             for seed in range(args.seed, args.seed + args.seeds) for tag in tags
+             if not tag or planner == "rolling"]
+    traces = out_dir / "traces"
+    return [f"traces/{n}" for n in names if (traces / n).is_dir() and any((traces / n).iterdir())]
+
+
 def run_cell(*, planner: str, task: str, address: str, rate_hz: float, seconds: float,
              seed: int, out_dir: Path, tag: str = "",
              rt_priority: int | None = None) -> dict[str, Any]:
@@ -219,6 +232,11 @@ def cli_bench_deadline(args: argparse.Namespace) -> int:
     if not rates or any(not r > 0 for r in rates):
         raise CliError(f"--rates must be positive, got {args.rates!r}")
     out_dir = Path(args.out)
+    held = held_traces(out_dir, tasks, rates, planners, args)
+    if held:
+        raise CliError(f"--out {out_dir} already holds traces of this sweep's runs ({held[0]}"
+                       f"{f' and {len(held) - 1} more' if len(held) > 1 else ''}): name a "
+                       "fresh --out, or remove them")
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
     cells: list[dict[str, Any]] = []
     steal0 = read_steal_s()

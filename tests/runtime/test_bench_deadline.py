@@ -59,3 +59,17 @@ def test_decisions_at_equal_success_take_the_best_chunked_cell_and_the_busiest_r
 def test_unknown_planner_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "deadline", "--planners", "rolling,oracle", "--out", "x"]) == 2
     assert "unknown planner(s) ['oracle']" in capsys.readouterr().err
+
+
+def test_an_out_that_holds_this_sweeps_traces_is_refused_before_any_run(
+        tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    held = tmp_path / "traces" / "double-pendulum_rolling-first_1000hz_s1"
+    held.mkdir(parents=True)
+    (held / "chunk-000000.npz").write_bytes(b"")
+    argv = ["bench", "deadline", "--tasks", "double-pendulum", "--rates", "100,1000",
+            "--planners", "rolling,rolling-first", "--seeds", "2", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "already holds traces" in err and "double-pendulum_rolling-first_1000hz_s1" in err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()  # nothing ran
