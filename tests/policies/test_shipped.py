@@ -23,14 +23,20 @@ def _spec(Ds: int, Da: int, Dg: int) -> PlantSpec:
     )
 
 
-def _actions(policy: str, offset: float, seed: int = 0) -> np.ndarray:
-    """The actions of three refined ticks on states `0.01 k + offset * sin(1..Ds)`."""
+def _actions(policy: str, offset: float, seed: int = 0, *, scaled: bool = False) -> np.ndarray:
+    """The actions of three refined ticks on states `0.01 k + offset * sin(1..Ds)`; `scaled`:
+    on `mean + 0.01 k + offset * std * sin(1..Ds)` instead, in the checkpoint's state
+    statistics (the data's own scale)."""
     from policies import load_checkpoint, resolve_policy
 
     ckpt = load_checkpoint(resolve_policy(policy)[0])
     Ds, Da, Dg = ckpt.dims
     p = load_planner(policy, spec=_spec(Ds, Da, Dg), seed=seed)
     shift = offset * np.sin(np.arange(1, Ds + 1))
+    if scaled:
+        stats = ckpt.normalizer
+        shift = np.asarray(stats.state_mean, np.float64) + shift * np.asarray(
+            stats.state_std, np.float64)
     out = []
     try:
         goal = np.zeros(Dg)
@@ -57,9 +63,15 @@ def test_shipped_checkpoint_acts_on_its_observations_and_reproducibly_per_seed(
     near = _actions(policy, 0.0)
     # the same seed and observations give the same actions, bit for bit
     np.testing.assert_array_equal(_actions(policy, 0.0), near)
-    # other states give other actions: the observation reaches the model
+    # other states give other actions: the observation reaches the model. Two probes: a
+    # fixed offset, and one standard deviation of the data from its mean (a task whose
+    # action is the same over a wide band of states, swerve's straight run, needs the second)
     far = _actions(policy, 0.5)
-    assert np.abs(far - near).max() > 0.05
+    moved = np.abs(far - near).max()
+    if moved <= 0.05:
+        moved = np.abs(_actions(policy, 1.0, scaled=True) - _actions(policy, 0.0, scaled=True)
+                       ).max()
+    assert moved > 0.05
 
 
 def test_double_pendulum_checkpoints_ship() -> None:

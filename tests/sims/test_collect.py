@@ -99,7 +99,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert code == 2
     assert err == (
         "rtdiff collect: error: unknown task 'nope'; known: double-pendulum, "
-        "reacher-moving, pointmaze, pusher, bimodal, push-t"
+        "reacher-moving, pointmaze, pusher, bimodal, push-t, swerve"
     )
     with pytest.raises(SystemExit) as exc:
         main(["collect", "--task", "bimodal", "--episodes", "0", "--out", str(tmp_path)])
