@@ -223,9 +223,10 @@ def cli_bench_amortize(args: argparse.Namespace) -> int:
     for k in offline:
         rows.append(lockstep_row(task, "offline", args.chunked, k, args, {"chunk_steps": k}))
     if big is not None:
-        for k in big_ks:
-            rows.append(lockstep_row(task, "offline", big, big_steps(big, task) if k is None
-                                     else k, args, None if k is None else {"chunk_steps": k}))
+        for big_k in big_ks:
+            rows.append(lockstep_row(
+                task, "offline", big, big_steps(big, task) if big_k is None else big_k, args,
+                None if big_k is None else {"chunk_steps": big_k}))
     elif args.big is not None:
         rows.append({**missing, "mode": "offline"})
     for name in rolling_names:
