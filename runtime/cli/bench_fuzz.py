@@ -133,12 +133,25 @@ def _write_seeds(corpus: Path, target: str) -> int:
     return len(inputs)
 
 
+def inherited_rss_mb() -> int:
+    """The peak RSS (MB) a child of this process starts with as its own. Linux carries the
+    parent's high-water mark into a child across fork and exec (`getrusage`'s `ru_maxrss`,
+    which libFuzzer's memory limit reads), so a child of a large process would report an
+    out-of-memory on its first input."""
+    try:
+        import resource
+    except ImportError:  # not POSIX: nothing is inherited that we can read
+        return 0
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) // 1024  # KB on Linux
+
+
 def fuzz_argv(target: str, *, messages: int, seed: int, out: Path,
-              max_seconds: float | None) -> list[str]:
-    """The child's command line (libFuzzer's seed must not be 0: that asks for a random one)."""
+              max_seconds: float | None, inherited_mb: int = 0) -> list[str]:
+    """The child's command line (libFuzzer's seed must not be 0: that asks for a random one).
+    The memory limit is `RSS_LIMIT_MB` over the `inherited_mb` the child starts with."""
     argv = [sys.executable, "-m", "hw_bridge.fuzzing", target, f"-runs={messages}",
             f"-seed={seed + 1}", "-print_final_stats=1", f"-max_len={MAX_LEN}",
-            f"-timeout={UNIT_TIMEOUT_S}", f"-rss_limit_mb={RSS_LIMIT_MB}",
+            f"-timeout={UNIT_TIMEOUT_S}", f"-rss_limit_mb={RSS_LIMIT_MB + inherited_mb}",
             f"-artifact_prefix={out / 'crashes' / target}-"]
     if max_seconds is not None:
         argv.append(f"-max_total_time={max(1, round(max_seconds))}")
@@ -153,7 +166,8 @@ def run_target(target: str, *, messages: int, seed: int, out: Path,
     stats_path = out / f"stats-{target}.json"
     stats_path.unlink(missing_ok=True)
     env = {**os.environ, "RTDIFF_FUZZ_STATS": str(stats_path), "PYTHONUNBUFFERED": "1"}
-    argv = fuzz_argv(target, messages=messages, seed=seed, out=out, max_seconds=max_seconds)
+    argv = fuzz_argv(target, messages=messages, seed=seed, out=out, max_seconds=max_seconds,
+                     inherited_mb=inherited_rss_mb())
     parse = _Parse()
     steal0 = read_steal_s()
     t0 = time.monotonic()

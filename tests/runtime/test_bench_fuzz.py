@@ -17,7 +17,7 @@ import pytest
 
 from hw_bridge.fuzzing import TARGETS, FuzzViolation, run_input
 from runtime.cli import main
-from runtime.cli.bench_fuzz import _Parse, fuzz_argv
+from runtime.cli.bench_fuzz import _Parse, fuzz_argv, inherited_rss_mb
 from tests.hw_bridge.test_atheris_fuzz import is_known_finding
 
 TARGET_KEYS = {
@@ -120,6 +120,15 @@ def test_the_child_command_line() -> None:
     assert "-runs=500" in argv and "-seed=1" in argv  # libFuzzer's seed 0 means random
     assert "-max_total_time=2" in argv and "-artifact_prefix=o/crashes/client-" in argv
     assert argv[-1] == "o/corpus/client"
+    assert "-rss_limit_mb=2048" in argv
+
+
+def test_the_memory_limit_counts_from_what_the_child_inherits() -> None:
+    """A child reports its parent's peak RSS as its own (Linux): the limit sits above it."""
+    argv = fuzz_argv("server", messages=5, seed=0, out=Path("o"), max_seconds=None,
+                     inherited_mb=1900)
+    assert "-rss_limit_mb=3948" in argv
+    assert inherited_rss_mb() > 10  # this test process: tens of MB at least
 
 
 @pytest.mark.parametrize(
