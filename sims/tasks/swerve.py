@@ -21,43 +21,29 @@ observed, a chunk's commitment is enough: the task tests the sampler, not a memo
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import mujoco
 import numpy as np
 
-from sims.disturbances import DisturbanceConfig
-from sims.tasks.base import TaskInfo
 from sims.tasks.bimodal import BLOCK_HALF_M, BLOCK_Y_M, FINISH_Y_M, BimodalEnv
+from sims.tasks.bimodal import INFO as BIMODAL_INFO
 
 DEAD_BAND_M = 0.06  # the lateral sensor reads 0 within this distance of the block's axis
 X0_RANGE_M = 0.02  # starts inside the dead band: the start's x is not observed
 SWERVE_Y_M = 0.5  # the expert goes straight until here
 
-INFO = TaskInfo(
+# bimodal's rate, episode, limits, sizes, success and disturbances; its own words and state
+INFO = replace(
+    BIMODAL_INFO,
     name="swerve",
     description="velocity-controlled disc swerving late round a block on a side the expert "
     "picks at random; the lateral sensor has a dead band, so the side shows only 4-6 ticks "
     "into the swerve",
-    rate_hz=50.0,
-    episode_ticks=250,
-    action_low=(-1.0, -1.0),
-    action_high=(1.0, 1.0),
-    state_dim=2,
-    goal_dim=0,
-    success_metric=f"cross the finish line y = {FINISH_Y_M} m within 5 s without touching the "
-    "block",
     expert=f"straight ahead at 0.8 m/s to y = {SWERVE_Y_M} m, then left or right at random "
-    "(p = 1/2), waypoint following at 1 m/s",
-    disturbances=DisturbanceConfig(
-        push_rate_hz=0.2,
-        push_force_n=(0.2, 0.5),
-        push_duration_s=0.1,
-        push_axes=(0,),
-        sensor_noise_std=0.002,
-    ),
+    "(p = 1/2), a fixed swerve, then waypoint following at 1 m/s",
     state_names=("x_beyond_band", "y"),
-    action_names=("vx", "vy"),
 )
 
 

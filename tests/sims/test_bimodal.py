@@ -5,33 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime import Command, Observation
+from runtime import Observation
 from sims.experts import make_expert
 from sims.plant import MujocoPlant
 from sims.registry import make_task_env
 from sims.tasks.bimodal import FINISH_Y_M
 
+from .discs import expert_rollout, mean_of_the_modes
+
 
 def _rollout(x0: float, mode: int, *, seed: int = 3) -> tuple[np.ndarray, np.ndarray, dict]:
-    """The expert in `mode` from `x0`, disturbances off, on the env directly.
-
-    Returns the observed states (T+1, 2), the true positions (T+1, 2) and the final info."""
-    env = make_task_env("bimodal", disturbances=False)
-    ex = make_expert("bimodal")
-    o, info = env.reset(seed=seed, options={"x0": x0})
-    obs = Observation(0, 0, o["state"], info=info)
-    ex.reset(obs)
-    ex.mode = mode  # type: ignore[attr-defined]
-    ex.observe(obs)
-    states, xys, done, k = [o["state"]], [info["xy"]], False, 0
-    while not done:
-        o, _, term, trunc, info = env.step(ex.action())
-        k += 1
-        done = term or trunc
-        ex.observe(Observation(k, 0, o["state"], info=info))
-        states.append(o["state"])
-        xys.append(info["xy"])
-    return np.array(states), np.array(xys), info
+    return expert_rollout("bimodal", x0, mode, seed=seed)
 
 
 @pytest.mark.parametrize("x0", [0.0, 0.12, 0.29])
@@ -79,20 +63,7 @@ def test_averaging_the_two_modes_over_what_is_observed_hits_the_block(disturbanc
     """What an MSE regressor tends to: given only (|x|, y), the data hold each run and its
     mirror image equally often, so the mean lateral command is 0 and the forward one the mean
     of the two modes'. That controller collides in every episode."""
-    plant = MujocoPlant("bimodal", disturbances=disturbances)
-    left, right = make_expert("bimodal"), make_expert("bimodal")
-    for seed in range(10):
-        obs = plant.reset(seed=seed)
-        left.reset(obs)
-        right.reset(obs)
-        left.mode, right.mode = -1, 1  # type: ignore[attr-defined]
-        k = 0
-        while not obs.done:
-            left.observe(obs)
-            right.observe(obs)
-            mean = (left.action() + right.action()) / 2
-            plant.apply(Command(k, 0, np.array([0.0, mean[1]]), 0))
-            k += 1
-            obs = plant.observe()
-        assert obs.info["collided"] and not obs.info["success"], (seed, obs.info)
-    plant.close()
+    ends = mean_of_the_modes("bimodal", disturbances=disturbances, seeds=range(10),
+                             lateral=False)
+    for seed, end in enumerate(ends):
+        assert end["collided"] and not end["success"], (seed, end)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime import Command, Observation
 from sims.experts import make_expert
 from sims.plant import MujocoPlant
 from sims.registry import make_task_env
 from sims.tasks.swerve import DEAD_BAND_M, FINISH_Y_M, SWERVE_Y_M, dead_band
+
+from .discs import expert_rollout, mean_of_the_modes
 
 
 def test_the_lateral_sensor_reads_zero_inside_the_dead_band_and_the_excess_outside():
@@ -22,30 +23,10 @@ def test_the_lateral_sensor_reads_zero_inside_the_dead_band_and_the_excess_outsi
     np.testing.assert_allclose(info["xy"], [0.015, 0.0])
 
 
-def _run(mode: int, x0: float) -> tuple[np.ndarray, np.ndarray, dict]:
-    """The expert in `mode` from `x0`, disturbances off: states, true positions, end info."""
-    env = make_task_env("swerve", disturbances=False)
-    ex = make_expert("swerve")
-    o, info = env.reset(seed=1, options={"x0": x0})
-    obs = Observation(0, 0, o["state"], info=info)
-    ex.reset(obs)
-    ex.mode = mode  # type: ignore[attr-defined]
-    ex.observe(obs)
-    states, xys, done, k = [o["state"]], [info["xy"]], False, 0
-    while not done:
-        o, _, term, trunc, info = env.step(ex.action())
-        k += 1
-        done = term or trunc
-        ex.observe(Observation(k, 0, o["state"], info=info))
-        states.append(o["state"])
-        xys.append(info["xy"])
-    return np.array(states), np.array(xys), info
-
-
 @pytest.mark.parametrize("x0", [-0.02, 0.0, 0.02])
 def test_both_swerves_pass_and_read_the_same_until_4_ticks_into_the_swerve(x0):
-    s_left, xy_left, end_left = _run(-1, x0)
-    s_right, _, end_right = _run(1, x0)
+    s_left, xy_left, end_left = expert_rollout("swerve", x0, -1, seed=1)
+    s_right, _, end_right = expert_rollout("swerve", x0, 1, seed=1)
     assert end_left["success"] and end_right["success"]
     assert (end_left["side"], end_right["side"]) == (-1, 1)
     assert xy_left[-1, 1] >= FINISH_Y_M
@@ -71,20 +52,6 @@ def test_the_expert_picks_both_sides_over_episodes():
 def test_the_mean_of_the_two_swerves_collides(disturbances):
     """What one flow step from noise (or an MSE regressor) returns inside the dead band: the
     two modes' mean, with no lateral part. It meets the block in every episode."""
-    plant = MujocoPlant("swerve", disturbances=disturbances)
-    left, right = make_expert("swerve"), make_expert("swerve")
-    for seed in range(10):
-        obs = plant.reset(seed=seed)
-        left.reset(obs)
-        right.reset(obs)
-        left.mode, right.mode = -1, 1  # type: ignore[attr-defined]
-        k = 0
-        while not obs.done:
-            left.observe(obs)
-            right.observe(obs)
-            mean = (left.action() + right.action()) / 2
-            plant.apply(Command(k, 0, mean, 0))
-            k += 1
-            obs = plant.observe()
-        assert obs.info["collided"] and not obs.info["success"], (seed, obs.info)
-    plant.close()
+    ends = mean_of_the_modes("swerve", disturbances=disturbances, seeds=range(10))
+    for seed, end in enumerate(ends):
+        assert end["collided"] and not end["success"], (seed, end)
