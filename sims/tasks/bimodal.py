@@ -88,6 +88,8 @@ INFO = TaskInfo(
 class BimodalEnv(TaskEnv):
     """`info`: the task stated (`swerve` reuses this model and episode end with its own)."""
 
+    x0_range_m = X0_RANGE_M  # the start's x is drawn from U[-x0_range_m, x0_range_m]
+
     def __init__(self, info: TaskInfo = INFO, **config: Any) -> None:
         model = mujoco.MjModel.from_xml_string(MJCF)
         super().__init__(
@@ -118,7 +120,8 @@ class BimodalEnv(TaskEnv):
         return np.array(self.data.qpos[:2], dtype=np.float64)
 
     def _init_episode(self, rng: np.random.Generator, options: dict[str, Any]) -> None:
-        x0 = rng.uniform(-X0_RANGE_M, X0_RANGE_M)  # drawn always: same stream with or without
+        r = self.x0_range_m
+        x0 = rng.uniform(-r, r)  # drawn always: same stream with or without
         if "x0" in options:
             x0 = float(options["x0"])
         self.data.qpos[:] = [x0, 0.0]

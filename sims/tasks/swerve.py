@@ -57,16 +57,10 @@ def dead_band(x: np.ndarray | float) -> np.ndarray:
 class SwerveEnv(BimodalEnv):
     """`bimodal`'s model and episode end; its own info, start and sensor."""
 
+    x0_range_m = X0_RANGE_M
+
     def __init__(self, **config: Any) -> None:
         super().__init__(INFO, **config)
-
-    def _init_episode(self, rng: np.random.Generator, options: dict[str, Any]) -> None:
-        x0 = rng.uniform(-X0_RANGE_M, X0_RANGE_M)  # drawn always: same stream with or without
-        if "x0" in options:
-            x0 = float(options["x0"])
-        self.data.qpos[:] = [x0, 0.0]
-        self.side = 0
-        self._touched = False
 
     def _state(self) -> np.ndarray:
         return np.array([float(dead_band(self.data.qpos[0])), self.data.qpos[1]])
