@@ -102,7 +102,8 @@ below 0.1 %.""",
 sampler's many steps per decision, on one task. `offline`: the chunked checkpoint (and the big
 model, when there is one) in lockstep, K = `steps` flow steps per chunk sampled from noise at
 every chunk boundary, with no clock; `rolling`: the rolling planner in lockstep at `steps`
-refine steps per tick; `realtime`: the big model and the rolling planner at 1 step a tick
+refine steps per tick; `realtime`: the big model (at each K of `--big-steps`) and the rolling
+planner at 1 step a tick
 driving the served plant at the task's rate, where a late command is a miss. `compute ms/tick`:
 lockstep, the planner's observe + refine + action on each tick; realtime, tick start to command
 sent. A chunked planner spends nothing on most ticks and a whole chunk's steps on a few: its
