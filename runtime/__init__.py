@@ -8,6 +8,7 @@ from runtime.clock import FakeClock, MonotonicClock
 from runtime.protocols import (
     Clock,
     Command,
+    EpisodeOver,
     ExecutesPlans,
     LateCommand,
     Observation,
@@ -20,6 +21,7 @@ from runtime.protocols import (
 __all__ = [
     "Clock",
     "Command",
+    "EpisodeOver",
     "ExecutesPlans",
     "FakeClock",
     "LateCommand",

@@ -71,6 +71,7 @@ from runtime.protocols import (
     BoundedReset,
     Clock,
     Command,
+    EpisodeOver,
     ExecutesPlans,
     FloatArray,
     FreshObservations,
@@ -513,15 +514,12 @@ class ControlLoop:
                 wait(r, t)
                 if not receive(r, t):
                     break  # the run's last episode ended
-                if ahead and not t.started:
+                if ahead and r.ahead_n > 0 and not t.started:
                     refine(r, t)  # no step (emit-first's cap before the command is 0)
-                    if emit_ahead(r, t):  # the command left; now the planner observes
-                        hand_over(r, t)
-                        plan_hit(r, 0)
-                    else:  # no plan to read: observe, then send the planner's action
-                        hand_over(r, t)
-                        emit(r, t)
-                else:
+                    emit_ahead(r, t)  # the command left; now the planner observes
+                    hand_over(r, t)
+                    plan_hit(r, 0)
+                else:  # (emit-first too, when the last tick's read found no plan)
                     hand_over(r, t)
                     refine(r, t)
                     emit(r, t)
@@ -785,14 +783,12 @@ class ControlLoop:
         src = r.hit_src
         r.ahead_n = src.plan_into(r.ahead_buf) if src is not None else 0
 
-    def _emit_ahead(self, r: _Run, t: _Tick) -> bool:
+    def _emit_ahead(self, r: _Run, t: _Tick) -> None:
         """Emit-first with a plan, before the planner sees this tick's observation: the
         command is row 0 of the plan as the last tick left it (the action predicted for this
-        tick, refined by every step since: `_read_ahead`), and the plan-ahead rows the rows
-        after it. False, sending nothing, when the planner had no plan to read."""
+        tick, refined by every step since: `_read_ahead`, which found `r.ahead_n` > 0 rows),
+        and the plan-ahead rows the rows after it."""
         buf, n = r.ahead_buf, r.ahead_n
-        if n <= 0:
-            return False
         a = buf[0]
         action_ok = _isfinite(a @ a)
         if action_ok:
@@ -800,7 +796,6 @@ class ControlLoop:
         code = self._settle(r, t, action_ok)
         self._send(r, t, code, buf[1:n] if r.plan_src is not None and code == CODE_NONE
                    and n > 1 else None)
-        return True
 
     def _settle(self, r: _Run, t: _Tick, action_ok: bool) -> int:
         """Make `r.out` the command to send: the fallback's action in its place when the
@@ -835,6 +830,8 @@ class ControlLoop:
             ))
         except LateCommand:  # the plant counted it late; this tick's miss is counted below
             pass
+        except EpisodeOver:  # the plant's episode ended since the observation: the next
+            pass  # observation says done, and the loop starts the next episode
         t_emit = t.t_emit = r.now_ns()
         t.code = code
         missed = t.missed = t_emit > t.emit_by

@@ -153,6 +153,13 @@ class LateCommand(Exception):
     bridge's server) knows it was not applied."""
 
 
+class EpisodeOver(RuntimeError):
+    """Raised by a realtime `Plant.apply` for a command that reached it after its episode
+    ended: the plant stands still until a reset and applies nothing. Routine on a plant with
+    its own clock (the episode can end between a controller's observation and its command);
+    the next observation says `done`. The bridge's server answers it `plant_error`."""
+
+
 @runtime_checkable
 class Plant(Protocol):
     """What the controller talks to: a simulation, a remote link, or a hardware driver.

@@ -11,6 +11,9 @@ and steps physics one period. The plant is the ground truth for deadline misses:
   it is counted in `late`;
 - a command older (by `seq`) than one already held is dropped and counted in `stale`;
 - a command replaced by a newer one before any tick used it is counted in `superseded`;
+- a command that arrives after the episode ended (the episode can end between a controller's
+  observation and its command) is refused with `runtime.EpisodeOver` and counted in
+  `after_end`;
 - a tick with no fresh command holds the previous action (the neutral action before the
   first command) and is counted in `held`;
 - a tick that starts more than one period after its schedule is counted in `overruns` (the
@@ -35,7 +38,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from runtime import Clock, Command, LateCommand, MonotonicClock, Observation, PlantSpec
+from runtime import (
+    Clock,
+    Command,
+    EpisodeOver,
+    LateCommand,
+    MonotonicClock,
+    Observation,
+    PlantSpec,
+)
 from runtime.planfeed import DRY, FALLBACK, FRESH, PLAN_FED, SAFE, ApplyLog, PlanFeed
 from runtime.stats import IntRing
 from sims.registry import make_task_env
@@ -61,7 +72,8 @@ class PlantEnv(Protocol):
     def close(self) -> None: ...
 
 
-_COUNTERS = ("ticks", "applied", "late", "held", "stale", "superseded", "overruns", "episodes")
+_COUNTERS = ("ticks", "applied", "late", "held", "stale", "superseded", "overruns", "episodes",
+             "after_end")
 
 
 class MujocoPlant:
@@ -205,7 +217,8 @@ class MujocoPlant:
             if self._obs.done and cmd.fallback != "watchdog":
                 # the plant stands still until reset: say so rather than take a command it
                 # would never execute (the server answers `plant_error`)
-                raise RuntimeError("apply() after the episode ended; send reset")
+                self._counts["after_end"] += 1
+                raise EpisodeOver("apply() after the episode ended; send reset")
             if self._clock.now_ns() > cmd.deadline_ns:
                 self._counts["late"] += 1
                 raise LateCommand(f"command {cmd.seq} reached the plant after its deadline")

@@ -10,7 +10,7 @@ from runtime.budget import BudgetConfig
 from runtime.clock import FakeClock
 from runtime.fallback import CODE_HOLD, CODE_NONFINITE, ZeroAction
 from runtime.loop import ControlLoop, LoopConfig, RunResult
-from runtime.protocols import Observation
+from runtime.protocols import Command, EpisodeOver, Observation
 from runtime.sidecar import EVENT_RESET, Sidecar, load_sidecar
 from runtime.trace import TraceRing
 
@@ -540,3 +540,25 @@ def test_realtime_waits_briefly_for_a_fresh_state_when_the_plant_offers_it() -> 
     waits.clear()
     lock.run(ticks=3)
     assert waits == []  # lockstep: the plant waits for us, never the other way round
+
+
+class EndsUnderfoot(IntegratorPlant):
+    """A realtime plant whose episode ended between the loop's observation and its command,
+    on the 5th command: `EpisodeOver`, nothing applied."""
+
+    def apply(self, cmd: Command) -> None:
+        if len(self.applied) == 4 and not getattr(self, "refused", False):
+            self.refused = True
+            raise EpisodeOver("apply() after the episode ended; send reset")
+        super().apply(cmd)
+
+
+def test_a_command_that_crosses_the_episodes_end_is_routine() -> None:
+    clock = FakeClock()
+    plant = EndsUnderfoot(rate_hz=1000, episode_ticks=10_000, clock=clock)
+    loop = ControlLoop(plant, CostPlanner(clock, step_ns=50_000), clock,
+                       LoopConfig(mode="realtime", align_to_plant=False,
+                                  budget=BudgetConfig(margin_ns=0, margin_frac=0.0)))
+    result = loop.run(ticks=20)
+    assert len(result.records) == 20 and plant.refused
+    assert len(plant.applied) == 19  # the refused one applied nothing

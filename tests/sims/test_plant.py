@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from runtime import Command, FakeClock, LateCommand, Plant
+from runtime import Command, EpisodeOver, FakeClock, LateCommand, Plant
 from sims.plant import MujocoPlant, make_plant
 
 PERIOD_NS = 10_000_000  # double-pendulum: 100 Hz
@@ -57,6 +57,26 @@ def test_lockstep_refuses_commands_after_the_episode_ended():
         k += 1
     with pytest.raises(RuntimeError, match="call reset"):
         plant.apply(_cmd(k, 0.0, 0))
+
+
+def test_realtime_refuses_a_command_that_crossed_the_episodes_end_and_counts_it():
+    """The episode ends on the plant's own clock, possibly between a controller's observation
+    and its command: `EpisodeOver` (a RuntimeError), counted, nothing applied."""
+    clock = FakeClock(start_ns=1_000)
+    plant = MujocoPlant("double-pendulum", mode="realtime", clock=clock, run_thread=False)
+    plant.reset(seed=0)
+    t0, k = clock.now_ns(), 0
+    while not plant.observe().done:
+        k += 1
+        clock.set_ns(t0 + k * PERIOD_NS)
+        assert plant.step_realtime_tick()
+    before = plant.counters()
+    with pytest.raises(EpisodeOver, match="send reset"):
+        plant.apply(_cmd(k, 0.5, deadline_ns=clock.now_ns() + PERIOD_NS))
+    after = plant.counters()
+    assert after["after_end"] == before["after_end"] + 1
+    assert after["applied"] == before["applied"] and after["late"] == before["late"]
+    assert isinstance(EpisodeOver("x"), RuntimeError)
 
 
 def test_realtime_applies_in_time_commands_and_counts_late_ones_without_applying_them():
