@@ -27,7 +27,11 @@ def test_a_stopped_controllers_ticks_are_fed_from_its_plan() -> None:
     plant = out["plant"]
     # each 30 ms stop leaves about two plant ticks without a fresh command
     assert plant["plan_fed"] >= 2
-    assert plant["dry"] == 0 and plant["safe"] == 0
+    # no stopped tick was held or made safe: the plan covered them all
+    assert plant["fallback"] == 0 and plant["safe"] == 0
+    # `dry`: the episode's first plant tick, when the controller's first command came after
+    # it (on a slow stretch of the machine); never a stopped tick
+    assert plant["dry"] <= 1
     assert plant["fresh"] > 200
     assert out["action_age_ms"]["p99"] is not None and out["action_age_ms"]["p99"] > 10.0
     assert "steal_s" in out
