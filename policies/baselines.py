@@ -215,6 +215,7 @@ class ChunkedAsyncPlanner(ChunkedPlanner):
             with self._cond:
                 self._result.copy_(self.sampler.z_hat[0, :, self.Ds :])
                 self._pending, self._ready = False, True
+                self._cond.notify_all()  # `wait_idle`
 
     def _submit(self) -> None:
         with self._cond:
@@ -254,6 +255,13 @@ class ChunkedAsyncPlanner(ChunkedPlanner):
 
     def refine(self, budget_ns: int) -> int:
         return 0
+
+    def wait_idle(self, timeout_s: float = 10.0) -> bool:
+        """Block until no job is in flight (its chunk, if any, waits to be switched in at the
+        next `observe`); False on timeout. Not for the control loop: for runs that must not
+        depend on the worker's speed (tests, reproducible evaluation)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._pending, timeout=timeout_s)
 
     def refresh(self, obs: Observation) -> bool:
         """A sub-token tick changes nothing: the chunks run open loop, and the context is read

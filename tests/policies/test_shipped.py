@@ -44,6 +44,9 @@ def _actions(policy: str, offset: float, seed: int = 0, *, scaled: bool = False)
         for k in range(1, 4):
             p.observe(obs(np.full(Ds, 0.01 * k) + shift, seq=k, goal=goal))
             p.refine(10**9)
+            wait_idle = getattr(p, "wait_idle", None)
+            if wait_idle is not None:  # chunked-async: the worker's chunk, whatever its speed
+                assert wait_idle()
             a = p.action()
             assert a.shape == (Da,)
             out.append(a.copy())
