@@ -316,8 +316,9 @@ def _add_run(sp: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--refine", choices=["sync", "async"], default="sync")
     p.add_argument(
         "--emit-first", action="store_true",
-        help="sync: send token 0's action as the plan already holds it at the tick's start, "
-             "before any refine step, then refine for the ticks to come",
+        help="sync: send the action the plan already holds for the tick as soon as the "
+             "observation arrives, before the planner observes or steps; then observe and "
+             "refine for the ticks to come",
     )
     p.add_argument(
         "--emit-after", type=nonnegative_int, default=None, metavar="N",

@@ -121,7 +121,8 @@ def summary_table(out: dict[str, Any]) -> str:
                      f"{out['plan_hit_ticks']} ticks (the command within "
                      f"{100 * out['plan_hit_tolerance']:g} % of the action range of what the "
                      "plan held for it one tick earlier)"
-                     + ("; sent before any step (--emit-first)" if out.get("emit_first") else ""))
+                     + ("; sent before the planner observed (--emit-first)" if out.get("emit_first")
+                        else ""))
     if "user_policy" in out:
         up = out["user_policy"]
         lines.append(
