@@ -495,6 +495,7 @@ class ControlLoop:
         if seconds is not None:
             by_time = max(1, round(seconds * 1e9 / self.period_ns))
             ticks = by_time if ticks is None else min(ticks, by_time)
+        self._stop = False  # a stop asked from here on (a signal during the start) holds
         r = _Run(self, self._trace_for(ticks, episodes), episodes=episodes, seed=seed)
         self._start(r)
         t = _Tick()
@@ -591,7 +592,6 @@ class ControlLoop:
                     self._align(ticker, obs, r.phase_ns, late_ok_ns=r.refine_off - r.phase_ns)
             r.estimate_start = self.budget.estimate_ns
             r.obs, r.last_seq = obs, obs.seq
-            self._stop = False
         except BaseException:
             if gc_policy is not None:
                 gc_policy.stop()  # never leave the process with automatic GC off

@@ -12,8 +12,11 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +140,35 @@ def summary_table(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """While the block runs, SIGINT and SIGTERM ask the loop to stop after its tick (`stop`):
+    the run ends as if its time were up, with its trace closed and its summary printed. A
+    second signal raises KeyboardInterrupt, for a loop that does not come back. Installed
+    whatever the inherited disposition: a shell starts background jobs with SIGINT ignored,
+    and a supervisor (`bench kills`, `bench stalls`) must still be able to stop a run cleanly.
+    Only in the main thread (elsewhere signals cannot be handled); the old handlers come back
+    after the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    asked = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal asked
+        if asked:
+            raise KeyboardInterrupt
+        asked = True
+        stop()
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
 def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
     """Build plant, planner and loop from parsed `rtdiff run` arguments and run it."""
     # First, so that every thread made below (the simulated plant's, ZeroMQ's I/O thread, an
@@ -239,7 +271,8 @@ def execute(args: argparse.Namespace) -> tuple[RunResult, dict[str, Any]]:
         )
         plan_ahead = loop.plan_source() is not None
         try:
-            result = loop.run(seconds=args.seconds, episodes=episodes, seed=args.seed)
+            with stop_on_signals(loop.stop):
+                result = loop.run(seconds=args.seconds, episodes=episodes, seed=args.seed)
         except ConnectionError as exc:  # a bridge plant whose link stayed lost (BridgeError)
             raise CliError(f"the run stopped: {exc}") from None
         except PolicyError as exc:  # a py: policy failing in lockstep
