@@ -70,8 +70,8 @@ class LoopConfig:
         A refining worker holds the GIL between torch kernels, and a woken tick thread waits up
         to this long for it (CPython's default is 5 ms, half a 100 Hz period). None picks
         min(100 us, T/20); the previous interval is restored when the run ends. The tick
-        stops waiting for the worker two intervals (or `emit_reserve_s`, if longer) before it
-        must emit.
+        stops waiting for the worker two intervals, a tenth of the period or `emit_reserve_s`,
+        whichever is longest, before it must emit.
     """
 
     rate_hz: float | None = None
