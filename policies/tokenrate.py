@@ -121,9 +121,10 @@ class RateAdapter:
             # the farthest token's boundary lies at most that many plant ticks ahead
             self.predicted_ticks = math.ceil(self._predicts.predicted_ticks * ratio - 1e-6)
         self._tokens = np.zeros((0, 0))  # the current action, then the inner plan by token
-        self._row_pos = np.zeros(0)  # plan_into's scratch: 1, 2, ... per row
+        self._row_pos = np.zeros(0)  # `_tokens_ahead`'s scratch: 1, 2, ... per row
         self._row_f = np.zeros(0)
         self._row_t = np.zeros(0, dtype=np.intp)
+        self._token_ids = np.zeros(0, dtype=np.intp)  # 1, 2, ... per token
         self._state_tokens = np.zeros((0, 0))  # its predicted states, one row per token
         self._phase = 0.0  # plant ticks since the last token boundary
         self._last_seq: int | None = None
@@ -194,29 +195,34 @@ class RateAdapter:
         if self._plan_into is None or out.shape[0] == 0:
             return 0
         m, da = out.shape
-        r = self.ticks_per_token
-        max_tokens = math.ceil((m + self._phase) / r) + 1
+        max_tokens = math.ceil((m + self._phase) / self.ticks_per_token) + 1
         if self._tokens.shape[0] < max_tokens + 1 or self._tokens.shape[1] != da:
             self._tokens = np.zeros((max_tokens + 1, da))  # row 0: the current action
-        if self._row_pos.shape[0] < m:
-            self._row_pos = np.arange(1, m + 1, dtype=np.float64)
-            self._row_f = np.zeros(m)
-            self._row_t = np.zeros(m, dtype=np.intp)
         table = self._tokens
         n_tok = self._plan_into(table[1:])
         if n_tok <= 0:
             return 0
         table[0] = self.inner.action()
-        # tokens ahead of the current for each row: floor((phase + i + 1) / r), nondecreasing
-        f, t = self._row_f[:m], self._row_t[:m]
-        np.add(self._row_pos[:m], self._phase, out=f)
-        f /= r
-        f += 1e-6
-        np.floor(f, out=f)
-        np.copyto(t, f, casting="unsafe")
+        t = self._tokens_ahead(m, tick_bias=0.0, token_bias=1e-6)
         n = int(np.searchsorted(t, n_tok, side="right"))  # the rows within the plan
         np.take(table, t[:n], axis=0, out=out[:n])
         return n
+
+    def _tokens_ahead(self, m: int, *, tick_bias: float, token_bias: float) -> npt.NDArray[np.intp]:
+        """(m,) for each row `i` (plant tick `i + 1` from now), the token boundaries crossed by
+        then: floor((phase + i + 1 + tick_bias) / r + token_bias), nondecreasing and rising by
+        at most 1 a row (r >= 1). A view of a buffer kept from call to call."""
+        if self._row_pos.shape[0] < m:
+            self._row_pos = np.arange(1, m + 1, dtype=np.float64)
+            self._row_f = np.zeros(m)
+            self._row_t = np.zeros(m, dtype=np.intp)
+        f, t = self._row_f[:m], self._row_t[:m]
+        np.add(self._row_pos[:m], self._phase + tick_bias, out=f)
+        f /= self.ticks_per_token
+        f += token_bias
+        np.floor(f, out=f)
+        np.copyto(t, f, casting="unsafe")
+        return t
 
     def _predicted_states_into(self, out: FloatArray) -> int:
         """`runtime.PredictsStates` at the plant's rate (the class docstring): row `i`, for
@@ -230,16 +236,17 @@ class RateAdapter:
         n_tok = inner.predicted_states_into(self._state_tokens)
         if n_tok <= 0:
             return 0
-        r, tokens = self.ticks_per_token, self._state_tokens
-        n = 0
-        before = 0  # token boundaries crossed by the tick before row i's
-        for i in range(out.shape[0]):
-            # the boundaries `observe` will have crossed by that tick (its tolerance too)
-            t = math.floor((self._phase + i + 1 + 1e-6) / r)
-            if t > before:
-                if t > n_tok:
-                    break
-                out[n:i] = np.nan  # the ticks since the last boundary: no prediction
-                out[i] = tokens[t - 1]
-                n, before = i + 1, t
+        # the boundaries `observe` will have crossed by each row's tick (its tolerance too);
+        # token j's boundary is the first row that has crossed j
+        t = self._tokens_ahead(out.shape[0], tick_bias=1e-6, token_bias=0.0)
+        k = int(np.searchsorted(t, n_tok, side="right"))  # rows up to the plan's last token
+        last = int(t[k - 1]) if k else 0
+        if last <= 0:
+            return 0
+        if self._token_ids.shape[0] < last:
+            self._token_ids = np.arange(1, last + 1, dtype=np.intp)
+        rows = np.searchsorted(t[:k], self._token_ids[:last])  # each token's boundary row
+        n = int(rows[-1]) + 1
+        out[:n] = np.nan  # the ticks between boundaries: no prediction
+        out[rows] = self._state_tokens[:last]
         return n

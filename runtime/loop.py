@@ -199,6 +199,7 @@ class _Run:
         "hit_have",
         "hit_ok",
         "hit_prev",
+        "hit_row",
         "hit_src",
         "hit_ticks",
         "hit_tol",
@@ -318,6 +319,7 @@ class _Run:
             planner if isinstance(planner, PlanSource) and cfg.refine == "sync" else None
         )
         self.hit_prev = np.zeros(self.out.size)  # what the plan held for this tick
+        self.hit_row = self.plan_buf[:1]  # the one plan row the hit rate reads
         self.hit_diff = np.zeros(self.out.size)  # scratch: |command - prediction|
         self.hit_ok = np.zeros(self.out.size, dtype=bool)
         self.hit_have = False
@@ -833,10 +835,10 @@ class ControlLoop:
                 t.k, t_emit0, r.out.copy(), t.deadline, FALLBACK_NAMES[code],
                 plan, t.sched + r.plan_t0_off, r.period, r.obs.t_ns,
             ))
-        except LateCommand:  # the plant counted it late; this tick's miss is counted below
+        except (LateCommand, EpisodeOver):
+            # late: the plant counted it, and this tick's miss is counted below; episode over:
+            # it ended since the observation, and the next one says done
             pass
-        except EpisodeOver:  # the plant's episode ended since the observation: the next
-            pass  # observation says done, and the loop starts the next episode
         t_emit = t.t_emit = r.now_ns()
         t.code = code
         missed = t.missed = t_emit > t.emit_by
@@ -860,7 +862,7 @@ class ControlLoop:
             return
         src = r.hit_src
         # the command's plan buffer is free: plan-ahead did not fill it this tick
-        n = src.plan_into(r.plan_buf[:1]) if src is not None else 0
+        n = src.plan_into(r.hit_row) if src is not None else 0
         if n:
             _copyto(r.hit_prev, r.plan_buf[0])
         r.hit_have = n > 0

@@ -63,3 +63,17 @@ def mean_of_the_modes(task: str, *, disturbances: bool, seeds: range,
     finally:
         plant.close()
     return ends
+
+
+def modes_drawn(task: str, seeds: range) -> set[int]:
+    """The sides the task's expert (seed 0) drew over episodes on `seeds`."""
+    ex = make_expert(task, seed=0)
+    plant = MujocoPlant(task, seed=0)
+    try:
+        modes = set()
+        for s in seeds:
+            ex.reset(plant.reset(seed=s))
+            modes.add(ex.mode)  # type: ignore[attr-defined]
+    finally:
+        plant.close()
+    return modes

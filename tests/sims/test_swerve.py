@@ -5,12 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sims.experts import make_expert
-from sims.plant import MujocoPlant
 from sims.registry import make_task_env
 from sims.tasks.swerve import DEAD_BAND_M, FINISH_Y_M, SWERVE_Y_M, dead_band
 
-from .discs import expert_rollout, mean_of_the_modes
+from .discs import expert_rollout, mean_of_the_modes, modes_drawn
 
 
 def test_the_lateral_sensor_reads_zero_inside_the_dead_band_and_the_excess_outside():
@@ -38,14 +36,7 @@ def test_both_swerves_pass_and_read_the_same_until_4_ticks_into_the_swerve(x0):
 
 
 def test_the_expert_picks_both_sides_over_episodes():
-    ex = make_expert("swerve", seed=0)
-    plant = MujocoPlant("swerve", seed=0)
-    modes = set()
-    for s in range(10):
-        ex.reset(plant.reset(seed=s))
-        modes.add(ex.mode)  # type: ignore[attr-defined]
-    plant.close()
-    assert modes == {-1, 1}
+    assert modes_drawn("swerve", range(10)) == {-1, 1}
 
 
 @pytest.mark.parametrize("disturbances", [False, True])
